@@ -1,0 +1,27 @@
+"""asearcher: fully asynchronous RL training and evaluation of long-horizon LLM search agents.
+
+The core is Rust (``asearcher._core``); this package is its typed Python face. torch is imported
+first because the native module links the libtorch that the torch wheel ships.
+"""
+
+from __future__ import annotations
+
+import logging as _logging
+
+import torch as _torch  # noqa: F401  (loads libtorch before the native module needs it)
+
+from . import _core
+from .exceptions import AsearcherError
+
+__version__: str = _core.__version__
+
+_logging.getLogger("asearcher").addHandler(_logging.NullHandler())
+
+
+def set_log_level(level: int | str) -> None:
+    """Sets the level of the ``asearcher`` logger, Rust events included, at once."""
+    _logging.getLogger("asearcher").setLevel(level)
+    _core.refresh_log_level()
+
+
+__all__ = ["AsearcherError", "__version__", "set_log_level"]

@@ -1,0 +1,83 @@
+"""The exception hierarchy of asearcher: one base class, specific subclasses.
+
+Every error raised by asearcher's own code is an :class:`AsearcherError`. Subclasses also derive
+from the matching builtin where one fits (``ValueError``, ``ConnectionError``, ``TimeoutError``,
+...), so ``except ValueError`` keeps working. Exceptions raised by user code (callbacks, reward
+functions) pass through unchanged.
+"""
+
+from __future__ import annotations
+
+
+class AsearcherError(Exception):
+    """Base class of every asearcher error."""
+
+
+class ConfigError(AsearcherError, ValueError):
+    """A setting is invalid; the message names it."""
+
+
+class MissingSecretError(ConfigError):
+    """A secret (API key) expected in an environment variable is not set."""
+
+
+class AsearcherIOError(AsearcherError, OSError):
+    """A file or socket operation failed; the message names the path or address."""
+
+
+class ToolError(AsearcherError):
+    """A search or page-access tool failed."""
+
+
+class CorpusError(ToolError, ValueError):
+    """A corpus line is malformed; the message names the file and line number."""
+
+
+class SearchIndexError(ToolError):
+    """An index directory is missing, damaged or of an unsupported format."""
+
+
+class BackendError(ToolError, ConnectionError):
+    """A remote backend (retrieval server, web search, page) failed or could not be reached."""
+
+
+class RequestRejectedError(BackendError):
+    """A backend refused the request itself (HTTP 4xx); retrying will not help."""
+
+
+class ToolTimeoutError(ToolError, TimeoutError):
+    """A tool call exceeded its time limit."""
+
+
+class PageRefusedError(ToolError, PermissionError):
+    """A page fetch was refused by policy (private address, content type, size)."""
+
+
+class CacheMissError(ToolError, LookupError):
+    """Replay mode was asked for a result that is not in the cache."""
+
+
+class CancelledError(AsearcherError):
+    """Long work was cancelled on request."""
+
+
+class TensorError(AsearcherError, ValueError):
+    """A tensor handed to a kernel has the wrong shape, dtype or device."""
+
+
+__all__ = [
+    "AsearcherError",
+    "AsearcherIOError",
+    "BackendError",
+    "CacheMissError",
+    "CancelledError",
+    "ConfigError",
+    "CorpusError",
+    "MissingSecretError",
+    "PageRefusedError",
+    "RequestRejectedError",
+    "SearchIndexError",
+    "TensorError",
+    "ToolError",
+    "ToolTimeoutError",
+]

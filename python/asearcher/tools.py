@@ -1,0 +1,103 @@
+"""Search and page-access tools for agents: embedded BM25, retrieval servers, web search, page
+reading, the shared result cache, and the agent-facing :class:`Toolbox`.
+
+All classes are implemented in Rust. Blocking methods release the GIL and can be interrupted
+with Ctrl-C; methods prefixed with ``a`` return awaitables for asyncio.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from . import _core
+from ._progress import progress_bar
+
+Document = _core.Document
+Page = _core.Page
+RetrievalClient = _core.RetrievalClient
+WebSearch = _core.WebSearch
+PageReader = _core.PageReader
+ResultCache = _core.ResultCache
+Toolbox = _core.Toolbox
+ToolOutput = _core.ToolOutput
+RetrievalServerHandle = _core.RetrievalServerHandle
+
+
+class LocalSearch(_core.LocalSearch):
+    """The embedded BM25 index. ``LocalSearch(path)`` opens an index built by :meth:`build`."""
+
+    @classmethod
+    def build(
+        cls,
+        corpus: str | os.PathLike[str],
+        out: str | os.PathLike[str],
+        *,
+        threads: int | None = None,
+        heap_mb: int | None = None,
+        on_bad_line: str = "error",
+        overwrite: bool = False,
+        merge: bool = True,
+        progress: bool | Callable[[int, int, int], object] = True,
+    ) -> LocalSearch:
+        """Builds an index over a jsonl corpus and opens it.
+
+        ``on_bad_line="skip"`` skips and counts malformed lines instead of failing (the count is
+        logged). ``progress`` is True for a progress bar, False for none, or a callable
+        ``(docs, bytes_read, total_bytes)``.
+        """
+        kwargs = dict(
+            threads=threads,
+            heap_mb=heap_mb,
+            on_bad_line=on_bad_line,
+            overwrite=overwrite,
+            merge=merge,
+        )
+        if callable(progress):
+            stats = cls.build_index(corpus, out, progress=progress, **kwargs)
+        elif progress:
+            total = Path(corpus).stat().st_size
+            with progress_bar(total=total, unit="B", unit_scale=True, desc="indexing") as bar:
+
+                def report(docs: int, done: int, _total: int) -> None:
+                    bar.update(done - bar.n)
+                    bar.set_postfix(passages=docs, refresh=False)
+
+                stats = cls.build_index(corpus, out, progress=report, **kwargs)
+        else:
+            stats = cls.build_index(corpus, out, **kwargs)
+        if stats["skipped_lines"]:
+            import logging
+
+            logging.getLogger("asearcher").warning(
+                "skipped %d malformed lines of %s", stats["skipped_lines"], corpus
+            )
+        index = cls(out)
+        index.last_build = stats
+        return index
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:  # noqa: D107  (set by _core.__new__)
+        self.last_build: dict | None = None
+
+
+def start_retrieval_server(
+    index: LocalSearch, host: str = "127.0.0.1", port: int = 0, default_topk: int = 3
+) -> RetrievalServerHandle:
+    """Starts a Search-R1-compatible retrieval server in the background of this process."""
+    return _core.start_retrieval_server(index, host=host, port=port, default_topk=default_topk)
+
+
+__all__ = [
+    "Document",
+    "LocalSearch",
+    "Page",
+    "PageReader",
+    "ResultCache",
+    "RetrievalClient",
+    "RetrievalServerHandle",
+    "ToolOutput",
+    "Toolbox",
+    "WebSearch",
+    "start_retrieval_server",
+]

@@ -1,0 +1,26 @@
+//! The `asearcher._core` extension module: the only crate that knows Python.
+//!
+//! It wraps the pure-Rust crates in Python classes, maps their errors onto the exception
+//! hierarchy of `asearcher.exceptions`, bridges `tracing` to Python `logging`, and runs async
+//! Rust work on one shared tokio runtime with the GIL released.
+
+mod errors;
+mod logging;
+mod runtime;
+mod server;
+mod tensors;
+mod tools;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    logging::install();
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(logging::refresh_log_level, m)?)?;
+    m.add_function(wrap_pyfunction!(logging::emit_test_event, m)?)?;
+    tools::register(m)?;
+    server::register(m)?;
+    tensors::register(m)?;
+    Ok(())
+}

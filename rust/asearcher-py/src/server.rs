@@ -1,0 +1,146 @@
+//! Python entry points of the HTTP servers: serve in the foreground (Ctrl-C stops it) or start in
+//! the background and get a handle (for notebooks and tests).
+
+use crate::errors::{config_err, raise};
+use crate::runtime::{runtime, wait_for_future};
+use crate::tools::PyLocalSearch;
+use asearcher_server::{RetrievalServer, ServerConfig};
+use asearcher_tools::LocalIndex;
+use pyo3::prelude::*;
+use std::sync::Arc;
+use std::sync::Mutex;
+use tokio::sync::oneshot;
+
+fn server_config(host: String, port: u16, default_topk: usize) -> PyResult<ServerConfig> {
+    if default_topk == 0 {
+        return Err(config_err("default_topk", "must be at least 1"));
+    }
+    Ok(ServerConfig {
+        host,
+        port,
+        default_topk,
+        ..ServerConfig::default()
+    })
+}
+
+fn bind(index: Arc<LocalIndex>, cfg: ServerConfig) -> PyResult<RetrievalServer> {
+    let (host, port) = (cfg.host.clone(), cfg.port);
+    runtime()
+        .block_on(RetrievalServer::bind(index, cfg))
+        .map_err(|e| {
+            raise(
+                "AsearcherIOError",
+                format!("cannot listen on {host}:{port}: {e}"),
+            )
+        })
+}
+
+/// Serves the index until interrupted; calls `on_ready(url)` once listening.
+#[pyfunction]
+#[pyo3(signature = (index, host = "127.0.0.1".to_string(), port = 8000, default_topk = 3, on_ready = None))]
+fn serve_retrieval(
+    py: Python<'_>,
+    index: &Bound<'_, PyLocalSearch>,
+    host: String,
+    port: u16,
+    default_topk: usize,
+    on_ready: Option<Py<PyAny>>,
+) -> PyResult<()> {
+    let (idx, cfg) = (
+        index.get().index(),
+        server_config(host, port, default_topk)?,
+    );
+    let server = py.detach(|| bind(idx, cfg))?;
+    let url = format!(
+        "http://{}",
+        server
+            .local_addr()
+            .map_err(|e| raise("AsearcherIOError", e.to_string()))?
+    );
+    tracing::info!(%url, "retrieval server listening");
+    if let Some(cb) = on_ready {
+        cb.call1(py, (url,))?;
+    }
+    // When the wait is interrupted (Ctrl-C), the task is aborted and the listener closed.
+    wait_for_future(py, async move {
+        server
+            .serve(std::future::pending())
+            .await
+            .map_err(|e| raise("AsearcherIOError", e.to_string()))
+    })
+}
+
+/// A retrieval server running in the background of this process.
+#[pyclass(name = "RetrievalServerHandle", module = "asearcher._core", frozen)]
+struct RetrievalServerHandle {
+    #[pyo3(get)]
+    url: String,
+    #[pyo3(get)]
+    port: u16,
+    stop_tx: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+#[pymethods]
+impl RetrievalServerHandle {
+    /// Stops the server (idempotent).
+    fn stop(&self) {
+        if let Some(tx) = self.stop_tx.lock().expect("stop lock").take() {
+            let _ = tx.send(());
+        }
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __exit__(&self, _a: Py<PyAny>, _b: Py<PyAny>, _c: Py<PyAny>) {
+        self.stop();
+    }
+
+    fn __repr__(&self) -> String {
+        format!("RetrievalServerHandle(url={:?})", self.url)
+    }
+}
+
+/// Starts a retrieval server on the shared runtime and returns at once.
+#[pyfunction]
+#[pyo3(signature = (index, host = "127.0.0.1".to_string(), port = 0, default_topk = 3))]
+fn start_retrieval_server(
+    py: Python<'_>,
+    index: &Bound<'_, PyLocalSearch>,
+    host: String,
+    port: u16,
+    default_topk: usize,
+) -> PyResult<RetrievalServerHandle> {
+    let (idx, cfg) = (
+        index.get().index(),
+        server_config(host, port, default_topk)?,
+    );
+    let server = py.detach(|| bind(idx, cfg))?;
+    let addr = server
+        .local_addr()
+        .map_err(|e| raise("AsearcherIOError", e.to_string()))?;
+    let (tx, rx) = oneshot::channel::<()>();
+    runtime().spawn(async move {
+        if let Err(e) = server
+            .serve(async move {
+                let _ = rx.await;
+            })
+            .await
+        {
+            tracing::error!(error = %e, "retrieval server stopped with an error");
+        }
+    });
+    Ok(RetrievalServerHandle {
+        url: format!("http://{addr}"),
+        port: addr.port(),
+        stop_tx: Mutex::new(Some(tx)),
+    })
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(serve_retrieval, m)?)?;
+    m.add_function(wrap_pyfunction!(start_retrieval_server, m)?)?;
+    m.add_class::<RetrievalServerHandle>()?;
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! The retrieval server. Requests run concurrently: each is searched on the blocking pool against
+//! a shared, lock-free index reader (there is no global lock, unlike the original server).
+
+use asearcher_tools::{Document, LocalIndex, Page};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Settings of the retrieval server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub host: String,
+    /// 0 picks a free port.
+    pub port: u16,
+    /// `topk` used when a request leaves it out or sends null.
+    pub default_topk: usize,
+    /// Upper bound on `topk` and on queries per request.
+    pub max_topk: usize,
+    pub max_queries: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8000,
+            default_topk: 3,
+            max_topk: 100,
+            max_queries: 4096,
+        }
+    }
+}
+
+struct AppState {
+    index: Arc<LocalIndex>,
+    cfg: ServerConfig,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetrieveRequest {
+    queries: Vec<String>,
+    #[serde(default)]
+    topk: Option<usize>,
+    #[serde(default)]
+    return_scores: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessRequest {
+    urls: Vec<String>,
+}
+
+fn bad_request(msg: impl Into<String>) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({"error": msg.into()}))).into_response()
+}
+
+fn internal(msg: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %msg, "retrieval server error");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(json!({"error": msg.to_string()})),
+    )
+        .into_response()
+}
+
+fn doc_json(d: &Document) -> Value {
+    json!({"id": d.id, "contents": d.contents(), "title": d.title, "url": d.url})
+}
+
+fn page_json(p: &Page) -> Value {
+    json!({"url": p.url, "title": p.title, "contents": p.contents})
+}
+
+/// Parses a JSON body ourselves so that malformed requests get a 400 with a readable reason.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| bad_request(format!("malformed request: {e}")))
+}
+
+async fn retrieve(State(st): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
+    let req: RetrieveRequest = match parse_body(&body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let k = req.topk.unwrap_or(st.cfg.default_topk);
+    if k > st.cfg.max_topk {
+        return bad_request(format!(
+            "topk {k} exceeds the server's limit of {}",
+            st.cfg.max_topk
+        ));
+    }
+    if req.queries.len() > st.cfg.max_queries {
+        return bad_request(format!(
+            "{} queries exceed the server's limit of {}",
+            req.queries.len(),
+            st.cfg.max_queries
+        ));
+    }
+    let index = st.index.clone();
+    let queries = req.queries;
+    let hits = match tokio::task::spawn_blocking(move || index.search_batch(&queries, k)).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => return internal(e),
+        Err(e) => return internal(e),
+    };
+    let result: Vec<Vec<Value>> = hits
+        .iter()
+        .map(|docs| {
+            docs.iter()
+                .map(|d| {
+                    if req.return_scores {
+                        json!({"document": doc_json(d), "score": d.score})
+                    } else {
+                        doc_json(d)
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    Json(json!({ "result": result })).into_response()
+}
+
+async fn access(State(st): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
+    let req: AccessRequest = match parse_body(&body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    if req.urls.len() > st.cfg.max_queries {
+        return bad_request(format!(
+            "{} urls exceed the server's limit of {}",
+            req.urls.len(),
+            st.cfg.max_queries
+        ));
+    }
+    let index = st.index.clone();
+    let pages = tokio::task::spawn_blocking(move || {
+        req.urls
+            .iter()
+            .map(|u| index.access(u.trim()))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await;
+    match pages {
+        Ok(Ok(pages)) => {
+            let result: Vec<Value> = pages
+                .iter()
+                .map(|p| p.as_ref().map(page_json).unwrap_or(Value::Null))
+                .collect();
+            Json(json!({ "result": result })).into_response()
+        }
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+async fn health(State(st): State<Arc<AppState>>) -> Json<Value> {
+    Json(
+        json!({"status": "ok", "docs": st.index.num_docs(), "index": st.index.path().display().to_string()}),
+    )
+}
+
+/// Builds the router (used by [`serve_retrieval`] and by tests).
+pub fn router(index: Arc<LocalIndex>, cfg: ServerConfig) -> Router {
+    Router::new()
+        .route("/retrieve", post(retrieve))
+        .route("/access", post(access))
+        .route("/health", get(health))
+        .layer(DefaultBodyLimit::max(16 << 20))
+        .with_state(Arc::new(AppState { index, cfg }))
+}
+
+/// A bound, not yet serving, retrieval server.
+pub struct RetrievalServer {
+    listener: TcpListener,
+    app: Router,
+}
+
+impl RetrievalServer {
+    /// Binds the listening socket (so the address is known before serving).
+    pub async fn bind(index: Arc<LocalIndex>, cfg: ServerConfig) -> std::io::Result<Self> {
+        let listener = TcpListener::bind((cfg.host.as_str(), cfg.port)).await?;
+        Ok(Self {
+            listener,
+            app: router(index, cfg),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(self.listener, self.app)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+/// Binds and serves until `shutdown` resolves.
+pub async fn serve_retrieval(
+    index: Arc<LocalIndex>,
+    cfg: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let server = RetrievalServer::bind(index, cfg).await?;
+    tracing::info!(addr = %server.local_addr()?, "retrieval server listening");
+    server.serve(shutdown).await
+}
