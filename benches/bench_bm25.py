@@ -459,7 +459,7 @@ def wrk_load(port: int, bodies: list[str], args: argparse.Namespace) -> dict:
 
 
 def python_client(port: int, bodies: list[str], offset: int, deadline: float):
-    """One keep-alive client: posts bodies in turn until the deadline; returns (latencies, errors)."""
+    """One keep-alive client posting bodies in turn until the deadline: (latencies, errors)."""
     headers = {"Content-Type": "application/json"}
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     latencies, errors, i = [], 0, offset
@@ -551,7 +551,8 @@ def machine_description() -> str:
     except (OSError, AttributeError):
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Linux, Python {platform.python_version()}"
+    python = platform.python_version()
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Linux, Python {python}"
 
 
 def ratio_verdict(ours: float, theirs: float, higher_is_better: bool, unit: str) -> str:

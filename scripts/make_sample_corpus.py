@@ -714,7 +714,8 @@ class PageWriter:
         economy = (
             [
                 Sentence(
-                    f"Major companies of {k.title} include {join_names([c.title for c in companies])}."
+                    f"Major companies of {k.title} include "
+                    f"{join_names([c.title for c in companies])}."
                 )
             ]
             if companies
@@ -790,7 +791,8 @@ class PageWriter:
         if born:
             out.append(
                 Sentence(
-                    f"Notable people born in {c.title} include {join_names([p.title for p in born])}.",
+                    f"Notable people born in {c.title} include "
+                    f"{join_names([p.title for p in born])}.",
                     tuple(("born_in", p.title) for p in born),
                 )
             )
@@ -1016,16 +1018,16 @@ FILLER = {
             "maps of imaginary countries|taking apart clocks and radios]."
         ),
         (
-            "Friends and colleagues described {n} as patient, stubborn and unusually curious, with a "
-            "habit of asking questions long after others had stopped."
+            "Friends and colleagues described {n} as patient, stubborn and unusually curious, with "
+            "a habit of asking questions long after others had stopped."
         ),
         (
-            "{n} kept detailed notebooks for most of {poss} life, and many of them survive today in "
-            "a [regional archive|university library|private collection]."
+            "{n} kept detailed notebooks for most of {poss} life, and many of them survive today "
+            "in a [regional archive|university library|private collection]."
         ),
         (
-            "A collection of letters written by {n} was published in the {decade}s and gives a vivid "
-            "picture of {poss} daily work."
+            "A collection of letters written by {n} was published in the {decade}s and gives a "
+            "vivid picture of {poss} daily work."
         ),
         "In {poss} spare time {n} enjoyed {craft} and often gave handmade gifts to friends.",
         (
@@ -1033,25 +1035,25 @@ FILLER = {
             "for itself."
         ),
         (
-            "A street, a small park and a [school|library|tram stop] were later named in honour "
-            "of {n}."
+            "A street, a small park and a [school|library|tram stop] were later named in honour of "
+            "{n}."
         ),
         (
             "{n} travelled widely and wrote short essays about the places {pron} visited, praising "
             "the {food} of every region."
         ),
         (
-            "Contemporaries admired {n} for a [dry|gentle|quick|mischievous] sense of humour and for generosity towards "
-            "younger colleagues."
+            "Contemporaries admired {n} for a [dry|gentle|quick|mischievous] sense of humour and "
+            "for generosity towards younger colleagues."
         ),
         (
-            "Several portraits of {n} hang in regional museums; the best known was painted in "
-            "the {decade}s."
+            "Several portraits of {n} hang in regional museums; the best known was painted in the "
+            "{decade}s."
         ),
         "{n} was a keen walker and claimed that the best ideas came on long {season} walks.",
         (
-            "Although always busy, {n} answered almost every letter from students and admirers "
-            "by hand."
+            "Although always busy, {n} answered almost every letter from students and admirers by "
+            "hand."
         ),
         "{n} spoke three languages and read widely in history, poetry and natural science.",
         (
@@ -1086,8 +1088,8 @@ FILLER = {
             "the old market."
         ),
         (
-            "Every {season} {n} holds a [music|flower|lantern|harvest] festival that draws visitors "
-            "from across the region."
+            "Every {season} {n} holds a [music|flower|lantern|harvest] festival that draws "
+            "visitors from across the region."
         ),
         (
             "The old town of {n} has many {adj} streets paved with grey stone and lined with "
@@ -1110,13 +1112,13 @@ FILLER = {
             "commute to nearby towns."
         ),
         (
-            "{n} is divided into [six|eight|eleven|twelve] districts, each with its own council and "
-            "market day."
+            "{n} is divided into [six|eight|eleven|twelve] districts, each with its own council "
+            "and market day."
         ),
         "The city walls of {n} were pulled down in the {decade}s to make room for wide boulevards.",
         (
-            "Football is the most popular sport in {n}, and the local club plays in a stadium "
-            "near the {landmark}."
+            "Football is the most popular sport in {n}, and the local club plays in a stadium near "
+            "the {landmark}."
         ),
         (
             "The public library of {n} is one of the oldest in the region and holds thousands of "
@@ -1163,10 +1165,13 @@ FILLER = {
             "A national railway network links most large towns of {n}, and night trains cross the "
             "border to its neighbours."
         ),
-        "The national flag of {n} shows a [white|golden|red|silver] star on a field of blue and white stripes.",
         (
-            "Agriculture remains important in the rural provinces of {n}, where farmers grow wheat, "
-            "barley and sunflowers."
+            "The national flag of {n} shows a [white|golden|red|silver] star on a field of blue "
+            "and white stripes."
+        ),
+        (
+            "Agriculture remains important in the rural provinces of {n}, where farmers grow "
+            "wheat, barley and sunflowers."
         ),
         "School education in {n} is free, and most children learn two foreign languages.",
         "The parliament of {n} meets in a {adj} building finished in the {decade}s.",
@@ -1280,8 +1285,8 @@ FILLER = {
         ),
         "Research at {n} covers fields from astronomy and geology to linguistics and economics.",
         (
-            "Each {season}, {n} holds a graduation ceremony in which students wear traditional dark "
-            "gowns."
+            "Each {season}, {n} holds a graduation ceremony in which students wear traditional "
+            "dark gowns."
         ),
         "{n} has exchange agreements with many universities abroad.",
         "The rowing club of {n} is one of the oldest sports clubs in the country.",
@@ -1342,9 +1347,15 @@ FILLER = {
         "The lyrics of {n} often describe rivers, trains and long {season} nights.",
         "Members of {n} also worked on solo projects and film soundtracks.",
         "{n} toured widely and became known for long, energetic live performances.",
-        "Critics praised {n} for [catchy|wistful|haunting|bright] melodies and thoughtful lyrics about everyday life.",
+        (
+            "Critics praised {n} for [catchy|wistful|haunting|bright] melodies and thoughtful "
+            "lyrics about everyday life."
+        ),
         "{n} first played in small clubs, cafés and student halls before signing a record deal.",
-        "The sound of {n} mixes acoustic guitars with [dreamy|bright|vintage] keyboards and close vocal harmonies.",
+        (
+            "The sound of {n} mixes acoustic guitars with [dreamy|bright|vintage] keyboards and "
+            "close vocal harmonies."
+        ),
         "{n} took a long break in the {decade}s before reuniting for a series of concerts.",
         "Fans of {n} still gather every {season} for an annual open-air concert.",
         "Several songs by {n} became radio hits and are still played at weddings and parties.",
@@ -1359,8 +1370,14 @@ FILLER = {
         "Reviewers compared {n} with the great family novels of the previous century.",
         "Letters and drafts for {n} are kept in a university archive.",
         "{n} was reissued in a new illustrated edition in the {decade}s.",
-        "{n} is told through the eyes of a young narrator looking back on a [happy|lonely|restless|sheltered] childhood.",
-        "Critics praised the [spare|lyrical|witty|precise] style of {n} and its careful portraits of ordinary people.",
+        (
+            "{n} is told through the eyes of a young narrator looking back on a "
+            "[happy|lonely|restless|sheltered] childhood."
+        ),
+        (
+            "Critics praised the [spare|lyrical|witty|precise] style of {n} and its careful "
+            "portraits of ordinary people."
+        ),
         "{n} was translated into many languages and remains in print.",
         "A film adaptation of {n} appeared in the {decade}s and was a modest success.",
         "{n} is often taught in schools as an example of modern prose.",

@@ -388,7 +388,7 @@ fn write_index(
     let index = Index::create_in_dir(dir, schema).map_err(|e| index_err(dir, e))?;
     index.tokenizers().register(ANALYZER, analyzer());
     let threads = opts.threads.max(1);
-    let heap = (opts.heap_mb << 20).max(threads * 16 << 20);
+    let heap = (opts.heap_mb << 20).max((threads * 16) << 20);
     let mut writer = index
         .writer_with_num_threads::<TantivyDocument>(threads, heap)
         .map_err(|e| index_err(dir, e))?;

@@ -331,7 +331,7 @@ mod tests {
             score: None,
         };
         assert_eq!(
-            render_search(&[d.clone()], 6),
+            render_search(std::slice::from_ref(&d), 6),
             "[Doc 1](https://u):\n\"T\"\nxx"
         );
         assert_eq!(render_search(&[], 6), NO_RESULTS);

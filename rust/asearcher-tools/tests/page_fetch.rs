@@ -16,6 +16,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
+use futures::StreamExt;
+
+/// Requests the fake Jina reader saw: path and query, Authorization header.
+type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
 
 const MIB: usize = 1024 * 1024;
 
@@ -235,8 +239,6 @@ fn app(state: AppState) -> Router {
         )
         .with_state(state)
 }
-
-use futures::StreamExt;
 
 async fn serve(router: Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -601,7 +603,7 @@ async fn slow_servers_time_out_and_timeouts_are_retried() {
 
 #[tokio::test]
 async fn jina_mode_uses_the_reader_endpoint() {
-    let seen: Arc<Mutex<Vec<(String, Option<String>)>>> = Arc::default();
+    let seen: Seen = Arc::default();
     let record = seen.clone();
     let reader_app = Router::new().fallback(move |uri: Uri, headers: HeaderMap| {
         let record = record.clone();

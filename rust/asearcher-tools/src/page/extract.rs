@@ -155,9 +155,9 @@ pub fn html_to_text(html: &str, url: Option<&str>) -> (String, String) {
             Err(_) => return (String::new(), fallback_text(html)),
         },
     };
-    let mut title = collapse_spaces(&reader.doc.select("head title").text());
+    let mut title = collapse_spaces(&reader.doc.select("head title").first().text());
     if title.is_empty() {
-        title = collapse_spaces(&reader.doc.select("title").text());
+        title = collapse_spaces(&reader.doc.select("title").first().text());
     }
     let article = reader.parse();
     let readable = match &article {
@@ -173,11 +173,7 @@ pub fn html_to_text(html: &str, url: Option<&str>) -> (String, String) {
         return (title, readable);
     }
     let whole = fallback_text(html);
-    let text = if whole.chars().count() >= readable.chars().count() {
-        whole
-    } else {
-        readable
-    };
+    let text = if whole.is_empty() { readable } else { whole };
     (title, text)
 }
 

@@ -11,6 +11,7 @@
 //! Submodules: `guard` (address policy, URL checks, the filtering DNS resolver) and `extract`
 //! (content types, charsets, HTML-to-text, chunking).
 
+#![warn(missing_docs)]
 mod extract;
 mod guard;
 

@@ -1,0 +1,155 @@
+"""Type stubs of the native module ``asearcher._core`` (implemented in Rust)."""
+
+from collections.abc import Awaitable, Callable
+from os import PathLike
+from typing import Any
+
+__version__: str
+
+def refresh_log_level() -> int: ...
+def emit_test_event(level: str, message: str) -> None: ...
+
+class Document:
+    id: str
+    title: str
+    text: str
+    url: str | None
+    score: float | None
+    def __init__(
+        self, id: str, text: str, title: str = "", url: str | None = None, score: float | None = None
+    ) -> None: ...
+    @property
+    def contents(self) -> str: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+class Page:
+    url: str
+    title: str
+    contents: str
+    def chunks(
+        self, chunk_chars: int = 25000, max_chunks: int = 10, max_chars: int = 250000
+    ) -> list[str]: ...
+
+class LocalSearch:
+    def __init__(self, path: str | PathLike[str]) -> None: ...
+    @staticmethod
+    def build_index(
+        corpus: str | PathLike[str],
+        out: str | PathLike[str],
+        threads: int | None = None,
+        heap_mb: int | None = None,
+        on_bad_line: str = "error",
+        overwrite: bool = False,
+        merge: bool = True,
+        progress: Callable[[int, int, int], object] | None = None,
+    ) -> dict[str, Any]: ...
+    @property
+    def path(self) -> str: ...
+    def __len__(self) -> int: ...
+    def search(self, query: str, k: int = 5) -> list[Document]: ...
+    def search_batch(self, queries: list[str], k: int = 5) -> list[list[Document]]: ...
+    def asearch(self, query: str, k: int = 5) -> Awaitable[list[Document]]: ...
+    def asearch_batch(self, queries: list[str], k: int = 5) -> Awaitable[list[list[Document]]]: ...
+    def access(self, url: str) -> Page | None: ...
+    def get(self, id: str) -> Document | None: ...
+
+class RetrievalClient:
+    def __init__(
+        self,
+        endpoints: list[str],
+        timeout: float = 60.0,
+        retries: int = 3,
+        backoff: float = 0.25,
+        max_concurrency: int = 16,
+    ) -> None: ...
+    @property
+    def endpoints(self) -> list[str]: ...
+    def search(self, query: str, k: int = 5) -> list[Document]: ...
+    def search_batch(self, queries: list[str], k: int = 5) -> list[list[Document]]: ...
+    def asearch(self, query: str, k: int = 5) -> Awaitable[list[Document]]: ...
+    def asearch_batch(self, queries: list[str], k: int = 5) -> Awaitable[list[list[Document]]]: ...
+    def access(self, url: str) -> Page | None: ...
+
+class WebSearch:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key_env: str = "SERPER_API_KEY",
+        timeout: float = 30.0,
+        retries: int = 3,
+        backoff: float = 0.25,
+        max_concurrency: int = 10,
+    ) -> None: ...
+    def search(self, query: str, k: int = 5) -> list[Document]: ...
+    def asearch(self, query: str, k: int = 5) -> Awaitable[list[Document]]: ...
+
+class PageReader:
+    def __init__(
+        self,
+        mode: str = "direct",
+        reader_url: str | None = None,
+        api_key_env: str = "JINA_API_KEY",
+        timeout: float = 30.0,
+        max_bytes: int = 5242880,
+        max_redirects: int = 5,
+        allow_private: bool = False,
+        allow_loopback: bool = False,
+        allowed_networks: list[str] = ...,
+        retries: int = 2,
+    ) -> None: ...
+    def read(self, url: str) -> Page: ...
+    def aread(self, url: str) -> Awaitable[Page]: ...
+
+class ResultCache:
+    def __init__(self, path: str | PathLike[str], mode: str = "readwrite") -> None: ...
+    @property
+    def path(self) -> str: ...
+    def stats(self) -> dict[str, int]: ...
+
+class ToolOutput:
+    tool: str
+    input: str
+    text: str
+    docs: list[Document]
+    chunks: list[str]
+    cached: bool
+    elapsed_ms: float
+
+class Toolbox:
+    def __init__(
+        self,
+        search: LocalSearch | RetrievalClient | WebSearch,
+        pages: LocalSearch | RetrievalClient | PageReader | None = None,
+        cache: ResultCache | None = None,
+        top_k: int = 5,
+        doc_chars: int = 5000,
+        chunk_chars: int = 25000,
+        max_chunks: int = 10,
+        max_page_chars: int = 250000,
+    ) -> None: ...
+    def search(self, query: str) -> ToolOutput: ...
+    def search_batch(self, queries: list[str]) -> list[ToolOutput]: ...
+    def access(self, url: str) -> ToolOutput: ...
+    def asearch(self, query: str) -> Awaitable[ToolOutput]: ...
+    def aaccess(self, url: str) -> Awaitable[ToolOutput]: ...
+
+class RetrievalServerHandle:
+    url: str
+    port: int
+    def stop(self) -> None: ...
+    def __enter__(self) -> RetrievalServerHandle: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+def serve_retrieval(
+    index: LocalSearch,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    default_topk: int = 3,
+    on_ready: Callable[[str], object] | None = None,
+) -> None: ...
+def start_retrieval_server(
+    index: LocalSearch, host: str = "127.0.0.1", port: int = 0, default_topk: int = 3
+) -> RetrievalServerHandle: ...
+def group_advantages_into(
+    rewards: tuple, out: tuple, group_size: int, normalize_std: bool = False, eps: float = 1e-6
+) -> None: ...

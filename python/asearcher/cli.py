@@ -1,0 +1,202 @@
+"""The ``asearcher`` console script. Each subcommand has ``--help``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .exceptions import AsearcherError
+
+
+def _print_json(obj: object) -> None:
+    print(json.dumps(obj, ensure_ascii=False, indent=2))
+
+
+def _docs_json(docs: list) -> list[dict]:
+    return [d.to_dict() for d in docs]
+
+
+def cmd_index_build(args: argparse.Namespace) -> int:
+    from .tools import LocalSearch
+
+    index = LocalSearch.build(
+        args.corpus,
+        args.out,
+        threads=args.threads,
+        heap_mb=args.heap_mb,
+        on_bad_line="skip" if args.skip_bad_lines else "error",
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    stats = index.last_build or {}
+    print(
+        f"indexed {stats.get('docs', len(index))} passages in {stats.get('seconds', 0):.1f}s "
+        f"-> {args.out}" + (f" ({stats['skipped_lines']} bad lines skipped)" if stats.get("skipped_lines") else "")
+    )
+    return 0
+
+
+def cmd_index_info(args: argparse.Namespace) -> int:
+    from .tools import LocalSearch
+
+    index = LocalSearch(args.index)
+    print(f"{index.path}: {len(index)} passages")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .tools import LocalSearch, Toolbox
+
+    index = LocalSearch(args.index)
+    if args.json:
+        _print_json(_docs_json(index.search(args.query, k=args.k)))
+    else:
+        print(Toolbox(index, top_k=args.k, doc_chars=args.doc_chars).search(args.query).text)
+    return 0
+
+
+def cmd_access(args: argparse.Namespace) -> int:
+    from .tools import LocalSearch, Toolbox
+
+    index = LocalSearch(args.index)
+    print(Toolbox(index, pages=index).access(args.url).text)
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from .tools import PageReader
+
+    mode = "jina" if args.reader_url else "direct"
+    reader = PageReader(
+        mode=mode,
+        reader_url=args.reader_url,
+        timeout=args.timeout,
+        allow_private=args.allow_private,
+        allow_loopback=args.allow_loopback,
+    )
+    page = reader.read(args.url)
+    print(f"# {page.title or page.url}\n")
+    for i, chunk in enumerate(page.chunks(chunk_chars=args.chunk_chars), 1):
+        print(f">>>> Page {i} >>>>\n\n{chunk}\n")
+    return 0
+
+
+def cmd_serve_retrieval(args: argparse.Namespace) -> int:
+    from . import _core
+    from .tools import LocalSearch
+
+    index = LocalSearch(args.index)
+
+    def ready(url: str) -> None:
+        print(f"retrieval server on {url} ({len(index)} passages); Ctrl-C stops it", flush=True)
+
+    try:
+        _core.serve_retrieval(
+            index, host=args.host, port=args.port, default_topk=args.default_topk, on_ready=ready
+        )
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(workdir=args.workdir, questions=args.questions)
+
+
+def _add_index_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="build or inspect a BM25 index")
+    isub = p.add_subparsers(dest="index_cmd", required=True)
+    b = isub.add_parser("build", help="build a BM25 index from a jsonl corpus")
+    b.add_argument("corpus", help='jsonl corpus: {"id","contents"} or {"id","title","text"}')
+    b.add_argument("--out", required=True, help="index directory to create")
+    b.add_argument("--threads", type=int, default=None, help="indexing threads (default: cores)")
+    b.add_argument("--heap-mb", type=int, default=None, help="indexing memory budget in MiB")
+    b.add_argument("--skip-bad-lines", action="store_true", help="skip malformed lines, count them")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(func=cmd_index_build)
+    i = isub.add_parser("info", help="show an index's size")
+    i.add_argument("index")
+    i.set_defaults(func=cmd_index_info)
+
+
+def _add_tool_parsers(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("search", help="search a local index, printed as the agent sees it")
+    s.add_argument("index", help="index directory")
+    s.add_argument("query")
+    s.add_argument("-k", type=int, default=5, help="documents to return (default 5)")
+    s.add_argument("--doc-chars", type=int, default=5000, help="characters kept per document")
+    s.add_argument("--json", action="store_true", help="print documents as JSON")
+    s.set_defaults(func=cmd_search)
+    a = sub.add_parser("access", help="read a page of a local index by URL or id")
+    a.add_argument("index")
+    a.add_argument("url")
+    a.set_defaults(func=cmd_access)
+    f = sub.add_parser("fetch", help="fetch a web page as readable text chunks")
+    f.add_argument("url")
+    f.add_argument("--reader-url", default=None, help="Jina-style reader endpoint (key: JINA_API_KEY)")
+    f.add_argument("--timeout", type=float, default=30.0)
+    f.add_argument("--chunk-chars", type=int, default=25_000)
+    f.add_argument("--allow-private", action="store_true", help="permit private addresses")
+    f.add_argument("--allow-loopback", action="store_true", help="permit loopback addresses")
+    f.set_defaults(func=cmd_fetch)
+
+
+def _add_serve_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run a server")
+    ssub = p.add_subparsers(dest="serve_cmd", required=True)
+    r = ssub.add_parser("retrieval", help="Search-R1/ASearcher-compatible retrieval server")
+    r.add_argument("--index", required=True, help="index directory")
+    r.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    r.add_argument("--port", type=int, default=8000)
+    r.add_argument("--default-topk", type=int, default=3, help="topk when a request has none")
+    r.set_defaults(func=cmd_serve_retrieval)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="asearcher", description="Search agents: tools, servers, training and evaluation."
+    )
+    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default)")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="cmd")
+    d = sub.add_parser("demo", help="build an index over the sample corpus and run the tools")
+    d.add_argument("--workdir", type=Path, default=None, help="where to build (default: temp dir)")
+    d.add_argument("--questions", type=int, default=3, help="sample questions to walk through")
+    d.set_defaults(func=cmd_demo)
+    _add_index_parsers(sub)
+    _add_tool_parsers(sub)
+    _add_serve_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    import asearcher
+
+    asearcher.set_log_level(args.log_level.upper())
+    if args.version:
+        print(f"asearcher {asearcher.__version__}")
+        return 0
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except AsearcherError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["build_parser", "main"]
