@@ -16,7 +16,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
 from asearcher.data import sample_corpus_path, sample_questions_path
 from asearcher.tools import LocalSearch
 
@@ -144,7 +143,7 @@ class SiteHandler(_Quiet):
         if path == "/article":
             return self.send_body(200, ARTICLE.encode(), "text/html; charset=utf-8")
         if path == "/plain":
-            return self.send_body(200, "just some plain text".encode(), "text/plain")
+            return self.send_body(200, b"just some plain text", "text/plain")
         if path == "/binary":
             return self.send_body(200, b"\x89PNG\r\n\x1a\n" + os.urandom(64), "image/png")
         if path == "/huge":
@@ -165,15 +164,15 @@ class SiteHandler(_Quiet):
             time.sleep(3)
             return self.send_body(200, b"late", "text/plain")
         if path == "/to-metadata":
-            return self.send_body(302, b"", "text/plain",
-                                  {"Location": "http://169.254.169.254/latest/meta-data/"})  # fmt: skip
+            metadata = "http://169.254.169.254/latest/meta-data/"
+            return self.send_body(302, b"", "text/plain", {"Location": metadata})
         if path == "/to-private":
             return self.send_body(302, b"", "text/plain", {"Location": "http://10.1.2.3/admin"})
         if path == "/to-article":
             return self.send_body(301, b"", "text/plain", {"Location": "/article"})
         if path.startswith("/reader/"):
             auth = self.headers.get("Authorization", "")
-            text = f"READER saw {path[len('/reader/'):]} with auth={auth}"
+            text = f"READER saw {path[len('/reader/') :]} with auth={auth}"
             return self.send_body(200, text.encode(), "text/plain")
         return self.send_body(404, b"no such page", "text/plain")
 

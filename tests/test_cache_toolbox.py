@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from asearcher.exceptions import CacheMissError, ConfigError
 from asearcher.tools import ResultCache, RetrievalClient, Toolbox, start_retrieval_server
 

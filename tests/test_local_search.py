@@ -6,7 +6,6 @@ import asyncio
 import json
 
 import pytest
-
 from asearcher.exceptions import CorpusError, SearchIndexError
 from asearcher.tools import Document, LocalSearch
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from asearcher.exceptions import TensorError
 from asearcher.ops import group_advantages
 

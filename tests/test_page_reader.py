@@ -6,10 +6,8 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from asearcher.exceptions import BackendError, ConfigError, PageRefusedError, ToolTimeoutError
 from asearcher.tools import PageReader, Toolbox
-
 from conftest import SerperHandler  # noqa: F401  (keeps fixture module imported)
 
 

@@ -10,10 +10,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from asearcher.exceptions import BackendError, RequestRejectedError
 from asearcher.tools import RetrievalClient, Toolbox, start_retrieval_server
-
 from conftest import free_port
 
 
@@ -27,7 +25,9 @@ def post(url: str, payload: dict) -> dict:
 
 def test_retrieve_protocol_with_and_without_scores(retrieval_server, sample_index):
     q = "Where was the founder born?"
-    scored = post(f"{retrieval_server}/retrieve", {"queries": [q, q], "topk": 4, "return_scores": True})
+    scored = post(
+        f"{retrieval_server}/retrieve", {"queries": [q, q], "topk": 4, "return_scores": True}
+    )
     assert len(scored["result"]) == 2 and len(scored["result"][0]) == 4
     hit = scored["result"][0][0]
     assert set(hit) == {"document", "score"}

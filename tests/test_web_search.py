@@ -5,10 +5,8 @@ from __future__ import annotations
 import logging
 
 import pytest
-
 from asearcher.exceptions import MissingSecretError, RequestRejectedError
 from asearcher.tools import Toolbox, WebSearch
-
 from conftest import SerperHandler
 
 
@@ -16,7 +14,9 @@ def test_search_speaks_serper(serper_server, monkeypatch):
     monkeypatch.setenv("SERPER_API_KEY", "test-key-123")
     docs = WebSearch(base_url=serper_server).search("glass river", k=3)
     assert [d.url for d in docs] == [f"https://example.org/{i}" for i in range(3)]
-    assert docs[0].title == "glass river result 0" and docs[0].text == "Snippet 0 about glass river."
+    assert (
+        docs[0].title == "glass river result 0" and docs[0].text == "Snippet 0 about glass river."
+    )
     req = SerperHandler.requests[-1]
     assert req == {"path": "/search", "key": "test-key-123", "body": {"q": "glass river", "num": 3}}
 

@@ -16,7 +16,12 @@ class Document:
     url: str | None
     score: float | None
     def __init__(
-        self, id: str, text: str, title: str = "", url: str | None = None, score: float | None = None
+        self,
+        id: str,
+        text: str,
+        title: str = "",
+        url: str | None = None,
+        score: float | None = None,
     ) -> None: ...
     @property
     def contents(self) -> str: ...

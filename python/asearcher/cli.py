@@ -34,7 +34,8 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     stats = index.last_build or {}
     print(
         f"indexed {stats.get('docs', len(index))} passages in {stats.get('seconds', 0):.1f}s "
-        f"-> {args.out}" + (f" ({stats['skipped_lines']} bad lines skipped)" if stats.get("skipped_lines") else "")
+        f"-> {args.out}"
+        + (f" ({stats['skipped_lines']} bad lines skipped)" if stats.get("skipped_lines") else "")
     )
     return 0
 
@@ -139,7 +140,9 @@ def _add_tool_parsers(sub: argparse._SubParsersAction) -> None:
     a.set_defaults(func=cmd_access)
     f = sub.add_parser("fetch", help="fetch a web page as readable text chunks")
     f.add_argument("url")
-    f.add_argument("--reader-url", default=None, help="Jina-style reader endpoint (key: JINA_API_KEY)")
+    f.add_argument(
+        "--reader-url", default=None, help="Jina-style reader endpoint (key: JINA_API_KEY)"
+    )
     f.add_argument("--timeout", type=float, default=30.0)
     f.add_argument("--chunk-chars", type=int, default=25_000)
     f.add_argument("--allow-private", action="store_true", help="permit private addresses")

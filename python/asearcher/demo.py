@@ -24,7 +24,7 @@ def _load_questions() -> list[dict]:
 def _show(title: str, text: str, limit: int = 900) -> None:
     body = text if len(text) <= limit else text[:limit] + f"\n… ({len(text) - limit} more chars)"
     print(f"  {title}")
-    print(textwrap.indent(body, "    │ "))
+    print(textwrap.indent(body, "    │ ", lambda _line: True))
 
 
 def _answer_recall(toolbox: Toolbox, questions: list[dict]) -> float:
@@ -56,7 +56,9 @@ def run_demo(workdir: Path | None = None, questions: int = 3) -> int:
         root.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         index = LocalSearch.build(sample_corpus_path(), root / "index", overwrite=True)
-        print(f"built a BM25 index of {len(index)} passages in {time.perf_counter() - started:.2f}s")
+        print(
+            f"built a BM25 index of {len(index)} passages in {time.perf_counter() - started:.2f}s"
+        )
         cache = ResultCache(root / "cache.jsonl")
         local = Toolbox(index, pages=index, top_k=3, doc_chars=300)
         with start_retrieval_server(index) as server:
@@ -69,6 +71,8 @@ def run_demo(workdir: Path | None = None, questions: int = 3) -> int:
             print(RULE)
             for k in (1, 3, 5):
                 recall = _answer_recall(Toolbox(index, top_k=k), all_questions)
-                print(f"answer found in the top {k} documents: {recall:.0%} of {len(all_questions)}")
+                print(
+                    f"answer found in the top {k} documents: {recall:.0%} of {len(all_questions)}"
+                )
             print(f"result cache: {cache.stats()}")
     return 0

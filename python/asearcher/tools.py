@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 from . import _core
 from ._progress import progress_bar
@@ -57,10 +56,11 @@ class LocalSearch(_core.LocalSearch):
         if callable(progress):
             stats = cls.build_index(corpus, out, progress=progress, **kwargs)
         elif progress:
-            total = Path(corpus).stat().st_size
-            with progress_bar(total=total, unit="B", unit_scale=True, desc="indexing") as bar:
+            with progress_bar(unit="B", unit_scale=True, desc="indexing") as bar:
 
-                def report(docs: int, done: int, _total: int) -> None:
+                def report(docs: int, done: int, total: int) -> None:
+                    if bar.total != total:
+                        bar.total = total
                     bar.update(done - bar.n)
                     bar.set_postfix(passages=docs, refresh=False)
 
@@ -77,7 +77,7 @@ class LocalSearch(_core.LocalSearch):
         index.last_build = stats
         return index
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:  # noqa: D107  (set by _core.__new__)
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.last_build: dict | None = None
 
 

@@ -157,7 +157,7 @@ fn parse_bad_line_policy(s: &str) -> PyResult<t::BadLinePolicy> {
 }
 
 /// The embedded BM25 index.
-#[pyclass(name = "LocalSearch", module = "asearcher._core", frozen)]
+#[pyclass(name = "LocalSearch", module = "asearcher._core", frozen, subclass)]
 pub struct PyLocalSearch {
     inner: Arc<t::LocalIndex>,
 }

@@ -81,14 +81,14 @@ fn page_json(p: &Page) -> Value {
 }
 
 /// Parses a JSON body ourselves so that malformed requests get a 400 with a readable reason.
-fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| bad_request(format!("malformed request: {e}")))
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("malformed request: {e}"))
 }
 
 async fn retrieve(State(st): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
     let req: RetrieveRequest = match parse_body(&body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(msg) => return bad_request(msg),
     };
     let k = req.topk.unwrap_or(st.cfg.default_topk);
     if k > st.cfg.max_topk {
@@ -131,7 +131,7 @@ async fn retrieve(State(st): State<Arc<AppState>>, body: axum::body::Bytes) -> R
 async fn access(State(st): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
     let req: AccessRequest = match parse_body(&body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(msg) => return bad_request(msg),
     };
     if req.urls.len() > st.cfg.max_queries {
         return bad_request(format!(

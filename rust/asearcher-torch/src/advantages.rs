@@ -45,7 +45,7 @@ pub fn group_advantages(
         } else {
             Tensor::zeros_like(&mean)
         };
-        adv = adv / (std + eps);
+        adv /= std + eps;
     }
     Ok(adv.reshape([n]).to_kind(kind))
 }
