@@ -3,28 +3,30 @@
 //!
 //! Text analysis (the same at build and query time): split on non-alphanumeric characters,
 //! drop tokens over 40 bytes, lowercase, remove English stop words, English Snowball stemming.
-//! Scoring is tantivy's BM25 (k1 = 1.2, b = 0.75). Queries are analysed into terms and OR-ed,
-//! so no user text is ever parsed as query syntax.
+//! Scoring is tantivy's BM25 (k1 = 1.2, b = 0.75) over one field holding title and text, as
+//! Search-R1 scores `contents`. Queries are analysed into terms and OR-ed, so no user text is ever
+//! parsed as query syntax. Passages are kept in our own memory-mapped store ([`crate::docstore`]).
 
 use crate::corpus::{BadLinePolicy, CorpusReader};
+use crate::docstore::{DocStore, DocStoreWriter};
 use crate::{Document, Page, Result, ToolError};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tantivy::collector::{DocSetCollector, TopDocs};
+use tantivy::columnar::Column;
 use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
 use tantivy::schema::{
-    Field, IndexRecordOption, OwnedValue, Schema, TextFieldIndexing, TextOptions, Value, FAST,
-    STORED, STRING,
+    Field, IndexRecordOption, OwnedValue, Schema, TextFieldIndexing, TextOptions, FAST, STRING,
 };
 use tantivy::tokenizer::{
     Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer,
 };
-use tantivy::{DocAddress, Index, IndexReader, ReloadPolicy, Searcher, TantivyDocument, Term};
+use tantivy::{DocAddress, Index, ReloadPolicy, Searcher, TantivyDocument, Term};
 
 const ANALYZER: &str = "asearcher_en";
 const META_FILE: &str = "asearcher_index.json";
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 
 /// Options for [`LocalIndex::build`].
 #[derive(Debug, Clone)]
@@ -77,24 +79,22 @@ struct IndexMeta {
 struct Fields {
     id: Field,
     url: Field,
-    title: Field,
-    text: Field,
+    contents: Field,
     ord: Field,
 }
 
 fn schema() -> (Schema, Fields) {
     let mut b = Schema::builder();
-    let analysed = TextOptions::default().set_stored().set_indexing_options(
+    let analysed = TextOptions::default().set_indexing_options(
         TextFieldIndexing::default()
             .set_tokenizer(ANALYZER)
             .set_index_option(IndexRecordOption::WithFreqs),
     );
     let fields = Fields {
-        id: b.add_text_field("id", STRING | STORED),
-        url: b.add_text_field("url", STRING | STORED),
-        title: b.add_text_field("title", analysed.clone()),
-        text: b.add_text_field("text", analysed),
-        ord: b.add_u64_field("ord", FAST | STORED),
+        id: b.add_text_field("id", STRING),
+        url: b.add_text_field("url", STRING),
+        contents: b.add_text_field("contents", analysed),
+        ord: b.add_u64_field("ord", FAST),
     };
     (b.build(), fields)
 }
@@ -118,7 +118,11 @@ fn index_err(path: &Path, e: impl std::fmt::Display) -> ToolError {
 /// A read-only BM25 index over a corpus, safe to query from many threads at once.
 pub struct LocalIndex {
     path: PathBuf,
-    reader: IndexReader,
+    searcher: Searcher,
+    /// The `ord` column of each segment, by segment ordinal.
+    ords: Vec<Column<u64>>,
+    store: DocStore,
+    analyzer: TextAnalyzer,
     fields: Fields,
     meta: IndexMeta,
 }
@@ -206,9 +210,20 @@ impl LocalIndex {
             .reload_policy(ReloadPolicy::Manual)
             .try_into()
             .map_err(|e| index_err(&path, e))?;
+        let searcher = reader.searcher();
+        let ords = searcher
+            .segment_readers()
+            .iter()
+            .map(|seg| seg.fast_fields().u64("ord"))
+            .collect::<tantivy::Result<Vec<_>>>()
+            .map_err(|e| index_err(&path, e))?;
+        let store = DocStore::open(&path)?;
         Ok(Self {
             path,
-            reader,
+            searcher,
+            ords,
+            store,
+            analyzer: analyzer(),
             fields,
             meta,
         })
@@ -220,7 +235,7 @@ impl LocalIndex {
 
     /// Number of passages in the index.
     pub fn num_docs(&self) -> u64 {
-        self.reader.searcher().num_docs()
+        self.searcher.num_docs()
     }
 
     pub fn build_stats(&self) -> &BuildStats {
@@ -228,33 +243,32 @@ impl LocalIndex {
     }
 
     fn query_for(&self, text: &str) -> BooleanQuery {
-        let mut analyzer = analyzer();
+        let mut analyzer = self.analyzer.clone();
         let mut stream = analyzer.token_stream(text);
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         while stream.advance() {
-            let token = &stream.token().text;
-            for field in [self.fields.title, self.fields.text] {
-                let term = Term::from_field_text(field, token);
-                clauses.push((
-                    Occur::Should,
-                    Box::new(TermQuery::new(term, IndexRecordOption::WithFreqs)),
-                ));
-            }
+            let term = Term::from_field_text(self.fields.contents, &stream.token().text);
+            clauses.push((
+                Occur::Should,
+                Box::new(TermQuery::new(term, IndexRecordOption::WithFreqs)),
+            ));
         }
         BooleanQuery::new(clauses)
     }
 
-    fn search_with(&self, searcher: &Searcher, query: &str, k: usize) -> Result<Vec<Document>> {
+    /// The top `k` passages for `query`, best first, with BM25 scores.
+    pub fn search(&self, query: &str, k: usize) -> Result<Vec<Document>> {
         if k == 0 {
             return Ok(Vec::new());
         }
         let q = self.query_for(query);
-        let hits = searcher
+        let hits = self
+            .searcher
             .search(&q, &TopDocs::with_limit(k).order_by_score())
             .map_err(|e| index_err(&self.path, e))?;
         hits.into_iter()
             .map(|(score, addr)| {
-                self.load(searcher, addr).map(|d| Document {
+                self.load(addr).map(|d| Document {
                     score: Some(score),
                     ..d
                 })
@@ -262,59 +276,37 @@ impl LocalIndex {
             .collect()
     }
 
-    /// The top `k` passages for `query`, best first, with BM25 scores.
-    pub fn search(&self, query: &str, k: usize) -> Result<Vec<Document>> {
-        self.search_with(&self.reader.searcher(), query, k)
-    }
-
     /// Searches many queries in parallel (rayon); results are in query order.
     pub fn search_batch(&self, queries: &[String], k: usize) -> Result<Vec<Vec<Document>>> {
-        let searcher = self.reader.searcher();
-        queries
-            .par_iter()
-            .map(|q| self.search_with(&searcher, q, k))
-            .collect()
+        queries.par_iter().map(|q| self.search(q, k)).collect()
     }
 
-    fn load(&self, searcher: &Searcher, addr: DocAddress) -> Result<Document> {
-        let doc: TantivyDocument = searcher.doc(addr).map_err(|e| index_err(&self.path, e))?;
-        let text_of = |f: Field| {
-            doc.get_first(f)
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_string()
-        };
-        Ok(Document {
-            id: text_of(self.fields.id),
-            title: text_of(self.fields.title),
-            text: text_of(self.fields.text),
-            url: Some(text_of(self.fields.url)).filter(|u| !u.is_empty()),
-            score: None,
-        })
+    fn ord_of(&self, addr: DocAddress) -> Result<u64> {
+        self.ords
+            .get(addr.segment_ord as usize)
+            .and_then(|col| col.first(addr.doc_id))
+            .ok_or_else(|| index_err(&self.path, format!("no ordinal for {addr:?}")))
+    }
+
+    fn load(&self, addr: DocAddress) -> Result<Document> {
+        self.store.get(self.ord_of(addr)?)
     }
 
     fn all_matching(&self, field: Field, value: &str) -> Result<Vec<Document>> {
-        let searcher = self.reader.searcher();
         let q = TermQuery::new(
             Term::from_field_text(field, value),
             IndexRecordOption::Basic,
         );
-        let addrs = searcher
+        let addrs = self
+            .searcher
             .search(&q, &DocSetCollector)
             .map_err(|e| index_err(&self.path, e))?;
-        let mut docs: Vec<(u64, Document)> = addrs
+        let mut ords = addrs
             .into_iter()
-            .map(|addr| {
-                let ord = searcher
-                    .doc::<TantivyDocument>(addr)
-                    .ok()
-                    .and_then(|d| d.get_first(self.fields.ord).and_then(|v| v.as_u64()))
-                    .unwrap_or(u64::MAX);
-                self.load(&searcher, addr).map(|d| (ord, d))
-            })
-            .collect::<Result<_>>()?;
-        docs.sort_by_key(|(ord, _)| *ord);
-        Ok(docs.into_iter().map(|(_, d)| d).collect())
+            .map(|a| self.ord_of(a))
+            .collect::<Result<Vec<_>>>()?;
+        ords.sort_unstable();
+        ords.into_iter().map(|o| self.store.get(o)).collect()
     }
 
     /// The passage with this id, if any.
@@ -393,15 +385,16 @@ fn write_index(
         .writer_with_num_threads::<TantivyDocument>(threads, heap)
         .map_err(|e| index_err(dir, e))?;
     let mut reader = CorpusReader::open(corpus, opts.on_bad_line)?;
+    let mut store = DocStoreWriter::create(dir)?;
     let mut docs = 0u64;
     while let Some(doc) = reader.next() {
         let doc = doc?;
+        let ord = store.add(&doc)?;
         let mut td = TantivyDocument::default();
         td.add_text(f.id, &doc.id);
         td.add_text(f.url, doc.url.as_deref().unwrap_or(""));
-        td.add_text(f.title, &doc.title);
-        td.add_text(f.text, &doc.text);
-        td.add_field_value(f.ord, &OwnedValue::U64(docs));
+        td.add_text(f.contents, format!("{}\n{}", doc.title, doc.text));
+        td.add_field_value(f.ord, &OwnedValue::U64(ord));
         writer.add_document(td).map_err(|e| index_err(dir, e))?;
         docs += 1;
         if docs % 8192 == 0 && !progress(docs, reader.bytes_read(), total_bytes) {
@@ -410,6 +403,7 @@ fn write_index(
             });
         }
     }
+    store.finish()?;
     writer.commit().map_err(|e| index_err(dir, e))?;
     if opts.merge {
         let ids = index

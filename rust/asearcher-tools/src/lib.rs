@@ -12,6 +12,7 @@ pub mod bm25;
 pub mod cache;
 pub mod corpus;
 pub mod doc;
+pub mod docstore;
 pub mod error;
 pub mod page;
 pub mod retrieval;
