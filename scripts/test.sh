@@ -7,8 +7,8 @@ set -euo pipefail
 echo "== lint" >&2
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-ruff check python tests benches scripts
-ruff format --check python tests benches scripts
+ruff check python tests benches scripts examples
+ruff format --check python tests benches scripts examples
 echo "== cargo tests" >&2
 # The tch crate's tests load libtorch from the torch wheel.
 LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" cargo nextest run --workspace --no-fail-fast
