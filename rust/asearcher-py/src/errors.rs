@@ -46,3 +46,8 @@ pub fn torch_err(e: TorchError) -> PyErr {
 pub fn config_err(name: &str, msg: impl std::fmt::Display) -> PyErr {
     raise("ConfigError", format!("invalid setting `{name}`: {msg}"))
 }
+
+/// A background task that panicked or was cancelled.
+pub fn join_err(e: tokio::task::JoinError) -> PyErr {
+    pyo3::exceptions::PyRuntimeError::new_err(format!("background task failed: {e}"))
+}

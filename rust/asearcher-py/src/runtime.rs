@@ -29,11 +29,7 @@ where
         });
         match done {
             Some(Ok(result)) => return result,
-            Some(Err(join)) => {
-                return Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
-                    "background task failed: {join}"
-                )))
-            }
+            Some(Err(join)) => return Err(crate::errors::join_err(join)),
             None => {
                 if let Err(e) = py.check_signals() {
                     handle.abort();

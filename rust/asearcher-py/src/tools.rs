@@ -2,7 +2,7 @@
 //! page reader, the result cache and the agent-facing toolbox. Every blocking call releases the
 //! GIL; every `a`-prefixed method returns an asyncio awaitable.
 
-use crate::errors::{config_err, tool_err};
+use crate::errors::{config_err, join_err, tool_err};
 use crate::runtime::{awaitable, wait_for_future};
 use asearcher_tools as t;
 use asearcher_tools::backoff::RetryPolicy;
@@ -272,9 +272,7 @@ impl PyLocalSearch {
         let idx = self.inner.clone();
         awaitable(py, async move {
             let r = tokio::task::spawn_blocking(move || idx.search(&query, k)).await;
-            r.map_err(|e| config_err("search", e))?
-                .map(docs)
-                .map_err(tool_err)
+            r.map_err(join_err)?.map(docs).map_err(tool_err)
         })
     }
 
@@ -288,7 +286,7 @@ impl PyLocalSearch {
         let idx = self.inner.clone();
         awaitable(py, async move {
             let r = tokio::task::spawn_blocking(move || idx.search_batch(&queries, k)).await;
-            let hits = r.map_err(|e| config_err("search", e))?.map_err(tool_err)?;
+            let hits = r.map_err(join_err)?.map_err(tool_err)?;
             Ok(hits.into_iter().map(docs).collect::<Vec<_>>())
         })
     }

@@ -102,3 +102,17 @@ impl ToolError {
 }
 
 pub type Result<T> = std::result::Result<T, ToolError>;
+
+/// An error and its sources, joined with ": " (a source already contained in the text is skipped).
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![err.to_string()];
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = e.source();
+    }
+    parts.join(": ")
+}

@@ -5,6 +5,7 @@
 //! concurrent requests.
 
 use crate::backoff::RetryPolicy;
+use crate::error::error_chain;
 use crate::{Document, Page, Result, ToolError};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -152,7 +153,6 @@ impl RetrievalClient {
         let _permit = ep.permits.acquire().await.expect("semaphore never closed");
         let url = format!("{}{}", ep.base, path);
         send_json(
-            &self.http,
             self.http.post(&url).json(body),
             "retrieval",
             &url,
@@ -164,7 +164,6 @@ impl RetrievalClient {
 
 /// Sends a request and decodes a JSON answer, mapping failures to tool errors.
 pub(crate) async fn send_json<T: DeserializeOwned>(
-    _http: &reqwest::Client,
     req: reqwest::RequestBuilder,
     backend: &str,
     url: &str,
@@ -218,17 +217,6 @@ pub(crate) fn classify(
             msg: error_chain(&e),
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
 }
 
 pub(crate) fn normalise_base(raw: &str) -> Result<String> {

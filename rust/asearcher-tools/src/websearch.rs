@@ -114,15 +114,7 @@ impl SerperClient {
                 .post(&self.endpoint)
                 .header("X-API-KEY", &self.cfg.api_key)
                 .json(&body);
-            match send_json::<SerperAnswer>(
-                &self.http,
-                req,
-                "serper",
-                &self.endpoint,
-                self.cfg.timeout,
-            )
-            .await
-            {
+            match send_json::<SerperAnswer>(req, "serper", &self.endpoint, self.cfg.timeout).await {
                 Ok(ans) => return Ok(ans.organic.into_iter().take(k).map(to_document).collect()),
                 Err(e) if e.is_transient() => {
                     tracing::warn!(attempt, error = %e, "web search failed; retrying");

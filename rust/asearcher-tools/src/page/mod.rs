@@ -25,7 +25,7 @@ use url::Url;
 
 use crate::backoff::RetryPolicy;
 use crate::doc::Page;
-use crate::error::{Result, ToolError};
+use crate::error::{error_chain, Result, ToolError};
 use extract::{body_kind, decode_body, looks_like_html, looks_like_text, media_type, BodyKind};
 use guard::{check_url, find_refusal, GuardedResolver};
 
@@ -509,20 +509,6 @@ fn jina_title(text: &str) -> String {
         .and_then(|l| l.strip_prefix("Title:"))
         .map(|t| t.trim().to_string())
         .unwrap_or_default()
-}
-
-/// An error and its sources, joined with ": ".
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![err.to_string()];
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        let s = e.to_string();
-        if !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-        cur = e.source();
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]
