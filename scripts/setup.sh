@@ -10,7 +10,8 @@
 set -euo pipefail
 
 ASEARCHER_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-ASEARCHER_CACHE="${ASEARCHER_CACHE:-$HOME/.cache/asearcher}"
+HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
+ASEARCHER_CACHE="${ASEARCHER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/asearcher}"
 ASEARCHER_VENV="${ASEARCHER_VENV:-$ASEARCHER_CACHE/venv}"
 TORCH_VERSION="2.11.0"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ASEARCHER_CACHE/target}"
@@ -49,7 +50,14 @@ ensure_python_deps() {
 }
 
 ensure_rust() {
-  command -v cargo >/dev/null || { log "cargo is required (install Rust from rustup)"; exit 1; }
+  if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+  command -v cargo >/dev/null || { log "cargo is required (install Rust with rustup)"; return 1; }
+  command -v cargo-nextest >/dev/null || cargo nextest --version >/dev/null 2>&1 || {
+    log "installing cargo-nextest (once)"
+    cargo install --locked cargo-nextest
+  }
 }
 
 build_wheel() {
@@ -60,7 +68,7 @@ build_wheel() {
 }
 
 ensure_venv
-ensure_rust
+ensure_rust || return 1 2>/dev/null || exit 1
 ensure_torch
 ensure_python_deps
 TORCH_LIB="$(python -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
