@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -89,3 +91,18 @@ def test_background_server_handle(sample_index):
         assert len(out.docs) == 2 and out.text.startswith("[Doc 1](")
     with pytest.raises(BackendError):
         RetrievalClient([handle.url], timeout=1, retries=0).search("university")
+
+
+def test_cli_searches_and_reads_through_a_server(retrieval_server, sample_index):
+    exe = [sys.executable, "-m", "asearcher.cli"]
+    out = subprocess.run([*exe, "search", retrieval_server, "glass works founded", "-k", "2"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    local = Toolbox(sample_index, top_k=2).search("glass works founded").text
+    assert out.stdout.strip() == local.strip()
+    url = sample_index.search("glass works founded", k=1)[0].url
+    page = subprocess.run([*exe, "access", retrieval_server, url], capture_output=True, text=True)
+    assert page.returncode == 0 and page.stdout.startswith(">>>> Page 1 >>>>")
+    dead = subprocess.run([*exe, "search", f"http://127.0.0.1:{free_port()}", "x"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert dead.returncode == 1 and "all retrieval endpoints failed" in dead.stderr

@@ -48,22 +48,31 @@ def cmd_index_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_search(args: argparse.Namespace) -> int:
-    from .tools import LocalSearch, Toolbox
+def _open_backend(where: str):
+    """A local index directory, or the URL(s) of retrieval servers (comma-separated)."""
+    from .tools import LocalSearch, RetrievalClient
 
-    index = LocalSearch(args.index)
+    if where.startswith(("http://", "https://")):
+        return RetrievalClient(where.split(","))
+    return LocalSearch(where)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .tools import Toolbox
+
+    backend = _open_backend(args.index)
     if args.json:
-        _print_json(_docs_json(index.search(args.query, k=args.k)))
+        _print_json(_docs_json(backend.search(args.query, k=args.k)))
     else:
-        print(Toolbox(index, top_k=args.k, doc_chars=args.doc_chars).search(args.query).text)
+        print(Toolbox(backend, top_k=args.k, doc_chars=args.doc_chars).search(args.query).text)
     return 0
 
 
 def cmd_access(args: argparse.Namespace) -> int:
-    from .tools import LocalSearch, Toolbox
+    from .tools import Toolbox
 
-    index = LocalSearch(args.index)
-    print(Toolbox(index, pages=index).access(args.url).text)
+    backend = _open_backend(args.index)
+    print(Toolbox(backend, pages=backend).access(args.url).text)
     return 0
 
 
@@ -127,15 +136,15 @@ def _add_index_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_tool_parsers(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("search", help="search a local index, printed as the agent sees it")
-    s.add_argument("index", help="index directory")
+    s = sub.add_parser("search", help="search an index or a server, printed as the agent sees it")
+    s.add_argument("index", help="index directory, or retrieval server URL(s), comma-separated")
     s.add_argument("query")
     s.add_argument("-k", type=int, default=5, help="documents to return (default 5)")
     s.add_argument("--doc-chars", type=int, default=5000, help="characters kept per document")
     s.add_argument("--json", action="store_true", help="print documents as JSON")
     s.set_defaults(func=cmd_search)
-    a = sub.add_parser("access", help="read a page of a local index by URL or id")
-    a.add_argument("index")
+    a = sub.add_parser("access", help="read a page of an index or a server by URL or id")
+    a.add_argument("index", help="index directory, or retrieval server URL(s), comma-separated")
     a.add_argument("url")
     a.set_defaults(func=cmd_access)
     f = sub.add_parser("fetch", help="fetch a web page as readable text chunks")
