@@ -99,6 +99,12 @@ def cmd_serve_retrieval(args: argparse.Namespace) -> int:
     from .tools import LocalSearch
 
     index = LocalSearch(args.index)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger("asearcher").warning(
+            "binding %s: the retrieval server has no authentication and will answer anyone "
+            "who can reach this address",
+            args.host,
+        )
 
     def ready(url: str) -> None:
         print(f"retrieval server on {url} ({len(index)} passages); Ctrl-C stops it", flush=True)
