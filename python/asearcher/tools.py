@@ -56,7 +56,8 @@ class LocalSearch(_core.LocalSearch):
         if callable(progress):
             stats = cls.build_index(corpus, out, progress=progress, **kwargs)
         elif progress:
-            with progress_bar(unit="B", unit_scale=True, desc="indexing") as bar:
+            size = os.path.getsize(corpus) if os.path.isfile(corpus) else None
+            with progress_bar(total=size, unit="B", unit_scale=True, desc="indexing") as bar:
 
                 def report(docs: int, done: int, total: int) -> None:
                     if bar.total != total:
