@@ -321,28 +321,35 @@ impl PyLocalSearch {
 }
 
 fn retry_policy(retries: u32, backoff: f64) -> PyResult<RetryPolicy> {
-    if !(backoff.is_finite() && backoff >= 0.0) {
-        return Err(config_err(
-            "backoff",
-            format!("must be a non-negative number of seconds, got {backoff}"),
-        ));
-    }
+    let base_delay = Duration::try_from_secs_f64(backoff)
+        .ok()
+        .filter(|d| *d <= Duration::from_secs(3600))
+        .ok_or_else(|| {
+            config_err(
+                "backoff",
+                format!("must be between 0 and 3600 seconds, got {backoff}"),
+            )
+        })?;
+    let max_delay = RetryPolicy::default().max_delay.max(base_delay);
     Ok(RetryPolicy {
         retries,
-        base_delay: Duration::from_secs_f64(backoff),
-        ..RetryPolicy::default()
+        base_delay,
+        max_delay,
     })
 }
 
+/// A positive duration of at most a week (larger values are surely a mistake, and would
+/// overflow deadlines).
 fn seconds(name: &str, s: f64) -> PyResult<Duration> {
-    if s.is_finite() && s > 0.0 {
-        Ok(Duration::from_secs_f64(s))
-    } else {
-        Err(config_err(
-            name,
-            format!("must be a positive number of seconds, got {s}"),
-        ))
-    }
+    Duration::try_from_secs_f64(s)
+        .ok()
+        .filter(|d| !d.is_zero() && *d <= Duration::from_secs(7 * 24 * 3600))
+        .ok_or_else(|| {
+            config_err(
+                name,
+                format!("must be between 0 and 604800 seconds, got {s}"),
+            )
+        })
 }
 
 /// Client for Search-R1/ASearcher retrieval servers, with failover across addresses.

@@ -28,6 +28,9 @@ const ANALYZER: &str = "asearcher_en";
 const META_FILE: &str = "asearcher_index.json";
 const FORMAT_VERSION: u32 = 2;
 
+/// The most passages one page (one URL) joins: a page is for reading, not a corpus dump.
+pub const MAX_PAGE_PASSAGES: usize = 1000;
+
 /// Options for [`LocalIndex::build`].
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -167,10 +170,7 @@ impl LocalIndex {
         match result {
             Ok(stats) => {
                 // Replacing a previous index happens only now that the new one is complete.
-                if out.exists() {
-                    std::fs::remove_dir_all(out).map_err(|e| ToolError::io(out, e))?;
-                }
-                std::fs::rename(&tmp, out).map_err(|e| ToolError::io(out, e))?;
+                replace_dir(&tmp, out)?;
                 tracing::info!(docs = stats.docs, skipped = stats.skipped_lines, secs = stats.seconds, out = %out.display(), "index built");
                 Ok(stats)
             }
@@ -306,6 +306,7 @@ impl LocalIndex {
             .map(|a| self.ord_of(a))
             .collect::<Result<Vec<_>>>()?;
         ords.sort_unstable();
+        ords.truncate(MAX_PAGE_PASSAGES);
         ords.into_iter().map(|o| self.store.get(o)).collect()
     }
 
@@ -314,9 +315,14 @@ impl LocalIndex {
         Ok(self.all_matching(self.fields.id, id)?.into_iter().next())
     }
 
-    /// The page at `url_or_id`: all passages sharing that URL joined in corpus order, or else the
-    /// passage with that id. `None` when neither exists.
+    /// The page at `url_or_id`: the passages sharing that URL joined in corpus order (at most
+    /// [`MAX_PAGE_PASSAGES`]), or else the passage with that id. `None` when neither exists or
+    /// the input is blank.
     pub fn access(&self, url_or_id: &str) -> Result<Option<Page>> {
+        let url_or_id = url_or_id.trim();
+        if url_or_id.is_empty() {
+            return Ok(None);
+        }
         let mut docs = self.all_matching(self.fields.url, url_or_id)?;
         if docs.is_empty() {
             docs = self.all_matching(self.fields.id, url_or_id)?;
@@ -361,12 +367,36 @@ fn prepare_output(out: &Path, overwrite: bool) -> Result<()> {
     ))
 }
 
+/// Moves the finished index at `tmp` to `out`; an old index there is moved aside first and
+/// removed only once the new one is in place (restored if the move fails).
+fn replace_dir(tmp: &Path, out: &Path) -> Result<()> {
+    let old = out
+        .exists()
+        .then(|| temp_sibling(out).with_extension("old"));
+    if let Some(old) = &old {
+        std::fs::rename(out, old).map_err(|e| ToolError::io(out, e))?;
+    }
+    if let Err(e) = std::fs::rename(tmp, out) {
+        if let Some(old) = &old {
+            let _ = std::fs::rename(old, out);
+        }
+        let _ = std::fs::remove_dir_all(tmp);
+        return Err(ToolError::io(out, e));
+    }
+    if let Some(old) = old {
+        let _ = std::fs::remove_dir_all(old);
+    }
+    Ok(())
+}
+
 fn temp_sibling(out: &Path) -> PathBuf {
     let name = out
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "index".into());
-    out.with_file_name(format!(".{name}.building-{}", std::process::id()))
+    static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    out.with_file_name(format!(".{name}.building-{}-{n}", std::process::id()))
 }
 
 fn write_index(
@@ -392,7 +422,9 @@ fn write_index(
         let ord = store.add(&doc)?;
         let mut td = TantivyDocument::default();
         td.add_text(f.id, &doc.id);
-        td.add_text(f.url, doc.url.as_deref().unwrap_or(""));
+        if let Some(url) = doc.url.as_deref().filter(|u| !u.is_empty()) {
+            td.add_text(f.url, url);
+        }
         td.add_text(f.contents, format!("{}\n{}", doc.title, doc.text));
         td.add_field_value(f.ord, &OwnedValue::U64(ord));
         writer.add_document(td).map_err(|e| index_err(dir, e))?;
@@ -503,6 +535,10 @@ mod tests {
             "Berlin is the capital of Germany."
         );
         assert!(idx.access("https://w/Nowhere").unwrap().is_none());
+        // Passages without a URL do not form a page; a blank request is no page at all.
+        for blank in ["", "   "] {
+            assert!(idx.access(blank).unwrap().is_none(), "{blank:?}");
+        }
         assert_eq!(idx.get("r1").unwrap().unwrap().title, "Rome");
     }
 

@@ -198,21 +198,34 @@ impl ResultCache {
     }
 }
 
+/// Loads the log. Lines are read as bytes, so a record torn anywhere (even inside a multi-byte
+/// character) only loses itself; a file left without a final newline gets one, so the next
+/// record starts on a line of its own.
 fn load_log(path: &Path) -> Result<HashMap<String, Value>> {
     let mut entries = HashMap::new();
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(entries),
         Err(e) => return Err(ToolError::io(path, e)),
     };
     let mut bad = 0usize;
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        match serde_json::from_str::<Record>(line) {
+    for line in bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+    {
+        match serde_json::from_slice::<Record>(line) {
             Ok(r) => {
                 entries.insert(r.key, r.value);
             }
             Err(_) => bad += 1,
         }
+    }
+    if bytes.last().is_some_and(|&b| b != b'\n') {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| ToolError::io(path, e))?;
+        f.write_all(b"\n").map_err(|e| ToolError::io(path, e))?;
     }
     if bad > 0 {
         tracing::warn!(path = %path.display(), bad, "ignored unreadable cache records (torn writes?)");
@@ -247,13 +260,24 @@ mod tests {
                 .unwrap();
             assert!(cached);
         }
-        // A torn last line (crash mid-write) is ignored, not fatal.
+        // A torn last line (crash mid-write, here inside a multi-byte character) is ignored,
+        // and the next record is not glued to it.
         std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
             .unwrap()
-            .write_all(b"{\"key\": \"tor")
+            .write_all(b"{\"key\": \"t\xc3")
             .unwrap();
+        let later = json!({"q": "after the crash", "k": 5});
+        {
+            let c = ResultCache::open(&path, CacheMode::ReadWrite).unwrap();
+            let _: (Vec<String>, bool) = c
+                .get_or_fetch("local", "search", &later, || async {
+                    Ok(vec!["x".to_string()])
+                })
+                .await
+                .unwrap();
+        }
         let c = ResultCache::open(&path, CacheMode::Replay).unwrap();
         let (v, cached): (Vec<String>, bool) = c
             .get_or_fetch("local", "search", &req, || async {
@@ -268,6 +292,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, ToolError::CacheMiss { .. }), "{err}");
+        assert!(c.get("local", "search", &later).is_some());
         // Backends do not share keys.
         assert!(c.get("serper", "search", &req).is_none());
         assert_eq!(
@@ -275,7 +300,7 @@ mod tests {
             CacheStats {
                 hits: 1,
                 misses: 1,
-                entries: 1
+                entries: 2
             }
         );
     }

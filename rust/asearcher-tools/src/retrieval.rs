@@ -111,6 +111,13 @@ impl RetrievalClient {
     pub async fn access_batch(&self, urls: &[String]) -> Result<Vec<Option<Page>>> {
         let resp: ResultEnvelope<Vec<Option<Value>>> =
             self.post("/access", &json!({"urls": urls})).await?;
+        if resp.result.len() != urls.len() {
+            return Err(ToolError::Backend {
+                backend: "retrieval".into(),
+                url: "/access".into(),
+                msg: format!("asked {} urls, got {} pages", urls.len(), resp.result.len()),
+            });
+        }
         Ok(resp
             .result
             .into_iter()

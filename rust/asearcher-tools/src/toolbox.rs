@@ -40,7 +40,7 @@ impl SearchBackend for Arc<LocalIndex> {
         let (idx, qs) = (self.clone(), queries.to_vec());
         tokio::task::spawn_blocking(move || LocalIndex::search_batch(&idx, &qs, k))
             .await
-            .expect("search task panicked")
+            .map_err(|e| task_failed("search", e))?
     }
 }
 
@@ -53,7 +53,7 @@ impl PageSource for Arc<LocalIndex> {
         let (idx, url) = (self.clone(), url.to_string());
         tokio::task::spawn_blocking(move || LocalIndex::access(&idx, &url))
             .await
-            .expect("access task panicked")
+            .map_err(|e| task_failed("access", e))?
     }
 }
 
@@ -184,7 +184,9 @@ impl Toolbox {
 
     /// One `<search>` call.
     pub async fn search(&self, query: &str) -> Result<ToolOutput> {
-        Ok(self.search_batch(&[query.to_string()]).await?.remove(0))
+        let mut out = self.search_batch(&[query.to_string()]).await?;
+        out.pop()
+            .ok_or_else(|| short_answer(&self.search.name(), 1, 0))
     }
 
     /// One `<access>` call: the page split into chunks, rendered with `>>>> Page n >>>>` headers.
@@ -223,8 +225,7 @@ pub async fn cached_search(
     k: usize,
 ) -> Result<Vec<(Vec<Document>, bool)>> {
     let Some(cache) = cache else {
-        return Ok(backend
-            .search_batch(queries, k)
+        return Ok(checked_search(backend, queries, k)
             .await?
             .into_iter()
             .map(|d| (d, false))
@@ -254,7 +255,7 @@ pub async fn cached_search(
             });
         }
         let qs: Vec<String> = missing.iter().map(|&i| queries[i].clone()).collect();
-        let fetched = backend.search_batch(&qs, k).await?;
+        let fetched = checked_search(backend, &qs, k).await?;
         for (i, docs) in missing.into_iter().zip(fetched) {
             let value = serde_json::to_value(&docs).expect("documents serialise");
             cache.put(&name, "search", &request(&queries[i]), value)?;
@@ -265,6 +266,35 @@ pub async fn cached_search(
         .into_iter()
         .map(|o| o.expect("every query answered"))
         .collect())
+}
+
+/// A backend's answer, checked to hold one result list per query.
+async fn checked_search(
+    backend: &Arc<dyn SearchBackend>,
+    queries: &[String],
+    k: usize,
+) -> Result<Vec<Vec<Document>>> {
+    let hits = backend.search_batch(queries, k).await?;
+    if hits.len() != queries.len() {
+        return Err(short_answer(&backend.name(), queries.len(), hits.len()));
+    }
+    Ok(hits)
+}
+
+fn short_answer(backend: &str, asked: usize, got: usize) -> crate::ToolError {
+    crate::ToolError::Backend {
+        backend: backend.into(),
+        url: String::new(),
+        msg: format!("asked {asked} queries, got {got} result lists"),
+    }
+}
+
+fn task_failed(what: &str, e: tokio::task::JoinError) -> crate::ToolError {
+    crate::ToolError::Backend {
+        backend: "local".into(),
+        url: String::new(),
+        msg: format!("{what} task failed: {e}"),
+    }
 }
 
 /// Reads a page through the cache (a missing page, `None`, is cached too).
