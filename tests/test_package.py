@@ -111,3 +111,13 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
     assert out.returncode == 1
     assert "bad.jsonl:2:" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "idx").exists()
+
+
+@pytest.mark.parametrize("kwargs", [{"timeout": 1e30}, {"timeout": 0}, {"timeout": float("nan")}])
+def test_absurd_durations_are_config_errors_not_panics(kwargs):
+    from asearcher.tools import PageReader, RetrievalClient
+
+    with pytest.raises(exceptions.ConfigError, match="timeout"):
+        PageReader(**kwargs)
+    with pytest.raises(exceptions.ConfigError, match="backoff"):
+        RetrievalClient(["http://127.0.0.1:1"], backoff=1e30)

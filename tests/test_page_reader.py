@@ -6,7 +6,12 @@ from __future__ import annotations
 import time
 
 import pytest
-from asearcher.exceptions import BackendError, ConfigError, PageRefusedError, ToolTimeoutError
+from asearcher.exceptions import (
+    ConfigError,
+    PageRefusedError,
+    RequestRejectedError,
+    ToolTimeoutError,
+)
 from asearcher.tools import PageReader, Toolbox
 from conftest import SerperHandler  # noqa: F401  (keeps fixture module imported)
 
@@ -65,8 +70,8 @@ def test_slow_pages_time_out(reader, site):
         reader.read(f"{site}/slow")
 
 
-def test_missing_page_is_a_backend_error(reader, site):
-    with pytest.raises(BackendError, match="404"):
+def test_missing_page_is_a_rejection(reader, site):
+    with pytest.raises(RequestRejectedError, match="404"):
         reader.read(f"{site}/nope")
 
 
@@ -75,6 +80,8 @@ def test_jina_mode_sends_key_from_environment(site, monkeypatch):
     jina = PageReader(mode="jina", reader_url=f"{site}/reader")
     page = jina.read("https://example.org/some/page")
     assert page.contents == "READER saw https://example.org/some/page with auth=Bearer jina-secret"
+    with pytest.raises(PageRefusedError, match="169.254.169.254"):
+        jina.read("http://169.254.169.254/latest/meta-data/")
     with pytest.raises(ConfigError, match="reader_url"):
         PageReader(mode="jina")
 

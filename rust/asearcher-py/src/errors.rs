@@ -3,48 +3,57 @@
 use asearcher_tools::ToolError;
 use asearcher_torch::TorchError;
 use pyo3::prelude::*;
-use pyo3::types::PyType;
 
-/// Builds an instance of `asearcher.exceptions.<class>` with `msg`.
-pub fn raise(class: &str, msg: String) -> PyErr {
-    Python::attach(|py| {
-        let cls = py
-            .import("asearcher.exceptions")
-            .and_then(|m| m.getattr(class))
-            .and_then(|c| c.cast_into::<PyType>().map_err(PyErr::from));
-        match cls {
-            Ok(cls) => PyErr::from_type(cls, msg),
-            Err(e) => e,
-        }
-    })
+mod py {
+    pyo3::import_exception!(asearcher.exceptions, AsearcherIOError);
+    pyo3::import_exception!(asearcher.exceptions, BackendError);
+    pyo3::import_exception!(asearcher.exceptions, CacheMissError);
+    pyo3::import_exception!(asearcher.exceptions, CancelledError);
+    pyo3::import_exception!(asearcher.exceptions, ConfigError);
+    pyo3::import_exception!(asearcher.exceptions, CorpusError);
+    pyo3::import_exception!(asearcher.exceptions, MissingSecretError);
+    pyo3::import_exception!(asearcher.exceptions, PageRefusedError);
+    pyo3::import_exception!(asearcher.exceptions, RequestRejectedError);
+    pyo3::import_exception!(asearcher.exceptions, SearchIndexError);
+    pyo3::import_exception!(asearcher.exceptions, TensorError);
+    pyo3::import_exception!(asearcher.exceptions, ToolTimeoutError);
 }
 
-fn tool_class(e: &ToolError) -> &'static str {
+/// The exception for an I/O failure at a named path or address.
+pub fn io_err(msg: String) -> PyErr {
+    py::AsearcherIOError::new_err(msg)
+}
+
+/// Builds the error lazily: no GIL is taken here, so this is safe on tokio workers.
+fn tool_exception(e: &ToolError, msg: String) -> PyErr {
     match e {
-        ToolError::Io { .. } => "AsearcherIOError",
-        ToolError::BadCorpusLine { .. } => "CorpusError",
-        ToolError::Index { .. } => "SearchIndexError",
-        ToolError::Config { .. } => "ConfigError",
-        ToolError::Backend { .. } | ToolError::AllBackendsFailed { .. } => "BackendError",
-        ToolError::Rejected { .. } => "RequestRejectedError",
-        ToolError::Timeout { .. } => "ToolTimeoutError",
-        ToolError::Refused { .. } => "PageRefusedError",
-        ToolError::CacheMiss { .. } => "CacheMissError",
-        ToolError::MissingSecret { .. } => "MissingSecretError",
-        ToolError::Cancelled { .. } => "CancelledError",
+        ToolError::Io { .. } => py::AsearcherIOError::new_err(msg),
+        ToolError::BadCorpusLine { .. } => py::CorpusError::new_err(msg),
+        ToolError::Index { .. } => py::SearchIndexError::new_err(msg),
+        ToolError::Config { .. } => py::ConfigError::new_err(msg),
+        ToolError::Backend { .. } | ToolError::AllBackendsFailed { .. } => {
+            py::BackendError::new_err(msg)
+        }
+        ToolError::Rejected { .. } => py::RequestRejectedError::new_err(msg),
+        ToolError::Timeout { .. } => py::ToolTimeoutError::new_err(msg),
+        ToolError::Refused { .. } => py::PageRefusedError::new_err(msg),
+        ToolError::CacheMiss { .. } => py::CacheMissError::new_err(msg),
+        ToolError::MissingSecret { .. } => py::MissingSecretError::new_err(msg),
+        ToolError::Cancelled { .. } => py::CancelledError::new_err(msg),
     }
 }
 
 pub fn tool_err(e: ToolError) -> PyErr {
-    raise(tool_class(&e), e.to_string())
+    let msg = e.to_string();
+    tool_exception(&e, msg)
 }
 
 pub fn torch_err(e: TorchError) -> PyErr {
-    raise("TensorError", e.to_string())
+    py::TensorError::new_err(e.to_string())
 }
 
 pub fn config_err(name: &str, msg: impl std::fmt::Display) -> PyErr {
-    raise("ConfigError", format!("invalid setting `{name}`: {msg}"))
+    py::ConfigError::new_err(format!("invalid setting `{name}`: {msg}"))
 }
 
 /// A background task that panicked or was cancelled.

@@ -1,7 +1,7 @@
 //! Python entry points of the HTTP servers: serve in the foreground (Ctrl-C stops it) or start in
 //! the background and get a handle (for notebooks and tests).
 
-use crate::errors::{config_err, raise};
+use crate::errors::{config_err, io_err};
 use crate::runtime::{runtime, wait_for_future};
 use crate::tools::PyLocalSearch;
 use asearcher_server::{RetrievalServer, ServerConfig};
@@ -27,12 +27,7 @@ fn bind(index: Arc<LocalIndex>, cfg: ServerConfig) -> PyResult<RetrievalServer> 
     let (host, port) = (cfg.host.clone(), cfg.port);
     runtime()
         .block_on(RetrievalServer::bind(index, cfg))
-        .map_err(|e| {
-            raise(
-                "AsearcherIOError",
-                format!("cannot listen on {host}:{port}: {e}"),
-            )
-        })
+        .map_err(|e| io_err(format!("cannot listen on {host}:{port}: {e}")))
 }
 
 /// Serves the index until interrupted; calls `on_ready(url)` once listening.
@@ -53,9 +48,7 @@ fn serve_retrieval(
     let server = py.detach(|| bind(idx, cfg))?;
     let url = format!(
         "http://{}",
-        server
-            .local_addr()
-            .map_err(|e| raise("AsearcherIOError", e.to_string()))?
+        server.local_addr().map_err(|e| io_err(e.to_string()))?
     );
     tracing::info!(%url, "retrieval server listening");
     if let Some(cb) = on_ready {
@@ -66,7 +59,7 @@ fn serve_retrieval(
         server
             .serve(std::future::pending())
             .await
-            .map_err(|e| raise("AsearcherIOError", e.to_string()))
+            .map_err(|e| io_err(e.to_string()))
     })
 }
 
@@ -117,9 +110,7 @@ fn start_retrieval_server(
         server_config(host, port, default_topk)?,
     );
     let server = py.detach(|| bind(idx, cfg))?;
-    let addr = server
-        .local_addr()
-        .map_err(|e| raise("AsearcherIOError", e.to_string()))?;
+    let addr = server.local_addr().map_err(|e| io_err(e.to_string()))?;
     let (tx, rx) = oneshot::channel::<()>();
     runtime().spawn(async move {
         if let Err(e) = server

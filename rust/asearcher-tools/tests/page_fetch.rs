@@ -353,15 +353,16 @@ async fn untyped_bodies_are_sniffed() {
 }
 
 #[tokio::test]
-async fn http_errors_are_backend_errors_and_4xx_is_not_retried() {
+async fn http_4xx_is_a_rejection_and_is_not_retried() {
     let (addr, state) = start().await;
     let reader = local_reader(|c| c.retries = 2);
     match reader.fetch(&format!("http://{addr}/missing")).await {
-        Err(ToolError::Backend { backend, msg, .. }) => {
-            assert_eq!(backend, "page");
-            assert!(msg.contains("404"), "{msg}");
+        Err(ToolError::Rejected {
+            backend, status, ..
+        }) => {
+            assert_eq!((backend.as_str(), status), ("page", 404));
         }
-        other => panic!("expected Backend, got {other:?}"),
+        other => panic!("expected Rejected, got {other:?}"),
     }
     assert_eq!(state.hits.get("missing"), 1);
 }

@@ -137,6 +137,9 @@ fn collapse_spaces(s: &str) -> String {
 
 /// Extracts the title and readable text of an HTML document.
 ///
+/// Markup nested deeper than [`MAX_DEPTH`] or with more than [`MAX_TAGS`] tags (which would
+/// make DOM-based extraction take minutes) is converted by a linear tag stripper instead.
+///
 /// The main article text comes from readability (dom_smoothie); when that fails or yields
 /// fewer than about 200 characters, the text of the whole document is used instead (without
 /// scripts, styles and other non-text elements, with line breaks between block elements).
@@ -144,6 +147,9 @@ fn collapse_spaces(s: &str) -> String {
 /// title is the document's `<title>`, else readability's. `url` (absolute) helps readability
 /// resolve links; it is ignored when not absolute.
 pub fn html_to_text(html: &str, url: Option<&str>) -> (String, String) {
+    if is_pathological(html) {
+        return strip_tags(html);
+    }
     let cfg = Config {
         text_mode: TextMode::Formatted,
         ..Config::default()
@@ -175,6 +181,167 @@ pub fn html_to_text(html: &str, url: Option<&str>) -> (String, String) {
     let whole = fallback_text(html);
     let text = if whole.is_empty() { readable } else { whole };
     (title, text)
+}
+
+/// Nesting depth above which DOM extraction is not attempted.
+pub const MAX_DEPTH: usize = 256;
+/// Tag count above which DOM extraction is not attempted.
+pub const MAX_TAGS: usize = 100_000;
+
+const VOID_TAGS: &[&str] = &[
+    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track",
+    "wbr",
+];
+const SKIPPED_TAGS: &[&str] = &["script", "style", "noscript", "template", "svg"];
+const BREAK_TAGS: &[&str] = &[
+    "p",
+    "div",
+    "br",
+    "li",
+    "tr",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "section",
+    "article",
+    "table",
+    "ul",
+    "ol",
+    "blockquote",
+    "pre",
+    "title",
+];
+
+/// One tag: its lowercase name, whether it closes, and the byte just past its `>`.
+fn scan_tag(html: &str, at: usize) -> Option<(String, bool, bool, usize)> {
+    let rest = &html[at + 1..];
+    let closing = rest.starts_with('/');
+    let name: String = rest[closing as usize..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if name.is_empty() {
+        return None;
+    }
+    let end = rest.find('>').map(|i| at + 1 + i + 1)?;
+    let self_closing = html[..end - 1].ends_with('/');
+    Some((name, closing, self_closing, end))
+}
+
+/// Whether the markup is too deep or too large for DOM extraction (one linear pass).
+fn is_pathological(html: &str) -> bool {
+    let (mut depth, mut max_depth, mut tags, mut at) = (0usize, 0usize, 0usize, 0usize);
+    while let Some(i) = html[at..].find('<') {
+        let pos = at + i;
+        match scan_tag(html, pos) {
+            Some((name, closing, self_closing, end)) => {
+                tags += 1;
+                if closing {
+                    depth = depth.saturating_sub(1);
+                } else if !self_closing && !VOID_TAGS.contains(&name.as_str()) {
+                    depth += 1;
+                    max_depth = max_depth.max(depth);
+                }
+                if max_depth > MAX_DEPTH || tags > MAX_TAGS {
+                    return true;
+                }
+                at = end;
+            }
+            None => at = pos + 1,
+        }
+    }
+    false
+}
+
+fn decode_entities(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find('&') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        let end = rest[..rest.len().min(12)].find(';');
+        let decoded = end.and_then(|e| {
+            let name = &rest[1..e];
+            let c = match name {
+                "amp" => Some('&'),
+                "lt" => Some('<'),
+                "gt" => Some('>'),
+                "quot" => Some('"'),
+                "apos" | "#39" => Some('\''),
+                "nbsp" => Some(' '),
+                _ => name
+                    .strip_prefix("#x")
+                    .or_else(|| name.strip_prefix("#X"))
+                    .and_then(|h| u32::from_str_radix(h, 16).ok())
+                    .or_else(|| name.strip_prefix('#').and_then(|d| d.parse().ok()))
+                    .and_then(char::from_u32),
+            };
+            c.map(|c| (c, e + 1))
+        });
+        match decoded {
+            Some((c, len)) => {
+                out.push(c);
+                rest = &rest[len..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Title and text by a linear scan: tags dropped (block tags become line breaks), the contents
+/// of scripts, styles and similar skipped, entities decoded.
+fn strip_tags(html: &str) -> (String, String) {
+    let (mut text, mut title) = (String::new(), String::new());
+    let (mut at, mut skipping, mut in_title) = (0usize, None::<String>, false);
+    while let Some(i) = html[at..].find('<') {
+        let pos = at + i;
+        if skipping.is_none() {
+            let chunk = &html[at..pos];
+            if in_title {
+                title.push_str(chunk);
+            } else {
+                text.push_str(chunk);
+            }
+        }
+        let Some((name, closing, _, end)) = scan_tag(html, pos) else {
+            if skipping.is_none() {
+                text.push('<');
+            }
+            at = pos + 1;
+            continue;
+        };
+        match &skipping {
+            Some(skipped) if closing && *skipped == name => skipping = None,
+            Some(_) => {}
+            None if name == "title" => in_title = !closing,
+            None if !closing && SKIPPED_TAGS.contains(&name.as_str()) => {
+                skipping = Some(name.clone())
+            }
+            None => {}
+        }
+        if BREAK_TAGS.contains(&name.as_str()) {
+            text.push('\n');
+        } else {
+            text.push(' ');
+        }
+        at = end;
+    }
+    if skipping.is_none() {
+        text.push_str(&html[at..]);
+    }
+    (
+        collapse_spaces(&decode_entities(&title)),
+        tidy(&decode_entities(&text)),
+    )
 }
 
 /// The text of a whole HTML document, without non-text elements.
@@ -255,6 +422,46 @@ pub fn chunk_page(text: &str, cfg: &PageChunking) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn deeply_nested_markup_is_stripped_in_linear_time() {
+        let depth = 20_000;
+        let html = format!(
+            "<html><head><title>Deep &amp; dark</title><style>p {{}}</style></head><body>{}<p>The treasure is under the old oak.</p>{}<script>var x = '<p>no</p>';</script></body></html>",
+            "<div>".repeat(depth),
+            "</div>".repeat(depth)
+        );
+        let started = std::time::Instant::now();
+        let (title, text) = html_to_text(&html, None);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(title, "Deep & dark");
+        assert!(
+            text.contains("The treasure is under the old oak."),
+            "{text:?}"
+        );
+        assert!(
+            !text.contains("var x") && !text.contains("p {}"),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn ordinary_markup_is_not_pathological() {
+        let html = format!(
+            "<html><body>{}</body></html>",
+            "<p>a <b>b</b><br> c</p>".repeat(1000)
+        );
+        assert!(!is_pathological(&html));
+        assert!(is_pathological(&"<div>".repeat(MAX_DEPTH + 1)));
+        assert_eq!(
+            decode_entities("a &lt;b&gt; &#65;&#x42; &bogus; &"),
+            "a <b> AB &bogus; &"
+        );
+    }
+
     use super::*;
 
     const ARTICLE: &str = r#"<!DOCTYPE html><html><head><title>The Tides &amp; the Moon</title>

@@ -316,6 +316,11 @@ impl PageReader {
                 }
             }
             ReaderMode::Jina { base_url, api_key } => {
+                // The reader fetches the target from its own network: an IP-literal target in
+                // a forbidden range is refused here too (host names are the reader's to resolve).
+                if let Err(reason) = check_url(target, Some(&cfg.policy)) {
+                    return Err(Failure::fatal(ToolError::refused(url, reason)));
+                }
                 let endpoint = format!("{}/{}", base_url.trim_end_matches('/'), target.as_str());
                 let mut req = client
                     .get(&endpoint)
@@ -384,6 +389,14 @@ impl PageReader {
     ) -> std::result::Result<Fetched, Failure> {
         let cfg = &self.inner.cfg;
         let status = resp.status();
+        if status.is_client_error() {
+            return Err(Failure::fatal(ToolError::Rejected {
+                backend: backend.into(),
+                url: url.into(),
+                status: status.as_u16(),
+                msg: format!("HTTP {status}"),
+            }));
+        }
         if status.as_u16() >= 300 {
             let transient = status.is_server_error();
             return Err(Failure {
