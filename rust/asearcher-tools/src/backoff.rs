@@ -1,5 +1,7 @@
 //! Retry timing shared by the HTTP clients: exponential back-off with jitter.
 
+use crate::Result;
+use std::future::Future;
 use std::time::Duration;
 
 /// How often and how patiently a client retries transient failures.
@@ -38,9 +40,78 @@ impl RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// Runs `attempt(n)` (n = 0, 1, ...) until it succeeds, fails with an error that is not
+    /// transient, or the retries are spent; sleeps [`RetryPolicy::delay`] between attempts.
+    pub async fn run<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut n = 0;
+        loop {
+            match attempt(n).await {
+                Err(e) if e.is_transient() && n < self.retries => {
+                    n += 1;
+                    tracing::warn!(what, attempt = n, error = %e, "{what} failed; retrying");
+                    tokio::time::sleep(self.delay(n)).await;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn run_retries_transient_errors_only() {
+        let p = RetryPolicy {
+            retries: 2,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(2),
+        };
+        let transient = || crate::ToolError::Backend {
+            backend: "b".into(),
+            url: "u".into(),
+            msg: "down".into(),
+        };
+        let mut calls = 0;
+        let out: Result<u32> = p
+            .run("test", |n| {
+                calls += 1;
+                async move {
+                    if n < 2 {
+                        Err(transient())
+                    } else {
+                        Ok(n)
+                    }
+                }
+            })
+            .await;
+        assert_eq!((out.unwrap(), calls), (2, 3));
+        let mut calls = 0;
+        let out: Result<u32> = p
+            .run("test", |_| {
+                calls += 1;
+                async { Err(transient()) }
+            })
+            .await;
+        assert!(out.is_err() && calls == 3, "gives up after the retries");
+        let mut calls = 0;
+        let out: Result<u32> = p
+            .run("test", |_| {
+                calls += 1;
+                async { Err(crate::ToolError::config("x", "bad")) }
+            })
+            .await;
+        assert!(
+            out.is_err() && calls == 1,
+            "a non-transient error is not retried"
+        );
+    }
 
     #[test]
     fn grows_and_caps() {

@@ -126,23 +126,26 @@ impl RetrievalClient {
     }
 
     async fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T> {
+        self.cfg
+            .retry
+            .run("retrieval request", |_| self.round(path, body))
+            .await
+    }
+
+    /// One round: each endpoint in turn (starting round-robin) until one answers.
+    async fn round<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T> {
         let n = self.endpoints.len();
         let mut errors = vec![String::new(); n];
-        for attempt in 0..=self.cfg.retry.retries {
-            if attempt > 0 {
-                tokio::time::sleep(self.cfg.retry.delay(attempt)).await;
-            }
-            let start = self.next.fetch_add(1, Ordering::Relaxed);
-            for i in 0..n {
-                let idx = (start + i) % n;
-                match self.post_once(&self.endpoints[idx], path, body).await {
-                    Ok(v) => return Ok(v),
-                    Err(e) if e.is_transient() => {
-                        tracing::warn!(endpoint = %self.endpoints[idx].base, attempt, error = %e, "retrieval request failed; trying next");
-                        errors[idx] = e.to_string();
-                    }
-                    Err(e) => return Err(e),
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            let ep = &self.endpoints[(start + i) % n];
+            match self.post_once(ep, path, body).await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(endpoint = %ep.base, error = %e, "retrieval request failed; trying next");
+                    errors[(start + i) % n] = e.to_string();
                 }
+                Err(e) => return Err(e),
             }
         }
         Err(ToolError::AllBackendsFailed {

@@ -104,26 +104,24 @@ impl SerperClient {
             .await
             .expect("semaphore never closed");
         let body = json!({"q": query, "num": k});
-        let mut last = None;
-        for attempt in 0..=self.cfg.retry.retries {
-            if attempt > 0 {
-                tokio::time::sleep(self.cfg.retry.delay(attempt)).await;
-            }
-            let req = self
-                .http
-                .post(&self.endpoint)
-                .header("X-API-KEY", &self.cfg.api_key)
-                .json(&body);
-            match send_json::<SerperAnswer>(req, "serper", &self.endpoint, self.cfg.timeout).await {
-                Ok(ans) => return Ok(ans.organic.into_iter().take(k).map(to_document).collect()),
-                Err(e) if e.is_transient() => {
-                    tracing::warn!(attempt, error = %e, "web search failed; retrying");
-                    last = Some(e);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last.expect("at least one attempt"))
+        let answer = self
+            .cfg
+            .retry
+            .run("web search", |_| {
+                let req = self
+                    .http
+                    .post(&self.endpoint)
+                    .header("X-API-KEY", &self.cfg.api_key)
+                    .json(&body);
+                send_json::<SerperAnswer>(req, "serper", &self.endpoint, self.cfg.timeout)
+            })
+            .await?;
+        Ok(answer
+            .organic
+            .into_iter()
+            .take(k)
+            .map(to_document)
+            .collect())
     }
 }
 
