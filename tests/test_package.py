@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -121,3 +122,16 @@ def test_absurd_durations_are_config_errors_not_panics(kwargs):
         PageReader(**kwargs)
     with pytest.raises(exceptions.ConfigError, match="backoff"):
         RetrievalClient(["http://127.0.0.1:1"], backoff=1e30)
+
+
+def test_example_script_runs():
+    example = Path(__file__).resolve().parent.parent / "examples" / "search_tools.py"
+    out = subprocess.run(
+        [sys.executable, str(example)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ASEARCHER_PROGRESS": "0"},
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "replayed: True" in out.stdout and ">>>> Page 1 >>>>" in out.stdout
