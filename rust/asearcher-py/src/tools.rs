@@ -321,15 +321,7 @@ impl PyLocalSearch {
 }
 
 fn retry_policy(retries: u32, backoff: f64) -> PyResult<RetryPolicy> {
-    let base_delay = Duration::try_from_secs_f64(backoff)
-        .ok()
-        .filter(|d| *d <= Duration::from_secs(3600))
-        .ok_or_else(|| {
-            config_err(
-                "backoff",
-                format!("must be between 0 and 3600 seconds, got {backoff}"),
-            )
-        })?;
+    let base_delay = seconds_within("backoff", backoff, true, 3600)?;
     let max_delay = RetryPolicy::default().max_delay.max(base_delay);
     Ok(RetryPolicy {
         retries,
@@ -341,13 +333,18 @@ fn retry_policy(retries: u32, backoff: f64) -> PyResult<RetryPolicy> {
 /// A positive duration of at most a week (larger values are surely a mistake, and would
 /// overflow deadlines).
 fn seconds(name: &str, s: f64) -> PyResult<Duration> {
+    seconds_within(name, s, false, 7 * 24 * 3600)
+}
+
+/// `s` seconds as a duration, if finite and in `0..=max_secs` (0 itself only with `allow_zero`).
+fn seconds_within(name: &str, s: f64, allow_zero: bool, max_secs: u64) -> PyResult<Duration> {
     Duration::try_from_secs_f64(s)
         .ok()
-        .filter(|d| !d.is_zero() && *d <= Duration::from_secs(7 * 24 * 3600))
+        .filter(|d| (allow_zero || !d.is_zero()) && *d <= Duration::from_secs(max_secs))
         .ok_or_else(|| {
             config_err(
                 name,
-                format!("must be between 0 and 604800 seconds, got {s}"),
+                format!("must be between 0 and {max_secs} seconds, got {s}"),
             )
         })
 }

@@ -144,7 +144,7 @@ async fn access(State(st): State<Arc<AppState>>, body: axum::body::Bytes) -> Res
     let pages = tokio::task::spawn_blocking(move || {
         req.urls
             .iter()
-            .map(|u| index.access(u.trim()))
+            .map(|u| index.access(u))
             .collect::<Result<Vec<_>, _>>()
     })
     .await;
