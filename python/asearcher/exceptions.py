@@ -65,6 +65,14 @@ class TensorError(AsearcherError, ValueError):
     """A tensor handed to a kernel has the wrong shape, dtype or device."""
 
 
+class ModelError(AsearcherError):
+    """A model or checkpoint directory is missing a file, or a file in it is malformed."""
+
+
+class GenerationError(AsearcherError, RuntimeError):
+    """A generation request could not be served, or the generator engine has stopped."""
+
+
 __all__ = [
     "AsearcherError",
     "AsearcherIOError",
@@ -73,7 +81,9 @@ __all__ = [
     "CancelledError",
     "ConfigError",
     "CorpusError",
+    "GenerationError",
     "MissingSecretError",
+    "ModelError",
     "PageRefusedError",
     "RequestRejectedError",
     "SearchIndexError",

@@ -11,7 +11,9 @@ mod py {
     pyo3::import_exception!(asearcher.exceptions, CancelledError);
     pyo3::import_exception!(asearcher.exceptions, ConfigError);
     pyo3::import_exception!(asearcher.exceptions, CorpusError);
+    pyo3::import_exception!(asearcher.exceptions, GenerationError);
     pyo3::import_exception!(asearcher.exceptions, MissingSecretError);
+    pyo3::import_exception!(asearcher.exceptions, ModelError);
     pyo3::import_exception!(asearcher.exceptions, PageRefusedError);
     pyo3::import_exception!(asearcher.exceptions, RequestRejectedError);
     pyo3::import_exception!(asearcher.exceptions, SearchIndexError);
@@ -49,7 +51,16 @@ pub fn tool_err(e: ToolError) -> PyErr {
 }
 
 pub fn torch_err(e: TorchError) -> PyErr {
-    py::TensorError::new_err(e.to_string())
+    let msg = e.to_string();
+    match e {
+        TorchError::Tch(_) | TorchError::BadTensor { .. } => py::TensorError::new_err(msg),
+        TorchError::Io { .. } => py::AsearcherIOError::new_err(msg),
+        TorchError::BadFile { .. } => py::ModelError::new_err(msg),
+        TorchError::Config { .. } => py::ConfigError::new_err(msg),
+        TorchError::Request { .. } | TorchError::EngineStopped(_) => {
+            py::GenerationError::new_err(msg)
+        }
+    }
 }
 
 pub fn config_err(name: &str, msg: impl std::fmt::Display) -> PyErr {

@@ -5,7 +5,10 @@
 //! Rust work on one shared tokio runtime with the GIL released.
 
 mod errors;
+mod kernels;
 mod logging;
+mod model;
+mod model_server;
 mod runtime;
 mod server;
 mod tensors;
@@ -22,5 +25,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     tools::register(m)?;
     server::register(m)?;
     tensors::register(m)?;
+    model::register(m)?;
+    kernels::register(m)?;
+    model_server::register(m)?;
     Ok(())
 }

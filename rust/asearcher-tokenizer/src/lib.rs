@@ -1,0 +1,1 @@
+//! HF tokenizers and chat templates (owned by the tokenizer work).

@@ -1,0 +1,1 @@
+//! RL loss kernels (owned by the kernels work).

@@ -1,0 +1,1 @@
+//! Training primitives (owned by the training work).
