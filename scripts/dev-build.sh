@@ -11,6 +11,10 @@ profile=debug
 args=()
 if [ "${1:-}" = "--release" ]; then profile=release; args+=(--release); fi
 cd "$ROOT"
-cargo build -p asearcher-py --features pyo3/extension-module "${args[@]}"
-cp "$CARGO_TARGET_DIR/$profile/lib_core.so" "$ROOT/python/asearcher/_core.abi3.so"
+# Worktrees may share one target directory, whose uplifted lib_core.so is the last one built:
+# build and copy under one lock so each checkout gets its own.
+mkdir -p "$CARGO_TARGET_DIR"
+flock "$CARGO_TARGET_DIR/.dev-build.lock" bash -c '
+  cargo build -p asearcher-py --features pyo3/extension-module "${@:3}" &&
+  cp "$CARGO_TARGET_DIR/$1/lib_core.so" "$2"' _ "$profile" "$ROOT/python/asearcher/_core.abi3.so" "${args[@]}"
 echo "built $ROOT/python/asearcher/_core.abi3.so ($profile); use PYTHONPATH=$ROOT/python" >&2
