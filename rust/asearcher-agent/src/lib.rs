@@ -2,3 +2,4 @@
 //! trajectory records and sequence packing build on it.
 
 pub mod metrics;
+pub mod protocol;
