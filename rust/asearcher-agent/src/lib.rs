@@ -2,4 +2,5 @@
 //! trajectory records and sequence packing build on it.
 
 pub mod metrics;
+pub mod packing;
 pub mod protocol;
