@@ -4,3 +4,4 @@
 pub mod metrics;
 pub mod packing;
 pub mod protocol;
+pub mod reward;
