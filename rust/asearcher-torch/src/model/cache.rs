@@ -358,8 +358,8 @@ mod tests {
         cache.ensure_capacity(12).unwrap();
         assert_eq!(cache.capacity(), 12);
         cache.copy_slot(2, 0, 5).unwrap();
-        for p in 5..seq.len() {
-            let logits = m.decode(&mut cache, &[seq[p]], &[p as i64]).unwrap();
+        for (p, &token) in seq.iter().enumerate().skip(5) {
+            let logits = m.decode(&mut cache, &[token], &[p as i64]).unwrap();
             let d = max_diff(&logits.get(0), &full.get(p as i64));
             assert!(d < 1e-4, "pos {p}: {d}");
         }
