@@ -136,6 +136,11 @@ fn prepare_inputs(
 #[pyclass(name = "QwenModel", module = "asearcher._core", frozen)]
 pub struct PyQwenModel {
     inner: Mutex<QwenModel>,
+    /// Fixed at load, so reading them never waits for a running forward pass.
+    config_json: String,
+    device: String,
+    dtype: &'static str,
+    eos_token_ids: Vec<u32>,
 }
 
 impl PyQwenModel {
@@ -155,27 +160,31 @@ impl PyQwenModel {
             .detach(|| QwenModel::load(&path, device, kind))
             .map_err(torch_err)?;
         Ok(PyQwenModel {
+            config_json: model.config().raw.to_string(),
+            device: device_name(model.device()),
+            dtype: asearcher_torch::model::weights::dtype_name(model.kind()),
+            eos_token_ids: model.eos_token_ids(),
             inner: Mutex::new(model),
         })
     }
 
     /// config.json as read (JSON text).
     fn config_json(&self) -> String {
-        self.with(|m| m.config().raw.to_string())
+        self.config_json.clone()
     }
 
     #[getter]
     fn device(&self) -> String {
-        self.with(|m| device_name(m.device()))
+        self.device.clone()
     }
 
     #[getter]
     fn dtype(&self) -> &'static str {
-        self.with(|m| asearcher_torch::model::weights::dtype_name(m.kind()))
+        self.dtype
     }
 
     fn eos_token_ids(&self) -> Vec<u32> {
-        self.with(|m| m.eos_token_ids())
+        self.eos_token_ids.clone()
     }
 
     /// `(name, shape)` of every parameter in HF order.
@@ -242,16 +251,15 @@ impl PyQwenModel {
     }
 
     fn __repr__(&self) -> String {
-        self.with(|m| {
-            format!(
-                "QwenModel({}, layers={}, hidden={}, device={}, dtype={})",
-                m.config().model_type.as_str(),
-                m.config().num_hidden_layers,
-                m.config().hidden_size,
-                device_name(m.device()),
-                asearcher_torch::model::weights::dtype_name(m.kind())
-            )
-        })
+        let config: serde_json::Value = serde_json::from_str(&self.config_json).unwrap_or_default();
+        format!(
+            "QwenModel({}, layers={}, hidden={}, device={}, dtype={})",
+            config["model_type"].as_str().unwrap_or("?"),
+            config["num_hidden_layers"],
+            config["hidden_size"],
+            self.device,
+            self.dtype
+        )
     }
 }
 
