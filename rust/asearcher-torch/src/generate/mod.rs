@@ -4,3 +4,4 @@
 pub mod api;
 
 pub use api::*;
+pub mod sampler;
