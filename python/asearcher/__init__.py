@@ -12,6 +12,7 @@ import torch as _torch  # noqa: F401  (loads libtorch before the native module n
 
 from . import _core
 from .exceptions import AsearcherError
+from .generation import GenerationOutput, Generator
 
 __version__: str = _core.__version__
 
@@ -24,4 +25,10 @@ def set_log_level(level: int | str) -> None:
     _core.refresh_log_level()
 
 
-__all__ = ["AsearcherError", "__version__", "set_log_level"]
+__all__ = [
+    "AsearcherError",
+    "GenerationOutput",
+    "Generator",
+    "__version__",
+    "set_log_level",
+]

@@ -120,7 +120,12 @@ fn parse_device(name: &str) -> PyResult<Device> {
             .strip_prefix("cuda:")
             .and_then(|i| i.parse().ok())
             .map(Device::Cuda)
-            .ok_or_else(|| config_err("device", format!("expected cpu, cuda or cuda:N, got {name:?}"))),
+            .ok_or_else(|| {
+                config_err(
+                    "device",
+                    format!("expected cpu, cuda or cuda:N, got {name:?}"),
+                )
+            }),
     }
 }
 
@@ -209,7 +214,10 @@ impl PyGenerator {
         let seeds = seeds_for(seed, n)?;
         let rids = match rids {
             Some(r) if r.len() != n => {
-                return Err(config_err("rids", format!("has {} items for {n} prompts", r.len())))
+                return Err(config_err(
+                    "rids",
+                    format!("has {} items for {n} prompts", r.len()),
+                ))
             }
             Some(r) => r,
             None => (0..n)
@@ -385,7 +393,10 @@ impl PyGenerator {
         };
         wait_for_future(py, async move {
             let update = WeightUpdate::FromDisk(model_dir);
-            handle.update_weights(update, options).await.map_err(torch_err)
+            handle
+                .update_weights(update, options)
+                .await
+                .map_err(torch_err)
         })
     }
 

@@ -203,7 +203,7 @@ impl Engine {
     }
 
     fn has_work(&self) -> bool {
-        !self.paused && !(self.running.is_empty() && self.waiting.is_empty())
+        !self.paused && (!self.running.is_empty() || !self.waiting.is_empty())
     }
 
     fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
@@ -259,7 +259,7 @@ impl Engine {
             }
         }
         self.publish_counts();
-        !(self.closed && !self.has_work())
+        !self.closed || self.has_work()
     }
 
     /// Applies one command; false means shut down.
@@ -324,10 +324,17 @@ impl Engine {
                 ),
             ));
         }
-        if let Some(&bad) = request.input_ids.iter().find(|&&t| t as usize >= self.vocab) {
+        if let Some(&bad) = request
+            .input_ids
+            .iter()
+            .find(|&&t| t as usize >= self.vocab)
+        {
             return Err(request_error(
                 rid,
-                format!("input_ids holds token {bad}, outside the vocabulary of {}", self.vocab),
+                format!(
+                    "input_ids holds token {bad}, outside the vocabulary of {}",
+                    self.vocab
+                ),
             ));
         }
         if !request.params.stop.is_empty() && self.detokenizer.is_none() {
@@ -444,19 +451,36 @@ impl Engine {
             Err(e) => {
                 tracing::warn!(error = %e, "decode step failed; failing the running requests");
                 for active in std::mem::take(&mut self.running) {
-                    self.fail(active, "decode step", TorchError::EngineStopped(e.to_string()));
+                    self.fail(
+                        active,
+                        "decode step",
+                        TorchError::EngineStopped(e.to_string()),
+                    );
                 }
             }
         }
     }
 
     fn decode_and_sample(&mut self) -> Result<Sampled> {
-        let needed = self.running.iter().map(|a| a.cached() + 1).max().unwrap_or(1);
+        let needed = self
+            .running
+            .iter()
+            .map(|a| a.cached() + 1)
+            .max()
+            .unwrap_or(1);
         self.reserve(needed)?;
-        let tokens: Vec<u32> = self.running.iter().map(|a| a.output_ids[a.output_ids.len() - 1]).collect();
+        let tokens: Vec<u32> = self
+            .running
+            .iter()
+            .map(|a| a.output_ids[a.output_ids.len() - 1])
+            .collect();
         let positions: Vec<i64> = self.running.iter().map(Active::cached).collect();
         let logits = self.model.decode(&mut self.cache, &tokens, &positions)?;
-        let rows: Vec<_> = self.running.iter_mut().map(|a| a.sampler.next_row()).collect();
+        let rows: Vec<_> = self
+            .running
+            .iter_mut()
+            .map(|a| a.sampler.next_row())
+            .collect();
         sample(&logits, &rows)
     }
 
@@ -469,7 +493,11 @@ impl Engine {
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot compact the KV cache");
                         for active in std::mem::take(&mut self.running) {
-                            self.fail(active, "cache compaction", TorchError::EngineStopped(e.to_string()));
+                            self.fail(
+                                active,
+                                "cache compaction",
+                                TorchError::EngineStopped(e.to_string()),
+                            );
                         }
                         return;
                     }
@@ -483,7 +511,9 @@ impl Engine {
         let last = self.running.len() - 1;
         if i != last {
             let len = self.running[last].cached();
-            guarded("copy_slot", || self.cache.copy_slot(last as i64, i as i64, len))?;
+            guarded("copy_slot", || {
+                self.cache.copy_slot(last as i64, i as i64, len)
+            })?;
         }
         Ok(self.running.swap_remove(i))
     }
@@ -491,7 +521,8 @@ impl Engine {
     fn finish_reason(&self, active: &Active) -> Option<FinishReason> {
         let &last = active.output_ids.last()?;
         let params = &active.request.params;
-        if (!params.ignore_eos && self.eos.contains(&last)) || params.stop_token_ids.contains(&last) {
+        if (!params.ignore_eos && self.eos.contains(&last)) || params.stop_token_ids.contains(&last)
+        {
             return Some(FinishReason::Stop {
                 matched: StopMatch::Token(last),
             });
@@ -619,7 +650,9 @@ impl Engine {
         self.version = version;
         self.stats.version.store(version, Ordering::Relaxed);
         if options.abort_in_flight {
-            self.abort_running(&format!("aborted by the weight update to version {version}"));
+            self.abort_running(&format!(
+                "aborted by the weight update to version {version}"
+            ));
         } else if options.recompute_cache {
             self.recompute_cache();
         }
@@ -648,7 +681,9 @@ impl Engine {
                 .copied()
                 .collect();
             let result = guarded("recompute", || {
-                self.model.prefill(&mut self.cache, i as i64, &tokens, 0).map(drop)
+                self.model
+                    .prefill(&mut self.cache, i as i64, &tokens, 0)
+                    .map(drop)
             });
             if let Err(e) = result {
                 match self.remove_slot(i) {
@@ -661,7 +696,9 @@ impl Engine {
 
     fn publish_counts(&self) {
         let s = &self.stats;
-        s.running.store(self.running.len() as u64, Ordering::Relaxed);
-        s.waiting.store(self.waiting.len() as u64, Ordering::Relaxed);
+        s.running
+            .store(self.running.len() as u64, Ordering::Relaxed);
+        s.waiting
+            .store(self.waiting.len() as u64, Ordering::Relaxed);
     }
 }
