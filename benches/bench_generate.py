@@ -127,7 +127,6 @@ def bench_hf(path, prompts, new_tokens, args, sync):
     seconds, out = timed(run, args.runs, sync)
     gen = out[:, ids.shape[1] :].tolist()
     assert all(len(o) == new_tokens for o in gen)
-    del model
     return seconds, gen
 
 
