@@ -702,3 +702,258 @@ impl Engine {
             .store(self.waiting.len() as u64, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::api::SamplingParams;
+    use crate::model::QwenConfig;
+    use std::collections::HashMap;
+    use std::path::Path;
+    use tch::{Device, Kind, Tensor};
+
+    const VOCAB: i64 = 64;
+    const HIDDEN: i64 = 32;
+
+    fn config() -> QwenConfig {
+        let json = format!(
+            r#"{{"model_type": "qwen2", "vocab_size": {VOCAB}, "hidden_size": {HIDDEN},
+            "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "rms_norm_eps": 1e-6, "tie_word_embeddings": false,
+            "max_position_embeddings": 256, "rope_theta": 10000.0, "eos_token_id": 2}}"#
+        );
+        QwenConfig::from_json(&json, Path::new("config.json")).unwrap()
+    }
+
+    /// HF-named random weights of the tiny model in [`config`].
+    fn weights(seed: i64) -> Vec<(String, Tensor)> {
+        tch::manual_seed(seed);
+        let r = |shape: &[i64]| Tensor::randn(shape, (Kind::Float, Device::Cpu)) * 0.3;
+        let norm = || Tensor::rand([HIDDEN], (Kind::Float, Device::Cpu)) + 0.5;
+        let mut named = vec![
+            ("model.embed_tokens.weight".to_string(), r(&[VOCAB, HIDDEN])),
+            ("model.norm.weight".to_string(), norm()),
+            ("lm_head.weight".to_string(), r(&[VOCAB, HIDDEN])),
+        ];
+        for i in 0..2 {
+            let p = format!("model.layers.{i}.");
+            let shapes: [(&str, Vec<i64>); 12] = [
+                ("self_attn.q_proj.weight", vec![32, HIDDEN]),
+                ("self_attn.q_proj.bias", vec![32]),
+                ("self_attn.k_proj.weight", vec![16, HIDDEN]),
+                ("self_attn.k_proj.bias", vec![16]),
+                ("self_attn.v_proj.weight", vec![16, HIDDEN]),
+                ("self_attn.v_proj.bias", vec![16]),
+                ("self_attn.o_proj.weight", vec![HIDDEN, 32]),
+                ("mlp.gate_proj.weight", vec![64, HIDDEN]),
+                ("mlp.up_proj.weight", vec![64, HIDDEN]),
+                ("mlp.down_proj.weight", vec![HIDDEN, 64]),
+                ("input_layernorm.weight", vec![HIDDEN]),
+                ("post_attention_layernorm.weight", vec![HIDDEN]),
+            ];
+            for (name, shape) in shapes {
+                let t = if name.ends_with("layernorm.weight") {
+                    norm()
+                } else {
+                    r(&shape)
+                };
+                named.push((format!("{p}{name}"), t));
+            }
+        }
+        named
+    }
+
+    fn model(seed: i64) -> QwenModel {
+        let tensors: HashMap<String, Tensor> = weights(seed).into_iter().collect();
+        QwenModel::from_tensors(config(), tensors, Device::Cpu, Kind::Float).unwrap()
+    }
+
+    /// Shows each id as `<id>`, so stop strings can target token boundaries or span tokens.
+    struct Angle;
+    impl Detokenize for Angle {
+        fn decode(&self, ids: &[u32]) -> String {
+            ids.iter().map(|i| format!("<{i}>")).collect()
+        }
+    }
+
+    fn request(rid: &str, input_ids: Vec<u32>, params: SamplingParams) -> GenerateRequest {
+        GenerateRequest {
+            rid: rid.into(),
+            input_ids,
+            params,
+        }
+    }
+
+    fn greedy(max_new_tokens: usize) -> SamplingParams {
+        SamplingParams {
+            temperature: 0.0,
+            ignore_eos: true,
+            max_new_tokens,
+            ..SamplingParams::default()
+        }
+    }
+
+    fn start(options: GeneratorOptions) -> GeneratorHandle {
+        spawn(model(0), options).unwrap()
+    }
+
+    #[test]
+    fn stop_string_spanning_tokens_ends_the_request() {
+        let g = start(GeneratorOptions {
+            detokenizer: Some(Arc::new(Angle)),
+            ..GeneratorOptions::default()
+        });
+        let full = g
+            .generate_blocking(request("full", vec![5, 6, 7], greedy(12)))
+            .unwrap();
+        let ids = &full.output_ids;
+        // The end of token 3 and the start of token 4, as text.
+        let stop = format!("{}><{}", ids[3] % 10, ids[4]);
+        let cut = (0..ids.len())
+            .find(|&k| Angle.decode(&ids[..=k]).contains(&stop))
+            .unwrap();
+        let mut params = greedy(12);
+        params.stop = vec![stop.clone()];
+        let out = g
+            .generate_blocking(request("stopped", vec![5, 6, 7], params))
+            .unwrap();
+        assert_eq!(out.output_ids, ids[..=cut].to_vec());
+        assert_eq!(
+            out.finish,
+            FinishReason::Stop {
+                matched: StopMatch::Text(stop)
+            }
+        );
+    }
+
+    #[test]
+    fn stop_strings_without_detokenizer_and_duplicate_rids_are_errors() {
+        let g = start(GeneratorOptions::default());
+        let mut params = greedy(4);
+        params.stop = vec!["x".into()];
+        let err = g
+            .generate_blocking(request("needs-text", vec![5], params))
+            .unwrap_err();
+        assert!(err.to_string().contains("needs-text") && err.to_string().contains("detokenizer"));
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let first = g.submit(request("twin", vec![5, 6], greedy(200))).unwrap();
+        let second = g.submit(request("twin", vec![7], greedy(2))).unwrap();
+        let err = rt.block_on(second).unwrap_err();
+        assert!(err.to_string().contains("same rid"), "{err}");
+        assert_eq!(rt.block_on(first).unwrap().output_ids.len(), 200);
+    }
+
+    #[test]
+    fn tensor_update_swaps_weights_and_versions() {
+        let g = start(GeneratorOptions {
+            initial_version: 3,
+            ..GeneratorOptions::default()
+        });
+        let before = g
+            .generate_blocking(request("a", vec![9, 8], greedy(8)))
+            .unwrap();
+        assert_eq!(before.output_versions, vec![3; 8]);
+        let v = g
+            .update_weights_blocking(WeightUpdate::Tensors(weights(1)), UpdateOptions::default())
+            .unwrap();
+        assert_eq!((v, g.version()), (4, 4));
+        let after = g
+            .generate_blocking(request("b", vec![9, 8], greedy(8)))
+            .unwrap();
+        let fresh = spawn(model(1), GeneratorOptions::default()).unwrap();
+        let want = fresh
+            .generate_blocking(request("c", vec![9, 8], greedy(8)))
+            .unwrap();
+        assert_eq!(after.output_ids, want.output_ids);
+        assert_eq!(after.output_versions, vec![4; 8]);
+
+        let mut bad = weights(2);
+        bad.pop();
+        let err = g
+            .update_weights_blocking(WeightUpdate::Tensors(bad), UpdateOptions::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+        assert_eq!(g.version(), 4);
+    }
+
+    #[test]
+    fn cache_grows_past_its_initial_capacity() {
+        let g = start(GeneratorOptions {
+            initial_capacity: 2,
+            max_running: 3,
+            ..GeneratorOptions::default()
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let prompts: [Vec<u32>; 3] = [vec![3], vec![4, 5, 6, 7, 8, 9], vec![10, 11]];
+        let pending: Vec<_> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                g.submit(request(&format!("r{i}"), p.clone(), greedy(12)))
+                    .unwrap()
+            })
+            .collect();
+        let batched: Vec<_> = pending
+            .into_iter()
+            .map(|f| rt.block_on(f).unwrap())
+            .collect();
+        let roomy = start(GeneratorOptions::default());
+        for (p, out) in prompts.iter().zip(&batched) {
+            let alone = roomy
+                .generate_blocking(request("x", p.clone(), greedy(12)))
+                .unwrap();
+            assert_eq!(out.output_ids, alone.output_ids);
+        }
+    }
+
+    #[test]
+    fn shutdown_aborts_and_later_calls_fail() {
+        let g = start(GeneratorOptions::default());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let pending = g.submit(request("long", vec![5], greedy(200))).unwrap();
+        while g.stats().decode_steps < 2 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        g.shutdown();
+        let out = rt.block_on(pending).unwrap();
+        assert!(matches!(out.finish, FinishReason::Abort { .. }));
+        while g.is_alive() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let err = g
+            .generate_blocking(request("late", vec![5], greedy(2)))
+            .unwrap_err();
+        assert!(matches!(err, TorchError::EngineStopped(_)), "{err}");
+    }
+
+    #[test]
+    fn options_are_checked() {
+        let err = spawn(
+            model(0),
+            GeneratorOptions {
+                max_context: 10_000,
+                ..GeneratorOptions::default()
+            },
+        )
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("max_context"), "{err}");
+        let err = spawn(
+            model(0),
+            GeneratorOptions {
+                max_running: 0,
+                ..GeneratorOptions::default()
+            },
+        )
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("max_running"), "{err}");
+    }
+}
