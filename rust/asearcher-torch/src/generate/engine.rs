@@ -561,6 +561,8 @@ impl Engine {
             &self.stats.finished
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        // Counts first, so a caller reading stats after its answer sees them.
+        self.publish_counts();
         let (reply, output) = active.into_output(reason);
         tracing::debug!(
             rid = %output.rid,
@@ -575,6 +577,7 @@ impl Engine {
     fn fail(&mut self, active: Active, what: &str, e: TorchError) {
         tracing::warn!(rid = %active.request.rid, error = %e, "{what} failed");
         let err = request_error(&active.request.rid, format!("{what} failed: {e}"));
+        self.publish_counts();
         let _ = active.reply.send(Err(err));
     }
 
