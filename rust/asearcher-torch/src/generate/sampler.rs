@@ -81,6 +81,14 @@ pub fn sample(logits: &Tensor, rows: &[SampleRow]) -> Result<Sampled> {
     let (n, vocab) = logits_shape(logits, rows.len())?;
     let device = logits.device();
     let logits = logits.to_kind(Kind::Float);
+    if rows.iter().all(SampleRow::is_greedy) {
+        let tokens = logits.f_argmax(-1, false)?;
+        let logp = logits.f_log_softmax(-1, Kind::Float)?;
+        let lp = logp
+            .f_gather(1, &tokens.unsqueeze(1), false)?
+            .squeeze_dim(1);
+        return to_host(&tokens, &lp, n as usize);
+    }
     let temps: Vec<f32> = rows
         .iter()
         .map(|r| {
