@@ -187,7 +187,7 @@ def render(rows, args, info) -> str:
         + (f" --device {args.device}" if args.device != "cpu" else "")
         + (f" --dtype {args.dtype}" if args.dtype != "float32" else "")
         + (" --quick" if args.quick else "")
-        + " --write-docs`.",
+        + f" --runs {args.runs} --write-docs`.",
         END,
     ]
     return "\n".join(lines)
