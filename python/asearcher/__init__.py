@@ -13,6 +13,7 @@ import torch as _torch  # noqa: F401  (loads libtorch before the native module n
 from . import _core
 from .exceptions import AsearcherError
 from .generation import GenerationOutput, Generator
+from .model import QwenModel
 
 __version__: str = _core.__version__
 
@@ -29,6 +30,7 @@ __all__ = [
     "AsearcherError",
     "GenerationOutput",
     "Generator",
+    "QwenModel",
     "__version__",
     "set_log_level",
 ]

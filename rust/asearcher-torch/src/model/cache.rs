@@ -275,3 +275,115 @@ impl QwenModel {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::qwen::AttentionMask;
+    use crate::model::testutil::{max_diff, tiny_config, write_tiny};
+
+    fn model(qwen3: bool) -> (tempfile::TempDir, QwenModel) {
+        let dir = tempfile::tempdir().unwrap();
+        write_tiny(dir.path(), &tiny_config(qwen3, false), 1);
+        let m = QwenModel::load(dir.path(), Device::Cpu, Kind::Float).unwrap();
+        (dir, m)
+    }
+
+    /// Logits of every position of one sequence by the full forward pass: `[T, vocab]`.
+    fn full_logits(m: &QwenModel, tokens: &[u32]) -> Tensor {
+        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+        let t = ids.len() as i64;
+        let ids = Tensor::from_slice(&ids).view([1, t]);
+        let pos = Tensor::arange(t, (Kind::Int64, Device::Cpu)).view([1, t]);
+        let h = m
+            .forward_hidden(&ids, &pos, &AttentionMask::Causal)
+            .unwrap();
+        m.logits(&h).view([t, -1])
+    }
+
+    fn seqs() -> Vec<Vec<u32>> {
+        vec![
+            vec![1, 5, 9, 30, 2, 7, 7, 8, 3],
+            vec![4, 6, 11, 36, 0, 12],
+            vec![3, 3, 10, 20, 21, 22, 23, 24, 25, 26, 27],
+        ]
+    }
+
+    /// Prefills `prompt` tokens of each sequence into slot i, then decodes the rest one step at a
+    /// time for all slots still running; checks every logit row against the full forward.
+    fn check_incremental(m: &QwenModel, cache: &mut KvCache, prompt: usize) {
+        let seqs = seqs();
+        let full: Vec<Tensor> = seqs.iter().map(|s| full_logits(m, s)).collect();
+        for (i, s) in seqs.iter().enumerate() {
+            // Prefill in two chunks to exercise a non-zero start.
+            let half = prompt / 2;
+            let _ = m.prefill(cache, i as i64, &s[..half], 0).unwrap();
+            let last = m
+                .prefill(cache, i as i64, &s[half..prompt], half as i64)
+                .unwrap();
+            let d = max_diff(&last, &full[i].get(prompt as i64 - 1));
+            assert!(d < 1e-4, "prefill slot {i}: {d}");
+        }
+        let longest = seqs.iter().map(Vec::len).max().unwrap();
+        for p in prompt..longest {
+            // Slots whose sequence is over keep decoding a dummy token at their last position.
+            let tokens: Vec<u32> = seqs.iter().map(|s| *s.get(p).unwrap_or(&0)).collect();
+            let positions: Vec<i64> = seqs.iter().map(|s| p.min(s.len() - 1) as i64).collect();
+            let live: Vec<bool> = seqs.iter().map(|s| p < s.len()).collect();
+            let logits = m.decode(cache, &tokens, &positions).unwrap();
+            assert_eq!(logits.size(), vec![3, 37]);
+            for i in (0..seqs.len()).filter(|&i| live[i]) {
+                let d = max_diff(&logits.get(i as i64), &full[i].get(p as i64));
+                assert!(d < 1e-4, "decode slot {i} pos {p}: {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn prefill_and_decode_match_the_full_forward() {
+        for qwen3 in [false, true] {
+            let (_d, m) = model(qwen3);
+            let mut cache = KvCache::new(&m, 3, 16).unwrap();
+            check_incremental(&m, &mut cache, 4);
+        }
+    }
+
+    #[test]
+    fn grown_and_copied_slots_give_the_same_logits() {
+        let (_d, m) = model(false);
+        let seq = &seqs()[2];
+        let full = full_logits(&m, seq);
+        let mut cache = KvCache::new(&m, 3, 6).unwrap();
+        let _ = m.prefill(&mut cache, 2, &seq[..5], 0).unwrap();
+        cache.ensure_capacity(12).unwrap();
+        assert_eq!(cache.capacity(), 12);
+        cache.copy_slot(2, 0, 5).unwrap();
+        for (p, &token) in seq.iter().enumerate().skip(5) {
+            let logits = m.decode(&mut cache, &[token], &[p as i64]).unwrap();
+            let d = max_diff(&logits.get(0), &full.get(p as i64));
+            assert!(d < 1e-4, "pos {p}: {d}");
+        }
+    }
+
+    #[test]
+    fn out_of_range_requests_are_errors() {
+        let (_d, m) = model(false);
+        let mut cache = KvCache::new(&m, 2, 4).unwrap();
+        let err = m.prefill(&mut cache, 2, &[1], 0).unwrap_err().to_string();
+        assert!(err.contains("slot 2"), "{err}");
+        let err = m
+            .prefill(&mut cache, 0, &[1, 2, 3], 2)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("capacity 4"), "{err}");
+        let err = m
+            .decode(&mut cache, &[1, 1, 1], &[0, 0, 0])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("2 slots"), "{err}");
+        let err = m.decode(&mut cache, &[99], &[0]).unwrap_err().to_string();
+        assert!(err.contains("99"), "{err}");
+        assert!(cache.copy_slot(0, 5, 1).is_err());
+        assert!(KvCache::new(&m, 0, 4).is_err());
+    }
+}

@@ -11,3 +11,6 @@ pub use cache::KvCache;
 pub use config::{ModelType, QwenConfig, RopeConfig, RopeScaling};
 pub use qwen::{AttentionMask, QwenModel};
 pub use weights::{read_hf_weights, save_hf, DEFAULT_MAX_SHARD_BYTES};
+
+#[cfg(test)]
+mod testutil;

@@ -514,3 +514,130 @@ impl QwenModel {
         Ok(x + gated.linear::<&Tensor>(&l.down, None))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::testutil::{max_diff, tiny_config, write_tiny};
+
+    fn model(qwen3: bool, tied: bool) -> (tempfile::TempDir, QwenModel) {
+        let dir = tempfile::tempdir().unwrap();
+        write_tiny(dir.path(), &tiny_config(qwen3, tied), 2);
+        let m = QwenModel::load(dir.path(), Device::Cpu, Kind::Float).unwrap();
+        (dir, m)
+    }
+
+    fn row(ids: &[i64]) -> Tensor {
+        Tensor::from_slice(ids).view([1, ids.len() as i64])
+    }
+
+    fn alone(m: &QwenModel, ids: &[i64]) -> Tensor {
+        let pos: Vec<i64> = (0..ids.len() as i64).collect();
+        m.forward_hidden(&row(ids), &row(&pos), &AttentionMask::Causal)
+            .unwrap()
+            .squeeze_dim(0)
+    }
+
+    #[test]
+    fn packed_rows_equal_separate_sequences() {
+        let (_d, m) = model(true, false);
+        let (a, b) = ([3i64, 8, 1, 30, 4], [9i64, 2, 17]);
+        let ids: Vec<i64> = a.iter().chain(b.iter()).copied().collect();
+        let pos: Vec<i64> = (0..5).chain(0..3).collect();
+        let seq: Vec<i64> = [0; 5].into_iter().chain([1; 3]).collect();
+        let mask = AttentionMask::Packed(row(&seq));
+        let h = m
+            .forward_hidden(&row(&ids), &row(&pos), &mask)
+            .unwrap()
+            .squeeze_dim(0);
+        assert!(max_diff(&h.narrow(0, 0, 5), &alone(&m, &a)) < 1e-5);
+        assert!(max_diff(&h.narrow(0, 5, 3), &alone(&m, &b)) < 1e-5);
+    }
+
+    #[test]
+    fn padded_rows_equal_unpadded_sequences() {
+        let (_d, m) = model(false, true);
+        let (a, b) = ([3i64, 8, 1, 30], [9i64, 2]);
+        let ids = Tensor::from_slice(&[3i64, 8, 1, 30, 0, 0, 9, 2]).view([2, 4]);
+        let real =
+            Tensor::from_slice(&[true, true, true, true, false, false, true, true]).view([2, 4]);
+        let pos = Tensor::from_slice(&[0i64, 1, 2, 3, 0, 0, 0, 1]).view([2, 4]);
+        let h = m
+            .forward_hidden(&ids, &pos, &AttentionMask::Padded(real))
+            .unwrap();
+        assert!(max_diff(&h.get(0), &alone(&m, &a)) < 1e-5);
+        assert!(max_diff(&h.get(1).narrow(0, 2, 2), &alone(&m, &b)) < 1e-5);
+        assert!(bool::try_from(h.isfinite().all()).unwrap());
+    }
+
+    #[test]
+    fn bad_inputs_name_the_tensor() {
+        let (_d, m) = model(false, false);
+        let ids = Tensor::from_slice(&[1i32, 2]).view([1, 2]);
+        let err = m
+            .forward_hidden(&ids, &ids, &AttentionMask::Causal)
+            .unwrap_err();
+        assert!(err.to_string().contains("input_ids"), "{err}");
+        let ids = row(&[1, 99]);
+        let err = m
+            .forward_hidden(&ids, &row(&[0, 1]), &AttentionMask::Causal)
+            .unwrap_err();
+        assert!(err.to_string().contains("99"), "{err}");
+    }
+
+    #[test]
+    fn set_weights_copies_and_checks() {
+        let (_d, mut a) = model(false, true);
+        let dir_b = tempfile::tempdir().unwrap();
+        write_tiny(dir_b.path(), &tiny_config(false, true), 7);
+        let b = QwenModel::load(dir_b.path(), Device::Cpu, Kind::Float).unwrap();
+        let names: Vec<String> = a.named_parameters().into_iter().map(|(n, _)| n).collect();
+        assert!(!names.contains(&"lm_head.weight".to_string()));
+        let shared = a.named_parameters();
+        a.set_weights(&b.named_parameters()).unwrap();
+        // The shallow clones taken before see the copy (same storage).
+        for ((n, s), (_, t)) in shared.iter().zip(b.named_parameters()) {
+            assert!(max_diff(s, &t) == 0.0, "{n}");
+        }
+        let mut missing = b.named_parameters();
+        let _ = missing.pop();
+        let err = a.set_weights(&missing).unwrap_err().to_string();
+        assert!(err.contains("model.norm.weight"), "{err}");
+        let mut wrong = b.named_parameters();
+        wrong[0].1 = Tensor::zeros([2, 2], (Kind::Float, Device::Cpu));
+        let err = a.set_weights(&wrong).unwrap_err().to_string();
+        assert!(
+            err.contains("embed_tokens") && err.contains("[2, 2]"),
+            "{err}"
+        );
+        let mut extra = b.named_parameters();
+        extra.push((
+            "lm_head.weight".into(),
+            Tensor::zeros([1], (Kind::Float, Device::Cpu)),
+        ));
+        let err = a.set_weights(&extra).unwrap_err().to_string();
+        assert!(err.contains("lm_head.weight"), "{err}");
+    }
+
+    #[test]
+    fn gradients_flow_to_every_parameter() {
+        let (_d, mut m) = model(true, false);
+        m.set_requires_grad(true);
+        let ids = row(&[1, 2, 3, 4, 5]);
+        let pos = row(&[0, 1, 2, 3, 4]);
+        let h = m
+            .forward_hidden(&ids, &pos, &AttentionMask::Causal)
+            .unwrap();
+        m.logits(&h)
+            .log_softmax(-1, Kind::Float)
+            .mean(Kind::Float)
+            .backward();
+        for (n, p) in m.named_parameters() {
+            let g = p.grad();
+            assert!(
+                g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0,
+                "{n}"
+            );
+        }
+    }
+}

@@ -361,3 +361,99 @@ fn replace_dir(staging: &Path, dir: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::qwen::{AttentionMask, QwenModel};
+    use crate::model::testutil::{max_diff, tiny_config, write_tiny};
+    use tch::Device;
+
+    fn logits(m: &QwenModel) -> Tensor {
+        let ids = Tensor::from_slice(&[1i64, 7, 3, 20]).view([1, 4]);
+        let pos = Tensor::arange(4, (Kind::Int64, Device::Cpu)).view([1, 4]);
+        m.logits(
+            &m.forward_hidden(&ids, &pos, &AttentionMask::Causal)
+                .unwrap(),
+        )
+    }
+
+    #[test]
+    fn save_round_trip_single_and_sharded() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        write_tiny(&src, &tiny_config(true, false), 3);
+        std::fs::write(src.join("tokenizer.json"), "{}").unwrap();
+        let m = QwenModel::load(&src, Device::Cpu, Kind::Float).unwrap();
+        let one = dir.path().join("one");
+        m.save_hf(&one).unwrap();
+        assert!(one.join("model.safetensors").is_file());
+        assert!(one.join("tokenizer.json").is_file());
+        let back = QwenModel::load(&one, Device::Cpu, Kind::Float).unwrap();
+        assert_eq!(max_diff(&logits(&m), &logits(&back)), 0.0);
+        // Shards of ~2 KB, written over an existing checkpoint.
+        m.save_hf_sharded(&one, 2048).unwrap();
+        assert!(one.join(INDEX_FILE).is_file() && !one.join(SINGLE_FILE).exists());
+        let back = QwenModel::load(&one, Device::Cpu, Kind::Float).unwrap();
+        assert_eq!(max_diff(&logits(&m), &logits(&back)), 0.0);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn bad_checkpoints_name_file_and_tensor() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = tiny_config(false, false);
+        write_tiny(dir.path(), &config, 4);
+        let file = dir.path().join(SINGLE_FILE);
+        let mut tensors = Tensor::read_safetensors(&file).unwrap();
+        let i = tensors
+            .iter()
+            .position(|(n, _)| n == "model.layers.1.mlp.up_proj.weight")
+            .unwrap();
+        tensors[i].1 = Tensor::zeros([3, 3], (Kind::Float, Device::Cpu));
+        Tensor::write_safetensors(&tensors, &file).unwrap();
+        let err = QwenModel::load(dir.path(), Device::Cpu, Kind::Float)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("model.safetensors") && err.contains("up_proj") && err.contains("[3, 3]"),
+            "{err}"
+        );
+        let _ = tensors.remove(i);
+        tensors.push((
+            "model.layers.0.mlp.extra".into(),
+            Tensor::zeros([1], (Kind::Float, Device::Cpu)),
+        ));
+        Tensor::write_safetensors(&tensors, &file).unwrap();
+        let err = QwenModel::load(dir.path(), Device::Cpu, Kind::Float)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("unexpected tensor `model.layers.0.mlp.extra`"),
+            "{err}"
+        );
+        let _ = tensors.pop();
+        Tensor::write_safetensors(&tensors, &file).unwrap();
+        let err = QwenModel::load(dir.path(), Device::Cpu, Kind::Float)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("missing tensor `model.layers.1.mlp.up_proj.weight`"),
+            "{err}"
+        );
+        std::fs::remove_file(&file).unwrap();
+        let err = QwenModel::load(dir.path(), Device::Cpu, Kind::Float)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("no model.safetensors"), "{err}");
+    }
+}
