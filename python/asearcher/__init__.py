@@ -12,6 +12,7 @@ import torch as _torch  # noqa: F401  (loads libtorch before the native module n
 
 from . import _core
 from .exceptions import AsearcherError
+from .generation import GenerationOutput, Generator
 from .model import QwenModel
 
 __version__: str = _core.__version__
@@ -25,4 +26,11 @@ def set_log_level(level: int | str) -> None:
     _core.refresh_log_level()
 
 
-__all__ = ["AsearcherError", "QwenModel", "__version__", "set_log_level"]
+__all__ = [
+    "AsearcherError",
+    "GenerationOutput",
+    "Generator",
+    "QwenModel",
+    "__version__",
+    "set_log_level",
+]

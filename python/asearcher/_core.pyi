@@ -159,6 +159,78 @@ def group_advantages_into(
     rewards: tuple, out: tuple, group_size: int, normalize_std: bool = False, eps: float = 1e-6
 ) -> None: ...
 
+# --- Generator (embedded, KV-cached, continuous batching) -------------------------------------
+
+class GenerationOutput:
+    rid: str
+    output_ids: list[int]
+    output_logprobs: list[float]
+    output_versions: list[int]
+    finish_reason: str  # "stop", "length" or "abort"
+    matched_stop: int | str | None
+    abort_message: str | None
+    prompt_tokens: int
+    queue_seconds: float
+    total_seconds: float
+    def __len__(self) -> int: ...
+
+class Generator:
+    def __init__(
+        self,
+        model_dir: str | PathLike[str],
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
+        max_running: int = 32,
+        max_context: int | None = None,
+        version: int = 0,
+    ) -> None: ...
+    def generate(
+        self,
+        prompts: list[list[int]],
+        *,
+        max_new_tokens: int = 128,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = -1,
+        stop_token_ids: list[int] | tuple[int, ...] = (),
+        ignore_eos: bool = False,
+        seed: int | list[int] | None = None,
+        rids: list[str] | None = None,
+    ) -> list[GenerationOutput]: ...
+    def agenerate(
+        self,
+        prompts: list[list[int]],
+        *,
+        max_new_tokens: int = 128,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = -1,
+        stop_token_ids: list[int] | tuple[int, ...] = (),
+        ignore_eos: bool = False,
+        seed: int | list[int] | None = None,
+        rids: list[str] | None = None,
+    ) -> Awaitable[list[GenerationOutput]]: ...
+    def abort(self, rid: str) -> None: ...
+    def abort_all(self) -> None: ...
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+    def update_weights(
+        self,
+        model_dir: str | PathLike[str],
+        version: int | None = None,
+        abort_in_flight: bool = False,
+        recompute_cache: bool = False,
+    ) -> int: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def model_dir(self) -> str: ...
+    @property
+    def is_alive(self) -> bool: ...
+    def stats(self) -> dict[str, Any]: ...
+    def close(self) -> None: ...
+
 class QwenModel:
     @staticmethod
     def load(
