@@ -5,6 +5,7 @@
 //! Rust work on one shared tokio runtime with the GIL released.
 
 mod errors;
+mod generator;
 mod kernels;
 mod logging;
 mod model;
@@ -28,5 +29,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     model::register(m)?;
     kernels::register(m)?;
     model_server::register(m)?;
+    generator::register(m)?;
     Ok(())
 }

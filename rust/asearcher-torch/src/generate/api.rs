@@ -243,6 +243,18 @@ impl GeneratorHandle {
         Self::recv(rx).await
     }
 
+    /// Queues a request now and returns a future of its output, so that many requests can be
+    /// queued in order before waiting on any of them.
+    pub fn submit(
+        &self,
+        request: GenerateRequest,
+    ) -> Result<impl std::future::Future<Output = Result<GenerateOutput>> + Send + 'static> {
+        request.params.validate()?;
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Generate { request, reply })?;
+        Ok(Self::recv(rx))
+    }
+
     /// [`GeneratorHandle::generate`] for callers outside an async runtime.
     pub fn generate_blocking(&self, request: GenerateRequest) -> Result<GenerateOutput> {
         request.params.validate()?;
