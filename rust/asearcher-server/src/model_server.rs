@@ -295,10 +295,16 @@ fn stop_strings(param: &str, v: Option<&Value>) -> Result<Vec<String>, ApiError>
             .iter()
             .map(|i| match i {
                 Value::String(s) if !s.is_empty() => Ok(s.clone()),
-                _ => Err(ApiError::bad(param, "must be a non-empty string or a list of them")),
+                _ => Err(ApiError::bad(
+                    param,
+                    "must be a non-empty string or a list of them",
+                )),
             })
             .collect(),
-        Some(_) => Err(ApiError::bad(param, "must be a string or a list of strings")),
+        Some(_) => Err(ApiError::bad(
+            param,
+            "must be a string or a list of strings",
+        )),
     }
 }
 
@@ -448,11 +454,17 @@ fn token_texts(tok: &Tokenizer, ids: &[u32]) -> Vec<String> {
 fn router(st: Arc<AppState>) -> Router {
     Router::new()
         .route("/generate", post(native::generate))
-        .route("/update_weights_from_disk", post(native::update_weights_from_disk))
+        .route(
+            "/update_weights_from_disk",
+            post(native::update_weights_from_disk),
+        )
         .route("/pause_generation", post(native::pause_generation))
         .route("/continue_generation", post(native::continue_generation))
         .route("/abort_request", post(native::abort_request))
-        .route("/flush_cache", post(native::flush_cache).get(native::flush_cache))
+        .route(
+            "/flush_cache",
+            post(native::flush_cache).get(native::flush_cache),
+        )
         .route("/health", get(native::health))
         .route("/health_generate", get(native::health_generate))
         .route("/get_model_info", get(native::get_model_info))
@@ -482,7 +494,7 @@ fn load_state(cfg: &ModelServerConfig) -> Result<AppState, ModelServerError> {
     let model = QwenModel::load(&cfg.model_dir, cfg.device, cfg.kind)?;
     let mc = model.config();
     let model_ctx = usize::try_from(mc.max_position_embeddings).unwrap_or(usize::MAX);
-    let context_length = cfg.max_context.unwrap_or(model_ctx);
+    let context_length = cfg.max_context.unwrap_or(model_ctx.min(32768));
     if context_length < 2 {
         return Err(TorchError::config("max_context", "must be at least 2").into());
     }
@@ -498,7 +510,9 @@ fn load_state(cfg: &ModelServerConfig) -> Result<AppState, ModelServerError> {
         dtype: dtype_name(cfg.kind).into(),
         max_running: cfg.max_running,
         context_length,
-        vocab_size: usize::try_from(mc.vocab_size).unwrap_or(0).max(tok.vocab_size()),
+        vocab_size: usize::try_from(mc.vocab_size)
+            .unwrap_or(0)
+            .max(tok.vocab_size()),
     };
     let options = GeneratorOptions {
         max_running: cfg.max_running,

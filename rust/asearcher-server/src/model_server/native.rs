@@ -3,8 +3,8 @@
 //! `/continue_generation`, `/abort_request`, `/flush_cache`, health and info.
 
 use super::{
-    check_prompt, output_text, parse_body, reject_stream, require_n_one, require_neutral,
-    run_jobs, stop_strings, token_texts, ApiError, ApiResult, AppState, Job,
+    check_prompt, output_text, parse_body, reject_stream, require_n_one, require_neutral, run_jobs,
+    stop_strings, token_texts, ApiError, ApiResult, AppState, Job,
 };
 use asearcher_torch::generate::{
     FinishReason, GenerateOutput, SamplingParams, StopMatch, UpdateOptions, WeightUpdate,
@@ -54,9 +54,17 @@ impl NativeSampling {
     fn into_params(self) -> Result<(SamplingParams, TextOptions), ApiError> {
         let p = "sampling_params";
         require_neutral(&format!("{p}.min_p"), self.min_p, 0.0)?;
-        require_neutral(&format!("{p}.frequency_penalty"), self.frequency_penalty, 0.0)?;
+        require_neutral(
+            &format!("{p}.frequency_penalty"),
+            self.frequency_penalty,
+            0.0,
+        )?;
         require_neutral(&format!("{p}.presence_penalty"), self.presence_penalty, 0.0)?;
-        require_neutral(&format!("{p}.repetition_penalty"), self.repetition_penalty, 1.0)?;
+        require_neutral(
+            &format!("{p}.repetition_penalty"),
+            self.repetition_penalty,
+            1.0,
+        )?;
         require_neutral(
             &format!("{p}.min_new_tokens"),
             self.min_new_tokens.map(|n| n as f64),
@@ -149,7 +157,10 @@ fn prompts(st: &AppState, body: &GenerateBody) -> Result<Prompts, ApiError> {
         )),
         (None, Some(v)) => {
             let items = v.as_array().filter(|a| !a.is_empty()).ok_or_else(|| {
-                ApiError::bad("input_ids", "must be a non-empty list of token ids, or of lists")
+                ApiError::bad(
+                    "input_ids",
+                    "must be a non-empty list of token ids, or of lists",
+                )
             })?;
             if items.iter().all(Value::is_array) {
                 let ids = items
@@ -174,7 +185,12 @@ fn bad_ids() -> ApiError {
     )
 }
 
-fn rids(st: &AppState, rid: Option<&Value>, n: usize, batch: bool) -> Result<Vec<String>, ApiError> {
+fn rids(
+    st: &AppState,
+    rid: Option<&Value>,
+    n: usize,
+    batch: bool,
+) -> Result<Vec<String>, ApiError> {
     match rid {
         None | Some(Value::Null) => Ok((0..n).map(|_| st.next_rid("")).collect()),
         Some(Value::String(s)) if !batch => Ok(vec![s.clone()]),
@@ -218,7 +234,11 @@ fn output_json(
     text: TextOptions,
     lp: &LogprobOptions,
 ) -> Result<Value, ApiError> {
-    let version = out.output_versions.last().copied().unwrap_or(st.gen.version());
+    let version = out
+        .output_versions
+        .last()
+        .copied()
+        .unwrap_or(st.gen.version());
     let mut meta = json!({
         "id": out.rid,
         "finish_reason": finish_json(out),
@@ -256,7 +276,10 @@ fn output_json(
     }))
 }
 
-pub(super) async fn generate(State(st): State<Arc<AppState>>, body: axum::body::Bytes) -> ApiResult {
+pub(super) async fn generate(
+    State(st): State<Arc<AppState>>,
+    body: axum::body::Bytes,
+) -> ApiResult {
     let body: GenerateBody = parse_body(&body)?;
     reject_stream(body.stream)?;
     if body.top_logprobs_num.unwrap_or(0) > 0 {
@@ -267,7 +290,11 @@ pub(super) async fn generate(State(st): State<Arc<AppState>>, body: axum::body::
     }
     let _ = body.logprob_start_len;
     let prompts = prompts(&st, &body)?;
-    let param = if body.text.is_some() { "text" } else { "input_ids" };
+    let param = if body.text.is_some() {
+        "text"
+    } else {
+        "input_ids"
+    };
     for ids in &prompts.ids {
         check_prompt(&st, param, ids)?;
     }
@@ -409,7 +436,10 @@ pub(super) async fn pause_generation(
         }
     }
     st.gen.pause().await?;
-    Ok(Json(json!({"success": true, "message": format!("generation paused ({mode})")})).into_response())
+    Ok(
+        Json(json!({"success": true, "message": format!("generation paused ({mode})")}))
+            .into_response(),
+    )
 }
 
 pub(super) async fn continue_generation(
@@ -442,12 +472,18 @@ pub(super) async fn abort_request(
 }
 
 pub(super) async fn flush_cache() -> ApiResult {
-    Ok(Json(json!({"success": true, "message": "Cache flushed (no prefix cache to flush)."})).into_response())
+    Ok(
+        Json(json!({"success": true, "message": "Cache flushed (no prefix cache to flush)."}))
+            .into_response(),
+    )
 }
 
 pub(super) async fn health(State(st): State<Arc<AppState>>) -> ApiResult {
     if !st.gen.is_alive() {
-        return Err(asearcher_torch::TorchError::EngineStopped("the engine thread has exited".into()).into());
+        return Err(asearcher_torch::TorchError::EngineStopped(
+            "the engine thread has exited".into(),
+        )
+        .into());
     }
     Ok(Json(json!({"status": "ok"})).into_response())
 }

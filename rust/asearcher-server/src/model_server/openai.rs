@@ -3,8 +3,8 @@
 //! template). One choice per prompt (`n` = 1), no streaming.
 
 use super::{
-    check_prompt, output_text, parse_body, reject_stream, require_n_one, require_neutral,
-    run_jobs, stop_strings, token_texts, unix_now, ApiError, ApiResult, AppState, Job,
+    check_prompt, output_text, parse_body, reject_stream, require_n_one, require_neutral, run_jobs,
+    stop_strings, token_texts, unix_now, ApiError, ApiResult, AppState, Job,
 };
 use asearcher_tokenizer::ChatOptions;
 use asearcher_torch::generate::{FinishReason, GenerateOutput, SamplingParams};
@@ -34,7 +34,10 @@ fn check_model(st: &AppState, model: Option<&str>) -> Result<(), ApiError> {
     match model {
         Some(m) if m != st.info.name => Err(ApiError::not_found(
             "model",
-            format!("The model `{m}` does not exist (this server serves `{}`).", st.info.name),
+            format!(
+                "The model `{m}` does not exist (this server serves `{}`).",
+                st.info.name
+            ),
         )),
         _ => Ok(()),
     }
@@ -90,7 +93,6 @@ macro_rules! body_with_sampling {
                     presence_penalty: self.presence_penalty,
                     stop_token_ids: self.stop_token_ids.clone(),
                     ignore_eos: self.ignore_eos,
-                    skip_special_tokens: self.skip_special_tokens,
                 }
             }
         }
@@ -111,7 +113,6 @@ struct Sampling {
     presence_penalty: Option<f64>,
     stop_token_ids: Option<Vec<u32>>,
     ignore_eos: Option<bool>,
-    skip_special_tokens: Option<bool>,
 }
 
 impl Sampling {
@@ -156,7 +157,11 @@ fn completion_prompts(st: &AppState, prompt: &Value) -> Result<Vec<Vec<u32>>, Ap
         v.as_array()
             .ok_or_else(bad)?
             .iter()
-            .map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(bad))
+            .map(|x| {
+                x.as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(bad)
+            })
             .collect()
     };
     match prompt {
@@ -274,13 +279,15 @@ fn flatten_content(messages: Vec<Value>) -> Result<Vec<Value>, ApiError> {
             if let Some(Value::Array(parts)) = obj.get("content") {
                 let texts = parts
                     .iter()
-                    .map(|p| match (p.get("type").and_then(Value::as_str), p.get("text")) {
-                        (Some("text"), Some(Value::String(t))) => Ok(t.clone()),
-                        _ => Err(ApiError::unsupported(
-                            &format!("{param}.content"),
-                            "only text content parts are supported",
-                        )),
-                    })
+                    .map(
+                        |p| match (p.get("type").and_then(Value::as_str), p.get("text")) {
+                            (Some("text"), Some(Value::String(t))) => Ok(t.clone()),
+                            _ => Err(ApiError::unsupported(
+                                &format!("{param}.content"),
+                                "only text content parts are supported",
+                            )),
+                        },
+                    )
                     .collect::<Result<Vec<_>, _>>()?;
                 obj.insert("content".into(), Value::String(texts.join("\n")));
             }
@@ -294,7 +301,9 @@ fn chat_logprobs(st: &AppState, out: &GenerateOutput) -> Value {
     let content: Vec<Value> = tokens
         .into_iter()
         .zip(&out.output_logprobs)
-        .map(|(t, lp)| json!({"token": t, "logprob": lp, "bytes": t.as_bytes(), "top_logprobs": []}))
+        .map(
+            |(t, lp)| json!({"token": t, "logprob": lp, "bytes": t.as_bytes(), "top_logprobs": []}),
+        )
         .collect();
     json!({ "content": content })
 }
@@ -312,7 +321,8 @@ pub(super) async fn chat_completions(
         ));
     }
     match body.tool_choice.as_ref().and_then(Value::as_str) {
-        None | Some("auto") | Some("none") if !matches!(body.tool_choice, Some(Value::Object(_))) => {}
+        None | Some("auto") | Some("none")
+            if !matches!(body.tool_choice, Some(Value::Object(_))) => {}
         _ => {
             return Err(ApiError::unsupported(
                 "tool_choice",
