@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (the template mirrors the long lines of real HF chat templates)
 """asearcher._core.Tokenizer against transformers' AutoTokenizer: encode/decode on many strings,
 and chat templates (the tiny ChatML one, and a Qwen-style one with tools, a default system
 prompt, enable_thinking and Python string methods) rendered identically."""
