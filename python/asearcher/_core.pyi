@@ -254,3 +254,56 @@ class QwenModel:
         self, input_ids: tuple, labels: tuple, grads: list[tuple]
     ) -> float: ...
     def save(self, path: str | PathLike[str]) -> None: ...
+# --- model server (asearcher.serving) ---
+
+class Tokenizer:
+    def __init__(self, model_dir: str | PathLike[str]) -> None: ...
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str: ...
+    def apply_chat_template(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = False,
+        tools: list[dict[str, Any]] | None = None,
+        documents: list[dict[str, Any]] | None = None,
+        chat_template: str | None = None,
+        tokenize: bool = False,
+        **kwargs: Any,
+    ) -> str | list[int]: ...
+    def token_to_id(self, token: str) -> int | None: ...
+    @property
+    def eos_token_ids(self) -> list[int]: ...
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def chat_template_names(self) -> list[str]: ...
+    def __len__(self) -> int: ...
+
+class ModelServerHandle:
+    url: str
+    port: int
+    def stop(self) -> None: ...
+    def __enter__(self) -> ModelServerHandle: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+def serve_model(
+    model_dir: str,
+    host: str = "127.0.0.1",
+    port: int = 30000,
+    device: str = "cpu",
+    dtype: str = "float32",
+    max_running: int = 32,
+    max_context: int | None = None,
+    served_model_name: str | None = None,
+    on_ready: Callable[[str], object] | None = None,
+) -> None: ...
+def start_model_server(
+    model_dir: str,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    device: str = "cpu",
+    dtype: str = "float32",
+    max_running: int = 32,
+    max_context: int | None = None,
+    served_model_name: str | None = None,
+) -> ModelServerHandle: ...

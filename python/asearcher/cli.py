@@ -118,6 +118,36 @@ def cmd_serve_retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve_model(args: argparse.Namespace) -> int:
+    from . import _core
+
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger("asearcher").warning(
+            "binding %s: the model server has no authentication and will answer anyone "
+            "who can reach this address",
+            args.host,
+        )
+
+    def ready(url: str) -> None:
+        print(f"model server on {url} ({args.model}); Ctrl-C stops it", flush=True)
+
+    try:
+        _core.serve_model(
+            str(args.model),
+            host=args.host,
+            port=args.port,
+            device=args.device,
+            dtype=args.dtype,
+            max_running=args.max_running,
+            max_context=args.max_context,
+            served_model_name=args.served_model_name,
+            on_ready=ready,
+        )
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -174,6 +204,18 @@ def _add_serve_parsers(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--port", type=int, default=8000)
     r.add_argument("--default-topk", type=int, default=3, help="topk when a request has none")
     r.set_defaults(func=cmd_serve_retrieval)
+    m = ssub.add_parser(
+        "model", help="SGLang/OpenAI-compatible model server over the embedded generator"
+    )
+    m.add_argument("--model", required=True, type=Path, help="HF model directory (Qwen2/Qwen3)")
+    m.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    m.add_argument("--port", type=int, default=30000, help="port (0 picks a free one)")
+    m.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    m.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    m.add_argument("--max-running", type=int, default=32, help="requests decoded together")
+    m.add_argument("--max-context", type=int, default=None, help="longest prompt + output")
+    m.add_argument("--served-model-name", default=None, help="name in /v1/models (default: dir)")
+    m.set_defaults(func=cmd_serve_model)
 
 
 def build_parser() -> argparse.ArgumentParser:
