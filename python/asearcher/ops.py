@@ -200,8 +200,8 @@ def token_logprobs(
     return_entropy: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Logprobs of ``targets`` under ``softmax(hidden @ weight.T / temperature)``, float32 of
-    ``targets``' shape, computed ``chunk_size`` tokens at a time (default: a 64 MiB working
-    budget). ``hidden`` is ``[B, T, H]`` or ``[N, H]`` (float32/bfloat16/float16, same dtype and
+    ``targets``' shape, computed ``chunk_size`` tokens at a time (default:
+    :func:`default_chunk_size`). ``hidden`` is ``[B, T, H]`` or ``[N, H]`` (float32/bfloat16/float16, same dtype and
     device as ``weight [V, H]``); ``targets`` are integer ids of shape ``hidden.shape[:-1]``.
 
     Differentiable in ``hidden`` and ``weight``: backward recomputes the logits chunk by chunk,
@@ -438,10 +438,15 @@ def ppo_loss(
     return loss, _diagnostics(diag, entropy is not None)
 
 
-def default_chunk_size(vocab: int, dtype: torch.dtype = torch.float32) -> int:
-    """Tokens per chunk used when ``chunk_size`` is None: the chunk's ``[chunk, vocab]``
-    working buffers fit ``DEFAULT_CHUNK_BUDGET_BYTES`` (64 MiB)."""
-    return _core.chunk_tokens_for_budget(vocab, str(dtype), _core.DEFAULT_CHUNK_BUDGET_BYTES)
+def default_chunk_size(
+    vocab: int, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> int:
+    """Tokens per chunk used when ``chunk_size`` is None: the chunk's ``[chunk, vocab]`` working
+    buffers fit a budget of 128 MiB on CPU (``DEFAULT_CHUNK_BUDGET_BYTES``) or 1 GiB on CUDA
+    (``DEFAULT_CUDA_CHUNK_BUDGET_BYTES``), and at least 8 tokens."""
+    cuda = torch.device(device).type == "cuda"
+    budget = _core.DEFAULT_CUDA_CHUNK_BUDGET_BYTES if cuda else _core.DEFAULT_CHUNK_BUDGET_BYTES
+    return _core.chunk_tokens_for_budget(vocab, str(dtype), budget)
 
 
 __all__ = [

@@ -281,5 +281,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "DEFAULT_CHUNK_BUDGET_BYTES",
         asearcher_torch::kernels::DEFAULT_CHUNK_BUDGET_BYTES,
     )?;
+    m.add(
+        "DEFAULT_CUDA_CHUNK_BUDGET_BYTES",
+        asearcher_torch::kernels::DEFAULT_CUDA_CHUNK_BUDGET_BYTES,
+    )?;
     Ok(())
 }

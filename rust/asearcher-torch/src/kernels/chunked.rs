@@ -15,8 +15,22 @@ use super::spec::LossSpec;
 use crate::{Result, TorchError};
 use tch::{Kind, Tensor};
 
-/// Working-memory budget of one chunk when the caller gives no chunk size (bytes).
-pub const DEFAULT_CHUNK_BUDGET_BYTES: i64 = 64 << 20;
+/// Working-memory budget of one chunk on the CPU when the caller gives no chunk size (bytes).
+/// Tuned on the CPU benchmark: chunks much below ~100 tokens at vocab 152k lose GEMM efficiency.
+pub const DEFAULT_CHUNK_BUDGET_BYTES: i64 = 128 << 20;
+
+/// Working-memory budget of one chunk on CUDA (bytes): larger, because each chunk re-reads and
+/// re-writes `grad_W`, which costs more than a small chunk's GEMMs on a GPU.
+pub const DEFAULT_CUDA_CHUNK_BUDGET_BYTES: i64 = 1 << 30;
+
+/// The default chunk budget for tensors on `device`.
+pub fn default_chunk_budget(device: tch::Device) -> i64 {
+    if device.is_cuda() {
+        DEFAULT_CUDA_CHUNK_BUDGET_BYTES
+    } else {
+        DEFAULT_CHUNK_BUDGET_BYTES
+    }
+}
 
 fn bad(name: &str, msg: impl Into<String>) -> TorchError {
     TorchError::BadTensor {
@@ -131,7 +145,7 @@ impl LmHead<'_> {
             None => Ok(chunk_tokens_for_budget(
                 self.weight.size()[0],
                 self.hidden.kind(),
-                DEFAULT_CHUNK_BUDGET_BYTES,
+                default_chunk_budget(self.hidden.device()),
             )),
         }
     }
@@ -156,10 +170,10 @@ impl PassOutputs {
         let n = head.tokens();
         let dev = head.hidden.device();
         PassOutputs {
-            logp: Tensor::zeros([n], (Kind::Float, dev)),
-            entropy: entropy.then(|| Tensor::zeros([n], (Kind::Float, dev))),
-            grad_hidden: grads.then(|| head.hidden.zeros_like()),
-            grad_weight: grads.then(|| head.weight.zeros_like()),
+            logp: Tensor::empty([n], (Kind::Float, dev)),
+            entropy: entropy.then(|| Tensor::empty([n], (Kind::Float, dev))),
+            grad_hidden: grads.then(|| head.hidden.empty_like()),
+            grad_weight: grads.then(|| head.weight.empty_like()),
         }
     }
 
@@ -218,17 +232,19 @@ pub fn run_chunks(
     out.check(head)?;
     let chunk = head.resolve_chunk(chunk_tokens)?;
     let _guard = tch::no_grad_guard();
+    let n = head.tokens();
     if grads.is_some() {
         let gw = out
             .grad_weight
             .as_mut()
             .ok_or_else(|| bad("grad_weight_out", "missing"))?;
-        let _ = gw.f_zero_()?;
+        if n == 0 {
+            let _ = gw.f_zero_()?;
+        }
         if out.grad_hidden.is_none() {
             return Err(bad("grad_hidden_out", "missing"));
         }
     }
-    let n = head.tokens();
     let targets = head.targets.to_kind(Kind::Int64);
     let w_t = head.weight.tr();
     let mut start = 0;
@@ -243,10 +259,7 @@ pub fn run_chunks(
         if head.temperature != 1.0 {
             let _ = z.f_div_scalar_(head.temperature)?;
         }
-        let lse = z.f_logsumexp([1i64].as_slice(), true)?;
-        let _ = z.f_sub_(&lse)?; // z is now the log-softmax
-        let lp = z.gather(1, &y, false).squeeze_dim(1);
-        let mut p = z.exp();
+        let (lp, mut p) = log_softmax_in_place(&mut z, &y)?;
         let ent = -p.unsqueeze(1).bmm(&z.unsqueeze(2)).reshape([len]);
         out.logp.narrow(0, start, len).f_copy_(&lp)?;
         if let Some(e) = &out.entropy {
@@ -275,11 +288,28 @@ pub fn run_chunks(
                 .narrow(0, start, len);
             let _ = gz.f_mm_out(&gh, head.weight)?;
             let gw = out.grad_weight.as_mut().expect("checked above");
-            let _ = gw.f_addmm_(&gz.tr(), &h)?;
+            if start == 0 {
+                let _ = gz.tr().f_mm_out(gw, &h)?; // the first chunk initialises grad_W
+            } else {
+                let _ = gw.f_addmm_(&gz.tr(), &h)?;
+            }
         }
         start += len;
     }
     Ok(())
+}
+
+/// Turns the logits `z` into the log-softmax in place; returns the target logprobs `[n]` and the
+/// probabilities `[n, V]` (one exp pass over the chunk).
+fn log_softmax_in_place(z: &mut Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
+    let max = z.f_amax([1i64].as_slice(), true)?;
+    let _ = z.f_sub_(&max)?;
+    let mut p = z.f_exp()?;
+    let sum = p.f_sum_dim_intlist([1i64].as_slice(), true, Kind::Float)?;
+    let _ = z.f_sub_(&sum.f_log()?)?;
+    let _ = p.f_div_(&sum)?;
+    let lp = z.f_gather(1, y, false)?.squeeze_dim(1);
+    Ok((lp, p))
 }
 
 /// Turns `p` into `dL/dz` (divided by the temperature); `z` holds the log-softmax and is

@@ -10,9 +10,10 @@ mod spec;
 pub mod views;
 
 pub use chunked::{
-    attach_gradients, chunk_tokens_for_budget, fused_linear_loss, fused_linear_loss_autograd,
-    fused_linear_loss_into, run_chunks, token_logprobs, token_logprobs_backward_into, ChunkGrads,
-    FusedOutput, LmHead, PassOutputs, DEFAULT_CHUNK_BUDGET_BYTES,
+    attach_gradients, chunk_tokens_for_budget, default_chunk_budget, fused_linear_loss,
+    fused_linear_loss_autograd, fused_linear_loss_into, run_chunks, token_logprobs,
+    token_logprobs_backward_into, ChunkGrads, FusedOutput, LmHead, PassOutputs,
+    DEFAULT_CHUNK_BUDGET_BYTES, DEFAULT_CUDA_CHUNK_BUDGET_BYTES,
 };
 pub use head::{
     diagnostics, evaluate_head, ppo_loss, Diagnostics, HeadOutput, PpoLossOutput, TokenInputs,
