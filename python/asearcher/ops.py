@@ -201,8 +201,9 @@ def token_logprobs(
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Logprobs of ``targets`` under ``softmax(hidden @ weight.T / temperature)``, float32 of
     ``targets``' shape, computed ``chunk_size`` tokens at a time (default:
-    :func:`default_chunk_size`). ``hidden`` is ``[B, T, H]`` or ``[N, H]`` (float32/bfloat16/float16, same dtype and
-    device as ``weight [V, H]``); ``targets`` are integer ids of shape ``hidden.shape[:-1]``.
+    :func:`default_chunk_size`). ``hidden`` is ``[B, T, H]`` or ``[N, H]``
+    (float32/bfloat16/float16, same dtype and device as ``weight [V, H]``); ``targets`` are
+    integer ids of shape ``hidden.shape[:-1]``.
 
     Differentiable in ``hidden`` and ``weight``: backward recomputes the logits chunk by chunk,
     so any PyTorch loss can follow. With ``return_entropy``, also returns the entropies (also
