@@ -3,6 +3,8 @@ log_softmax, gather, the PPO formula written out, and loss.backward()."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from asearcher.exceptions import ConfigError, TensorError
@@ -482,7 +484,9 @@ def test_cuda_matches_cpu(dtype):
         weight = wc.to(dev).requires_grad_()
         args = [x.to(dev) for x in (targets, adv, mask, behav, prox)]
         stream = torch.cuda.Stream() if dev == "cuda" else None
-        with torch.cuda.stream(stream) if stream else torch.no_grad().__class__():
+        if stream:  # run on a side stream: the kernels must follow the caller's current stream
+            stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream) if stream else contextlib.nullcontext():
             loss, _ = fused_ppo_loss(
                 hidden, weight, *args[:3], behav_logp=args[3], prox_logp=args[4], chunk_size=24
             )
