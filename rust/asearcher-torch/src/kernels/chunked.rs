@@ -415,6 +415,9 @@ pub fn fused_linear_loss_into(
     out: &mut PassOutputs,
 ) -> Result<(Tensor, Diagnostics)> {
     let _guard = tch::no_grad_guard();
+    if tokens.advantages.device() != head.hidden.device() {
+        return Err(bad("advantages", "on a different device than hidden"));
+    }
     let terms = TokenTerms::prepare(tokens, spec)?;
     if terms.len() != head.tokens() {
         return Err(bad(

@@ -76,6 +76,16 @@ fn bad(name: &str, msg: impl Into<String>) -> TorchError {
 }
 
 fn check_float(name: &str, t: &Tensor, shape: &[i64]) -> Result<Tensor> {
+    check_float_on(name, t, shape, t.device())
+}
+
+fn check_float_on(name: &str, t: &Tensor, shape: &[i64], device: tch::Device) -> Result<Tensor> {
+    if t.device() != device {
+        return Err(bad(
+            name,
+            format!("on {:?}, advantages on {device:?}", t.device()),
+        ));
+    }
     if t.size() != shape {
         return Err(bad(
             name,
@@ -108,6 +118,9 @@ fn sequence_index(inputs: &TokenInputs, shape: &[i64]) -> Result<Option<(Tensor,
     let Some(ids) = inputs.seq_ids else {
         return Ok(None);
     };
+    if ids.device() != dev {
+        return Err(bad("seq_ids", "on a different device than advantages"));
+    }
     if ids.size() != shape {
         return Err(bad(
             "seq_ids",
@@ -162,13 +175,17 @@ impl TokenTerms {
         }
         let valid = inputs.loss_mask.reshape([-1]).ne(0);
         let maskf = valid.to_kind(Kind::Float);
-        let behav = check_float("behav_logp", inputs.behav_logp, &shape)?;
+        let dev = inputs.advantages.device();
+        if inputs.loss_mask.device() != dev {
+            return Err(bad("loss_mask", "on a different device than advantages"));
+        }
+        let behav = check_float_on("behav_logp", inputs.behav_logp, &shape, dev)?;
         let prox = match inputs.prox_logp {
-            Some(p) => Some(check_float("prox_logp", p, &shape)?),
+            Some(p) => Some(check_float_on("prox_logp", p, &shape, dev)?),
             None => None,
         };
         let ref_logp = match inputs.ref_logp {
-            Some(r) => Some(check_float("ref_logp", r, &shape)?),
+            Some(r) => Some(check_float_on("ref_logp", r, &shape, dev)?),
             None if spec.kl_coef != 0.0 => {
                 return Err(bad("ref_logp", "required when kl_coef is non-zero"))
             }
@@ -449,9 +466,10 @@ pub fn ppo_loss(
     let _guard = tch::no_grad_guard();
     let terms = TokenTerms::prepare(inputs, spec)?;
     let shape = inputs.advantages.size();
-    let lp = check_float("logp", logp, &shape)?;
+    let dev = inputs.advantages.device();
+    let lp = check_float_on("logp", logp, &shape, dev)?;
     let ent = match entropy {
-        Some(e) => Some(check_float("entropy", e, &shape)?),
+        Some(e) => Some(check_float_on("entropy", e, &shape, dev)?),
         None => None,
     };
     let head = evaluate_head(&lp, ent.as_ref(), &terms, spec)?;
