@@ -247,6 +247,7 @@ pub fn run_chunks(
     }
     let targets = head.targets.to_kind(Kind::Int64);
     let w_t = head.weight.tr();
+    let w_for_grad_hidden = weight_for_grad_hidden(head.weight, grads.is_some());
     let mut start = 0;
     while start < n {
         let len = chunk.min(n - start);
@@ -286,7 +287,7 @@ pub fn run_chunks(
                 .as_ref()
                 .expect("checked above")
                 .narrow(0, start, len);
-            let _ = gz.f_mm_out(&gh, head.weight)?;
+            let _ = gz.f_mm_out(&gh, &w_for_grad_hidden)?;
             let gw = out.grad_weight.as_mut().expect("checked above");
             if start == 0 {
                 let _ = gz.tr().f_mm_out(gw, &h)?; // the first chunk initialises grad_W
@@ -297,6 +298,19 @@ pub fn run_chunks(
         start += len;
     }
     Ok(())
+}
+
+/// The `[V, H]` operand of `grad_hidden = dL/dz @ W`. On the CPU, bf16/fp16 GEMMs of this shape
+/// with a row-major `W` hit a slow path in libtorch (about 25x slower than with a column-major
+/// operand, measured at V = 151,936), so there the product uses a transposed contiguous copy of
+/// `W` (one copy per call, the size of `W`). CUDA and float32 use `W` as is.
+fn weight_for_grad_hidden(weight: &Tensor, grads: bool) -> Tensor {
+    let reduced = matches!(weight.kind(), Kind::BFloat16 | Kind::Half);
+    if grads && reduced && weight.device() == tch::Device::Cpu {
+        weight.tr().contiguous().tr()
+    } else {
+        weight.shallow_clone()
+    }
 }
 
 /// Turns the logits `z` into the log-softmax in place; returns the target logprobs `[n]` and the
