@@ -254,6 +254,7 @@ class QwenModel:
         self, input_ids: tuple, labels: tuple, grads: list[tuple]
     ) -> float: ...
     def save(self, path: str | PathLike[str]) -> None: ...
+
 # --- model server (asearcher.serving) ---
 
 class Tokenizer:
@@ -307,3 +308,75 @@ def start_model_server(
     max_context: int | None = None,
     served_model_name: str | None = None,
 ) -> ModelServerHandle: ...
+def shaped_group_advantages_into(
+    rewards: tuple,
+    valid: tuple | None,
+    out: tuple,
+    group_size: int,
+    normalize_std: bool,
+    eps: float,
+    reward_scale: float,
+    reward_bias: float,
+    reward_clip: float | None,
+) -> None: ...
+def token_advantages_into(
+    seq_adv: tuple,
+    loss_mask: tuple,
+    seq_ids: tuple | None,
+    out: tuple,
+    normalize: bool,
+    eps: float,
+) -> None: ...
+
+# --- RL loss kernels (views are `asearcher.ops._view` tuples; outputs are written in place) ---
+
+DIAGNOSTIC_NAMES: list[str]
+DEFAULT_CHUNK_BUDGET_BYTES: int
+DEFAULT_CUDA_CHUNK_BUDGET_BYTES: int
+
+# (eps_clip, eps_clip_high, dual_clip, behav_weight_cap, behav_weight_mode, is_level,
+#  aggregation, normalizer, kl_coef, kl_estimator, entropy_coef)
+_Spec = tuple[
+    float, float | None, float | None, float | None, str, str, str, float | None, float, str, float
+]
+# (advantages, loss_mask, behav_logp, prox_logp, ref_logp, seq_ids)
+_Tokens = tuple[tuple, tuple, tuple, tuple | None, tuple | None, tuple | None]
+
+def token_logprobs_into(
+    hidden: tuple,
+    weight: tuple,
+    targets: tuple,
+    logp_out: tuple,
+    entropy_out: tuple | None,
+    temperature: float,
+    chunk_tokens: int | None,
+) -> None: ...
+def token_logprobs_backward_into(
+    hidden: tuple,
+    weight: tuple,
+    targets: tuple,
+    grad_logp: tuple,
+    grad_entropy: tuple | None,
+    grad_hidden_out: tuple,
+    grad_weight_out: tuple,
+    temperature: float,
+    chunk_tokens: int | None,
+) -> None: ...
+def fused_ppo_loss_into(
+    hidden: tuple,
+    weight: tuple,
+    targets: tuple,
+    tokens: _Tokens,
+    outs: tuple[tuple, tuple, tuple, tuple, tuple, tuple],
+    spec_args: _Spec,
+    temperature: float,
+    chunk_tokens: int | None,
+) -> None: ...
+def ppo_loss_into(
+    logp: tuple,
+    entropy: tuple | None,
+    tokens: _Tokens,
+    outs: tuple[tuple, tuple, tuple, tuple | None],
+    spec_args: _Spec,
+) -> None: ...
+def chunk_tokens_for_budget(vocab: int, dtype: str, budget_bytes: int) -> int: ...

@@ -13,7 +13,10 @@ pub mod model;
 pub mod train;
 mod view;
 
-pub use advantages::{group_advantages, group_advantages_into};
+pub use advantages::{
+    group_advantages, group_advantages_into, shaped_group_advantages, shaped_group_advantages_into,
+    token_advantages, token_advantages_into, GroupAdvantageSpec,
+};
 pub use view::{DeviceSpec, TensorView};
 
 use std::path::PathBuf;
