@@ -78,6 +78,7 @@ struct StateFile {
 }
 
 /// Everything one checkpoint holds (borrowed; tensors may live on any device).
+#[derive(Clone, Copy)]
 pub struct Checkpoint<'a> {
     /// Trainer state; `state.step` names the checkpoint.
     pub state: &'a TrainerState,

@@ -271,7 +271,7 @@ fn extra_files_tokenizer_and_restore_into_model_and_optimizer() {
         let files = [(bad.to_string(), vec![])];
         let err = manager.save(&Checkpoint {
             extra_files: &files,
-            ..checkpoint_ref(&checkpoint)
+            ..checkpoint
         });
         assert!(
             err.unwrap_err().to_string().contains("extra_files"),
@@ -281,19 +281,9 @@ fn extra_files_tokenizer_and_restore_into_model_and_optimizer() {
     let empty = tempfile::tempdir().unwrap();
     let err = manager.save(&Checkpoint {
         tokenizer_dir: Some(empty.path()),
-        ..checkpoint_ref(&checkpoint)
+        ..checkpoint
     });
     assert!(err.unwrap_err().to_string().contains("no tokenizer files"));
-}
-
-fn checkpoint_ref<'a>(c: &Checkpoint<'a>) -> Checkpoint<'a> {
-    Checkpoint {
-        state: c.state,
-        model: c.model,
-        optimizer: c.optimizer,
-        extra_files: c.extra_files,
-        tokenizer_dir: c.tokenizer_dir,
-    }
 }
 
 /// Child mode of [`survives_kill_at_any_moment`]: resumes from the newest checkpoint under
@@ -308,6 +298,23 @@ fn child_writer_loop() {
     while started.elapsed() < Duration::from_secs(60) {
         save_step(&manager, step);
         step += 1;
+    }
+}
+
+/// Waits (at most 60 s) until a checkpoint newer than `step` exists, so the child has started and
+/// is in its save loop before the random kill delay begins.
+fn wait_for_step_after(root: &Path, step: u64, round: usize) {
+    let started = Instant::now();
+    while list_checkpoints(root)
+        .unwrap()
+        .last()
+        .is_none_or(|(s, _)| *s <= step)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "round {round}: child saved nothing"
+        );
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -329,7 +336,8 @@ fn survives_kill_at_any_moment() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(rng.random_range(250..900)));
+        wait_for_step_after(root.path(), last_step, round);
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..200)));
         child.kill().unwrap();
         let status = child.wait().unwrap();
         assert!(
@@ -346,9 +354,9 @@ fn survives_kill_at_any_moment() {
                     .starts_with('.')
             })
             .count();
-        let Some(ckpt) = load_latest(root.path()).unwrap() else {
-            continue;
-        };
+        let ckpt = load_latest(root.path())
+            .unwrap()
+            .expect("a checkpoint was seen");
         assert_consistent(&ckpt);
         assert!(ckpt.state.step >= last_step, "round {round}: went back");
         rounds_with_progress += (ckpt.state.step > last_step) as usize;
