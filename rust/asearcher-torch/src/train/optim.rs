@@ -221,10 +221,7 @@ impl AdamW {
             Ok(())
         })?;
         for slot in &mut self.slots {
-            let (_, step) = state
-                .iter()
-                .find(|(n, _)| *n == format!("step.{}", slot.name))
-                .expect("checked above");
+            let step = by_name[format!("step.{}", slot.name).as_str()];
             slot.step = step.f_int64_value(&[0])?;
         }
         Ok(())
