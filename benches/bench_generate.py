@@ -39,7 +39,13 @@ ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 DOCS = ROOT / "docs" / "benchmarks.md"
-START, END = "<!-- bench:generate start -->", "<!-- bench:generate end -->"
+
+
+def markers(device: str) -> tuple[str, str]:
+    """The docs markers of this device type's section (CPU and CUDA results live side by side)."""
+    tag = "generate" if device == "cpu" else f"generate:{device.split(':')[0]}"
+    return f"<!-- bench:{tag} start -->", f"<!-- bench:{tag} end -->"
+
 
 HALF_B = dict(
     vocab_size=151936,
@@ -157,9 +163,11 @@ def machine_info(args) -> str:
 
 def render(rows, args, info) -> str:
     today = datetime.date.today().isoformat()
+    start, end = markers(args.device)
+    where = "CPU" if args.device == "cpu" else "CUDA"
     lines = [
-        START,
-        "## Generation: asearcher Generator vs HF transformers `generate()`",
+        start,
+        f"## Generation ({where}): asearcher Generator vs HF transformers `generate()`",
         "",
         f"Measured {today} on {info}.",
         f"Device `{args.device}`, dtype `{args.dtype}`, batch {args.batch}, prompt "
@@ -188,16 +196,17 @@ def render(rows, args, info) -> str:
         + (f" --dtype {args.dtype}" if args.dtype != "float32" else "")
         + (" --quick" if args.quick else "")
         + f" --runs {args.runs} --write-docs`.",
-        END,
+        end,
     ]
     return "\n".join(lines)
 
 
-def write_docs(section: str) -> None:
+def write_docs(section: str, device: str) -> None:
+    start, end = markers(device)
     text = DOCS.read_text(encoding="utf-8")
-    if START in text and END in text:
-        pre, rest = text.split(START, 1)
-        post = rest.split(END, 1)[1]
+    if start in text and end in text:
+        pre, rest = text.split(start, 1)
+        post = rest.split(end, 1)[1]
         text = pre + section + post
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
@@ -250,7 +259,7 @@ def main() -> None:
     print()
     print(section)
     if args.write_docs:
-        write_docs(section)
+        write_docs(section, args.device)
         print(f"\nwrote {DOCS}")
 
 

@@ -480,8 +480,8 @@ def test_cuda_matches_cpu(dtype):
     adv, mask, behav, prox, _ = make_tokens((n,), 18)
     results = []
     for dev in ("cpu", "cuda"):
-        hidden = hc.to(dev).requires_grad_()
-        weight = wc.to(dev).requires_grad_()
+        hidden = hc.detach().to(dev).requires_grad_()
+        weight = wc.detach().to(dev).requires_grad_()
         args = [x.to(dev) for x in (targets, adv, mask, behav, prox)]
         stream = torch.cuda.Stream() if dev == "cuda" else None
         if stream:  # run on a side stream: the kernels must follow the caller's current stream
