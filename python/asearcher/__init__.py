@@ -14,6 +14,7 @@ from . import _core
 from .exceptions import AsearcherError
 from .generation import GenerationOutput, Generator
 from .model import QwenModel
+from .serving import Tokenizer, start_model_server
 
 __version__: str = _core.__version__
 
@@ -31,6 +32,8 @@ __all__ = [
     "GenerationOutput",
     "Generator",
     "QwenModel",
+    "Tokenizer",
     "__version__",
     "set_log_level",
+    "start_model_server",
 ]
