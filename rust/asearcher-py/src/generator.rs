@@ -16,7 +16,6 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tch::{Device, Kind};
 
 /// The stop that ended a request: a token id or a stop string.
 #[derive(Clone, Debug, PartialEq, IntoPyObject)]
@@ -109,35 +108,6 @@ impl Drop for AbortOnDrop {
                 let _ = self.handle.abort(rid);
             }
         }
-    }
-}
-
-fn parse_device(name: &str) -> PyResult<Device> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(Device::Cuda(0)),
-        _ => name
-            .strip_prefix("cuda:")
-            .and_then(|i| i.parse().ok())
-            .map(Device::Cuda)
-            .ok_or_else(|| {
-                config_err(
-                    "device",
-                    format!("expected cpu, cuda or cuda:N, got {name:?}"),
-                )
-            }),
-    }
-}
-
-fn parse_dtype(name: &str) -> PyResult<Kind> {
-    match name.trim_start_matches("torch.") {
-        "float32" | "float" => Ok(Kind::Float),
-        "bfloat16" => Ok(Kind::BFloat16),
-        "float16" | "half" => Ok(Kind::Half),
-        other => Err(config_err(
-            "dtype",
-            format!("expected float32, bfloat16 or float16, got {other:?}"),
-        )),
     }
 }
 
@@ -277,7 +247,8 @@ impl PyGenerator {
         max_context: Option<usize>,
         version: u64,
     ) -> PyResult<Self> {
-        let (device, kind) = (parse_device(device)?, parse_dtype(dtype)?);
+        let device = asearcher_torch::parse_device(device).map_err(torch_err)?;
+        let kind = asearcher_torch::parse_dtype(dtype).map_err(torch_err)?;
         if max_context == Some(0) {
             return Err(config_err("max_context", "must be at least 2, or None"));
         }

@@ -2,69 +2,15 @@
 //! caller-allocated torch tensors, next-token NLL with gradients (for parity tests and simple
 //! training), and saving in HF layout. Tensors cross by data pointer (`asearcher.ops._view`).
 
-use crate::errors::{config_err, torch_err};
+use crate::errors::torch_err;
 use asearcher_torch::model::{AttentionMask, QwenModel};
-use asearcher_torch::{DeviceSpec, TensorView, TorchError};
+use asearcher_torch::{TensorView, TorchError};
 use pyo3::prelude::*;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
-/// `(data_ptr, shape, strides, dtype, device_type, device_index)` as built by `asearcher.ops`.
-type ViewTuple = (usize, Vec<i64>, Vec<i64>, String, String, Option<usize>);
-
-fn view(name: &str, v: ViewTuple) -> PyResult<TensorView> {
-    let (data_ptr, shape, strides, dtype, device_type, index) = v;
-    let device = match device_type.as_str() {
-        "cpu" => DeviceSpec::Cpu,
-        "cuda" => DeviceSpec::Cuda(index.unwrap_or(0)),
-        other => {
-            return Err(config_err(
-                name,
-                format!("device type {other:?} is not supported (cpu, cuda)"),
-            ))
-        }
-    };
-    Ok(TensorView {
-        name: name.into(),
-        data_ptr,
-        shape,
-        strides,
-        dtype,
-        device,
-    })
-}
-
-fn parse_device(s: &str) -> PyResult<Device> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(Device::Cuda(0)),
-        _ => s
-            .strip_prefix("cuda:")
-            .and_then(|i| i.parse().ok())
-            .map(Device::Cuda)
-            .ok_or_else(|| config_err("device", format!("{s:?} is not cpu, cuda or cuda:N"))),
-    }
-}
-
-fn parse_kind(s: &str) -> PyResult<Kind> {
-    match s.trim_start_matches("torch.") {
-        "float32" | "float" => Ok(Kind::Float),
-        "bfloat16" => Ok(Kind::BFloat16),
-        "float16" | "half" => Ok(Kind::Half),
-        other => Err(config_err(
-            "dtype",
-            format!("{other:?} is not float32, bfloat16 or float16"),
-        )),
-    }
-}
-
-fn device_name(d: Device) -> String {
-    match d {
-        Device::Cuda(i) => format!("cuda:{i}"),
-        _ => "cpu".into(),
-    }
-}
+use crate::tensors::{view, ViewTuple};
 
 fn bad(name: &str, msg: String) -> TorchError {
     TorchError::BadTensor {
@@ -155,13 +101,14 @@ impl PyQwenModel {
     #[staticmethod]
     #[pyo3(signature = (path, device = "cpu", dtype = "float32"))]
     fn load(py: Python<'_>, path: PathBuf, device: &str, dtype: &str) -> PyResult<Self> {
-        let (device, kind) = (parse_device(device)?, parse_kind(dtype)?);
+        let device = asearcher_torch::parse_device(device).map_err(torch_err)?;
+        let kind = asearcher_torch::parse_dtype(dtype).map_err(torch_err)?;
         let model = py
             .detach(|| QwenModel::load(&path, device, kind))
             .map_err(torch_err)?;
         Ok(PyQwenModel {
             config_json: model.config().raw.to_string(),
-            device: device_name(model.device()),
+            device: asearcher_torch::device_name(model.device()),
             dtype: asearcher_torch::model::weights::dtype_name(model.kind()),
             eos_token_ids: model.eos_token_ids(),
             inner: Mutex::new(model),

@@ -4,9 +4,10 @@
 
 use crate::errors::{config_err, io_err, torch_err};
 use crate::runtime::{runtime, wait_for_future};
-use asearcher_server::model_server::{parse_device, parse_dtype, ModelServerError};
+use asearcher_server::model_server::ModelServerError;
 use asearcher_server::{ModelServer, ModelServerConfig};
 use asearcher_tokenizer::{ChatOptions, Tokenizer, TokenizerError};
+use asearcher_torch::{parse_device, parse_dtype};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use std::path::PathBuf;
@@ -188,8 +189,8 @@ fn model_config(
         model_dir,
         host,
         port,
-        device: parse_device(device).map_err(|e| config_err("device", e))?,
-        kind: parse_dtype(dtype).map_err(|e| config_err("dtype", e))?,
+        device: parse_device(device).map_err(torch_err)?,
+        kind: parse_dtype(dtype).map_err(torch_err)?,
         max_running,
         max_context,
         served_model_name,

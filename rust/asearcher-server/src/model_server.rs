@@ -61,44 +61,6 @@ impl ModelServerConfig {
     }
 }
 
-/// `cpu`, `cuda` or `cuda:N`.
-pub fn parse_device(s: &str) -> Result<tch::Device, String> {
-    match s {
-        "cpu" => Ok(tch::Device::Cpu),
-        "cuda" => Ok(tch::Device::Cuda(0)),
-        _ => s
-            .strip_prefix("cuda:")
-            .and_then(|i| i.parse().ok())
-            .map(tch::Device::Cuda)
-            .ok_or_else(|| format!("unknown device `{s}` (cpu, cuda, cuda:N)")),
-    }
-}
-
-/// `float32`, `bfloat16` or `float16` (and their torch spellings).
-pub fn parse_dtype(s: &str) -> Result<tch::Kind, String> {
-    match s {
-        "float32" | "float" | "fp32" => Ok(tch::Kind::Float),
-        "bfloat16" | "bf16" => Ok(tch::Kind::BFloat16),
-        "float16" | "half" | "fp16" => Ok(tch::Kind::Half),
-        _ => Err(format!("unknown dtype `{s}` (float32, bfloat16, float16)")),
-    }
-}
-
-fn dtype_name(kind: tch::Kind) -> &'static str {
-    match kind {
-        tch::Kind::BFloat16 => "bfloat16",
-        tch::Kind::Half => "float16",
-        _ => "float32",
-    }
-}
-
-fn device_name(d: tch::Device) -> String {
-    match d {
-        tch::Device::Cuda(i) => format!("cuda:{i}"),
-        _ => "cpu".into(),
-    }
-}
-
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelServerError {
@@ -506,8 +468,8 @@ fn load_state(cfg: &ModelServerConfig) -> Result<AppState, ModelServerError> {
                 .unwrap_or_else(|| "model".into())
         }),
         model_type: mc.model_type.as_str().to_string(),
-        device: device_name(cfg.device),
-        dtype: dtype_name(cfg.kind).into(),
+        device: asearcher_torch::device_name(cfg.device),
+        dtype: asearcher_torch::dtype_name(cfg.kind).into(),
         max_running: cfg.max_running,
         context_length,
         vocab_size: usize::try_from(mc.vocab_size)

@@ -10,6 +10,7 @@ mod advantages;
 pub mod generate;
 pub mod kernels;
 pub mod model;
+mod names;
 pub mod train;
 mod view;
 
@@ -17,6 +18,7 @@ pub use advantages::{
     group_advantages, group_advantages_into, shaped_group_advantages, shaped_group_advantages_into,
     token_advantages, token_advantages_into, GroupAdvantageSpec,
 };
+pub use names::{device_name, dtype_name, parse_device, parse_dtype};
 pub use view::{DeviceSpec, TensorView};
 
 use std::path::PathBuf;
