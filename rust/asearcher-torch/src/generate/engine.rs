@@ -67,9 +67,15 @@ pub fn spawn(model: QwenModel, options: GeneratorOptions) -> Result<GeneratorHan
         .store(options.initial_version, Ordering::Relaxed);
     let (tx, rx) = mpsc::unbounded_channel();
     let engine = Engine::new(model, cache, &options, max_context, stats.clone());
+    // libtorch's intra-op thread count is per thread (OpenMP): a new thread would run every op on
+    // one core, so the engine thread takes the caller's setting.
+    let threads = tch::get_num_threads();
     std::thread::Builder::new()
         .name("asearcher-generator".into())
-        .spawn(move || engine.run(rx))
+        .spawn(move || {
+            tch::set_num_threads(threads);
+            engine.run(rx)
+        })
         .map_err(|e| TorchError::EngineStopped(format!("cannot start the engine thread: {e}")))?;
     Ok(GeneratorHandle::new(tx, stats))
 }
@@ -373,13 +379,12 @@ impl Engine {
         if self.paused {
             return;
         }
-        let batch = self.take_admissible();
+        let mut batch = self.take_admissible();
         if batch.is_empty() {
             return;
         }
         let base = self.running.len();
         let count = batch.len();
-        let mut batch = batch;
         match guarded("prefill", || self.prefill_batch_first(&mut batch, base)) {
             Ok(sampled) => {
                 for (mut active, (&t, &lp)) in batch
@@ -391,7 +396,7 @@ impl Engine {
                 }
             }
             Err(e) => {
-                tracing::debug!(error = %e, count, "batched prefill failed; prefilling one by one");
+                tracing::warn!(error = %e, count, "batched prefill failed; prefilling one by one");
                 for mut active in batch {
                     let slot = self.running.len() as i64;
                     match guarded("prefill", || self.prefill_first(&mut active, slot)) {
