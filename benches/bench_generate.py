@@ -186,9 +186,10 @@ def render(rows, args, info) -> str:
         )
     lines += [
         "",
-        "Tokens/s = batch x new tokens / wall time of one whole call (prefill included). Ours runs "
-        "each prompt's prefill on its own and then one batched decode step per token on its KV "
-        "cache; HF prefills the padded batch at once and decodes with its dynamic cache.",
+        "Tokens/s = batch x new tokens / wall time of one whole call (prefill included). Ours "
+        "prefills the waiting prompts together in one padded pass and then runs one batched "
+        "decode step per token on its KV cache; HF prefills the padded batch at once and decodes "
+        "with its dynamic cache.",
         "Identical greedy outputs: prompts whose new tokens match exactly (random weights give "
         "near-tied logits, so rounding differences may flip a late token).",
         "Reproduce: `python benches/bench_generate.py"

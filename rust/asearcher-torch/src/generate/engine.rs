@@ -1,5 +1,6 @@
 //! The engine thread: owns the model and the KV cache, and loops over commands, admission
-//! (prefill into a free cache slot), one batched decode step over every running request, sampling
+//! (the waiting requests that fit are prefilled together, one padded pass, into free cache
+//! slots), one batched decode step over every running request, sampling
 //! and finishing. Requests join and leave the batch at any step; running requests always occupy
 //! cache slots `0..running.len()` (a finished request's slot is refilled by the last one).
 
@@ -33,6 +34,10 @@ pub struct GeneratorOptions {
     pub initial_version: u64,
     /// Cache positions per slot reserved at start; the cache grows (doubling) as requests need.
     pub initial_capacity: usize,
+    /// Most padded prompt tokens (requests x longest prompt) prefilled together in one forward
+    /// pass when requests are admitted; bounds the activation memory of a batch of long prompts.
+    /// A request longer than this is still admitted, alone. 0 means no bound.
+    pub max_prefill_tokens: usize,
 }
 
 impl Default for GeneratorOptions {
@@ -43,6 +48,7 @@ impl Default for GeneratorOptions {
             detokenizer: None,
             initial_version: 0,
             initial_capacity: 256,
+            max_prefill_tokens: 8192,
         }
     }
 }
@@ -61,9 +67,15 @@ pub fn spawn(model: QwenModel, options: GeneratorOptions) -> Result<GeneratorHan
         .store(options.initial_version, Ordering::Relaxed);
     let (tx, rx) = mpsc::unbounded_channel();
     let engine = Engine::new(model, cache, &options, max_context, stats.clone());
+    // libtorch's intra-op thread count is per thread (OpenMP): a new thread would run every op on
+    // one core, so the engine thread takes the caller's setting.
+    let threads = tch::get_num_threads();
     std::thread::Builder::new()
         .name("asearcher-generator".into())
-        .spawn(move || engine.run(rx))
+        .spawn(move || {
+            tch::set_num_threads(threads);
+            engine.run(rx)
+        })
         .map_err(|e| TorchError::EngineStopped(format!("cannot start the engine thread: {e}")))?;
     Ok(GeneratorHandle::new(tx, stats))
 }
@@ -144,6 +156,7 @@ struct Engine {
     cache: KvCache,
     max_running: usize,
     max_context: usize,
+    max_prefill_tokens: usize,
     detokenizer: Option<Arc<dyn Detokenize>>,
     eos: Vec<u32>,
     vocab: usize,
@@ -168,6 +181,19 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     })
 }
 
+/// The tokens of `active` whose keys/values belong in the cache.
+fn cached_tokens(active: &Active) -> Vec<u32> {
+    let cached = active.cached() as usize;
+    active
+        .request
+        .input_ids
+        .iter()
+        .chain(&active.output_ids)
+        .take(cached)
+        .copied()
+        .collect()
+}
+
 fn request_error(rid: &str, msg: impl Into<String>) -> TorchError {
     TorchError::Request {
         rid: rid.to_string(),
@@ -190,6 +216,7 @@ impl Engine {
             cache,
             max_running: options.max_running,
             max_context,
+            max_prefill_tokens: options.max_prefill_tokens,
             detokenizer: options.detokenizer.clone(),
             eos,
             vocab,
@@ -346,9 +373,58 @@ impl Engine {
         request.params.validate()
     }
 
-    /// Moves waiting requests into free slots: prefill, first token, maybe finish at once.
+    /// Moves waiting requests into free slots: one batched prefill, first tokens, and those
+    /// that end at once finish.
     fn admit(&mut self) {
-        while self.running.len() < self.max_running && !self.paused {
+        if self.paused {
+            return;
+        }
+        let mut batch = self.take_admissible();
+        if batch.is_empty() {
+            return;
+        }
+        let base = self.running.len();
+        let count = batch.len();
+        match guarded("prefill", || self.prefill_batch_first(&mut batch, base)) {
+            Ok(sampled) => {
+                for (mut active, (&t, &lp)) in batch
+                    .into_iter()
+                    .zip(sampled.tokens.iter().zip(&sampled.logprobs))
+                {
+                    active.push(t, lp, self.version);
+                    self.admitted(active);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, count, "batched prefill failed; prefilling one by one");
+                for mut active in batch {
+                    let slot = self.running.len() as i64;
+                    match guarded("prefill", || self.prefill_first(&mut active, slot)) {
+                        Ok(()) => self.admitted(active),
+                        Err(e) => self.fail(active, "prefill", e),
+                    }
+                }
+            }
+        }
+        self.retire_from(base);
+    }
+
+    /// Pops the waiting requests that can start now, up to the free slots and the prefill token
+    /// budget (at least one); invalid ones fail here, and those asking for no tokens finish.
+    fn take_admissible(&mut self) -> Vec<Active> {
+        let mut batch: Vec<Active> = Vec::new();
+        let mut longest = 0;
+        while self.running.len() + batch.len() < self.max_running {
+            let Some(next) = self.waiting.front() else {
+                break;
+            };
+            let len = next.request.input_ids.len();
+            let widest = longest.max(len);
+            let over =
+                self.max_prefill_tokens > 0 && (batch.len() + 1) * widest > self.max_prefill_tokens;
+            if over && !batch.is_empty() {
+                break;
+            }
             let Some(waiting) = self.waiting.pop_front() else {
                 break;
             };
@@ -356,32 +432,49 @@ impl Engine {
                 let _ = waiting.reply.send(Err(e));
                 continue;
             }
-            let mut active = self.activate(waiting);
+            let active = self.activate(waiting);
             if active.request.params.max_new_tokens == 0 {
                 self.finish(active, FinishReason::Length);
                 continue;
             }
-            let slot = self.running.len() as i64;
-            match guarded("prefill", || self.prefill_first(&mut active, slot)) {
-                Ok(()) => {
-                    tracing::debug!(
-                        rid = %active.request.rid,
-                        prompt_tokens = active.request.input_ids.len(),
-                        slot,
-                        "request admitted"
-                    );
-                    self.stats
-                        .prompt_tokens
-                        .fetch_add(active.request.input_ids.len() as u64, Ordering::Relaxed);
-                    self.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
-                    match self.finish_reason(&active) {
-                        Some(reason) => self.finish(active, reason),
-                        None => self.running.push(active),
-                    }
-                }
-                Err(e) => self.fail(active, "prefill", e),
-            }
+            longest = widest;
+            batch.push(active);
         }
+        batch
+    }
+
+    /// A prefilled request with its first token joins the running batch (its slot is its index).
+    fn admitted(&mut self, active: Active) {
+        tracing::debug!(
+            rid = %active.request.rid,
+            prompt_tokens = active.request.input_ids.len(),
+            slot = self.running.len(),
+            "request admitted"
+        );
+        self.stats
+            .prompt_tokens
+            .fetch_add(active.request.input_ids.len() as u64, Ordering::Relaxed);
+        self.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
+        self.running.push(active);
+    }
+
+    /// Runs every prompt of `batch` in one pass into slots `base..` and samples first tokens.
+    fn prefill_batch_first(&mut self, batch: &mut [Active], base: usize) -> Result<Sampled> {
+        let prompts: Vec<&[u32]> = batch
+            .iter()
+            .map(|a| a.request.input_ids.as_slice())
+            .collect();
+        let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+        self.reserve(longest as i64 + 1)?;
+        let slots: Vec<i64> = (0..batch.len()).map(|i| (base + i) as i64).collect();
+        let starts = vec![0; batch.len()];
+        let logits = self
+            .model
+            .prefill_batch(&mut self.cache, &slots, &prompts, &starts)?;
+        // Sampler rows are drawn only once the prefill has succeeded, so a fallback after a failed
+        // prefill draws the same random numbers.
+        let rows: Vec<_> = batch.iter_mut().map(|a| a.sampler.next_row()).collect();
+        sample(&logits, &rows)
     }
 
     fn activate(&self, waiting: Waiting) -> Active {
@@ -486,7 +579,12 @@ impl Engine {
 
     /// Finishes every request whose last token ends it, keeping slots compact.
     fn retire_finished(&mut self) {
-        for i in (0..self.running.len()).rev() {
+        self.retire_from(0);
+    }
+
+    /// Finishes the requests in slots `from..` whose last token ends them, keeping slots compact.
+    fn retire_from(&mut self, from: usize) {
+        for i in (from..self.running.len()).rev() {
             if let Some(reason) = self.finish_reason(&self.running[i]) {
                 match self.remove_slot(i) {
                     Ok(active) => self.finish(active, reason),
@@ -670,31 +768,65 @@ impl Engine {
         Ok(version)
     }
 
-    /// Re-runs the prompt and output so far of every running request under the current weights.
+    /// Re-runs the prompt and output so far of every running request under the current weights:
+    /// in batched passes (within the prefill token budget), falling back to one request at a time
+    /// when a batch fails so that only a failing request is dropped.
     fn recompute_cache(&mut self) {
-        for i in (0..self.running.len()).rev() {
-            let active = &self.running[i];
-            let cached = active.cached() as usize;
-            let tokens: Vec<u32> = active
-                .request
-                .input_ids
-                .iter()
-                .chain(&active.output_ids)
-                .take(cached)
-                .copied()
-                .collect();
-            let result = guarded("recompute", || {
+        let tokens: Vec<Vec<u32>> = self.running.iter().map(cached_tokens).collect();
+        let mut failed = Vec::new();
+        for range in self.prefill_groups(&tokens) {
+            let slots: Vec<i64> = range.clone().map(|i| i as i64).collect();
+            let prompts: Vec<&[u32]> = range.clone().map(|i| tokens[i].as_slice()).collect();
+            let starts = vec![0; slots.len()];
+            let batched = guarded("recompute", || {
                 self.model
-                    .prefill(&mut self.cache, i as i64, &tokens, 0)
+                    .prefill_batch(&mut self.cache, &slots, &prompts, &starts)
                     .map(drop)
             });
-            if let Err(e) = result {
-                match self.remove_slot(i) {
-                    Ok(active) => self.fail(active, "cache recompute", e),
-                    Err(copy) => return self.fail_all_running("cache compaction", copy),
+            if batched.is_ok() {
+                continue;
+            }
+            for i in range {
+                let result = guarded("recompute", || {
+                    self.model
+                        .prefill(&mut self.cache, i as i64, &tokens[i], 0)
+                        .map(drop)
+                });
+                if let Err(e) = result {
+                    failed.push((i, e));
                 }
             }
         }
+        // Highest slot first, so removing one does not move another that still has to go.
+        for (i, e) in failed.into_iter().rev() {
+            match self.remove_slot(i) {
+                Ok(active) => self.fail(active, "cache recompute", e),
+                Err(copy) => return self.fail_all_running("cache compaction", copy),
+            }
+        }
+    }
+
+    /// Splits rows `0..seqs.len()` into consecutive groups whose padded size (rows x longest)
+    /// stays within the prefill token budget (a group has at least one row).
+    fn prefill_groups(&self, seqs: &[Vec<u32>]) -> Vec<std::ops::Range<usize>> {
+        let mut groups = Vec::new();
+        let (mut start, mut longest) = (0, 0);
+        for (i, seq) in seqs.iter().enumerate() {
+            let widest = longest.max(seq.len());
+            let over =
+                self.max_prefill_tokens > 0 && (i - start + 1) * widest > self.max_prefill_tokens;
+            if over && i > start {
+                groups.push(start..i);
+                start = i;
+                longest = seq.len();
+            } else {
+                longest = widest;
+            }
+        }
+        if start < seqs.len() {
+            groups.push(start..seqs.len());
+        }
+        groups
     }
 
     fn publish_counts(&self) {
@@ -912,6 +1044,56 @@ mod tests {
                 .unwrap();
             assert_eq!(out.output_ids, alone.output_ids);
         }
+    }
+
+    /// Requests submitted while paused are admitted together on resume (in prefill batches of
+    /// at most `max_prefill_tokens` padded tokens); each output equals the request run alone,
+    /// and an invalid request among them fails alone.
+    fn check_batched_admission(max_prefill_tokens: usize) {
+        let g = start(GeneratorOptions {
+            max_running: 4,
+            max_prefill_tokens,
+            ..GeneratorOptions::default()
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(g.pause()).unwrap();
+        let prompts: [Vec<u32>; 4] = [
+            vec![3, 4, 5],
+            vec![9],
+            vec![1, 99],
+            vec![10, 11, 12, 13, 14],
+        ];
+        let pending: Vec<_> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                g.submit(request(&format!("r{i}"), p.clone(), greedy(6)))
+                    .unwrap()
+            })
+            .collect();
+        g.resume().unwrap();
+        let results: Vec<_> = pending.into_iter().map(|f| rt.block_on(f)).collect();
+        let err = results[2].as_ref().unwrap_err().to_string();
+        assert!(err.contains("r2") && err.contains("99"), "{err}");
+        let alone = start(GeneratorOptions::default());
+        for i in [0, 1, 3] {
+            let want = alone
+                .generate_blocking(request("x", prompts[i].clone(), greedy(6)))
+                .unwrap();
+            assert_eq!(
+                results[i].as_ref().unwrap().output_ids,
+                want.output_ids,
+                "r{i}"
+            );
+        }
+    }
+
+    #[test]
+    fn waiting_requests_are_prefilled_together() {
+        check_batched_admission(0);
+        check_batched_admission(6);
     }
 
     #[test]

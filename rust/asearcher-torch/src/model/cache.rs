@@ -1,5 +1,7 @@
-//! The KV cache of the generator and the cached forward passes on it: [`QwenModel::prefill`]
-//! (one sequence, many tokens) and [`QwenModel::decode`] (one token for each of slots `0..n`).
+//! The KV cache of the generator and the cached forward passes on it:
+//! [`QwenModel::prefill_batch`] (several sequences, many tokens each, one padded pass),
+//! [`QwenModel::prefill`] (one sequence) and [`QwenModel::decode`] (one token for each of slots
+//! `0..n`).
 //!
 //! Layout per layer: K and V of shape `[slots, kv_heads, capacity, head_dim]` in the model's
 //! dtype and device. Decode writes each new K/V entry in place (`index_put_` at slot i,
@@ -166,6 +168,88 @@ fn ids_tensor(model: &QwenModel, name: &str, tokens: &[u32], shape: [i64; 2]) ->
         .to_device(model.device()))
 }
 
+/// Checks a batched prefill request against `cache`: one slot and start per prompt, distinct
+/// slots in range, non-empty prompts whose positions fit the capacity.
+fn check_batch(cache: &KvCache, slots: &[i64], prompts: &[&[u32]], starts: &[i64]) -> Result<()> {
+    let n = prompts.len();
+    if n == 0 || slots.len() != n || starts.len() != n {
+        return Err(request_err(
+            "prompts",
+            format!(
+                "need at least one prompt and one slot and start per prompt, got {n} prompts, {} slots and {} starts",
+                slots.len(),
+                starts.len()
+            ),
+        ));
+    }
+    for (i, ((&slot, prompt), &start)) in slots.iter().zip(prompts).zip(starts).enumerate() {
+        cache.check_slot("slots", slot)?;
+        if slots[..i].contains(&slot) {
+            return Err(request_err(
+                "slots",
+                format!("slot {slot} appears more than once"),
+            ));
+        }
+        if prompt.is_empty() {
+            return Err(request_err(
+                "prompts",
+                format!("prompt {i} is empty; prefill needs at least one token"),
+            ));
+        }
+        cache.check_len(start, prompt.len() as i64)?;
+    }
+    Ok(())
+}
+
+/// Int64 `[n]` tensor of `values` on `device`.
+fn int_tensor(values: &[i64], device: Device) -> Tensor {
+    Tensor::from_slice(values).to_device(device)
+}
+
+/// The padded layout of a batched prefill: prompt i fills row i, columns `0..lens[i]`.
+struct Batch {
+    ids: Tensor,
+    /// `[n, T]` int64: `starts[i] + column` (padding continues the count; it is never cached).
+    positions: Tensor,
+    lens: Vec<i64>,
+    width: i64,
+}
+
+impl Batch {
+    fn new(model: &QwenModel, prompts: &[&[u32]], starts: &[i64]) -> Result<Batch> {
+        let n = prompts.len() as i64;
+        let lens: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
+        let width = lens.iter().copied().max().unwrap_or(1);
+        let mut flat = Vec::with_capacity((n * width) as usize);
+        for p in prompts {
+            flat.extend_from_slice(p);
+            flat.resize(flat.len() + width as usize - p.len(), 0);
+        }
+        let ids = ids_tensor(model, "prompts", &flat, [n, width])?;
+        let dev = model.device();
+        let columns = Tensor::arange(width, (Kind::Int64, dev)).view([1, width]);
+        let positions = int_tensor(starts, dev).view([n, 1]) + columns;
+        Ok(Batch {
+            ids,
+            positions,
+            lens,
+            width,
+        })
+    }
+
+    /// `[n, 1, T, keys]` bool: query (i, j) sees key position p when p <= its position and p is
+    /// cached or real in row i (p < starts[i] + lens[i]).
+    fn mask(&self, starts: &[i64], keys: i64) -> Tensor {
+        let n = self.lens.len() as i64;
+        let dev = self.positions.device();
+        let ends: Vec<i64> = starts.iter().zip(&self.lens).map(|(s, l)| s + l).collect();
+        let key_pos = Tensor::arange(keys, (Kind::Int64, dev)).view([1, 1, keys]);
+        let causal = key_pos.le_tensor(&self.positions.view([n, self.width, 1]));
+        let real = key_pos.lt_tensor(&int_tensor(&ends, dev).view([n, 1, 1]));
+        causal.logical_and(&real).view([n, 1, self.width, keys])
+    }
+}
+
 impl QwenModel {
     /// Runs `tokens` of one sequence at positions `start..start+len` into cache slot `slot`
     /// (positions before `start` are already cached there) and returns the float32 logits of the
@@ -177,36 +261,67 @@ impl QwenModel {
         tokens: &[u32],
         start: i64,
     ) -> Result<Tensor> {
+        let logits = self.prefill_batch(cache, &[slot], &[tokens], &[start])?;
+        Ok(logits.view([-1]))
+    }
+
+    /// Runs several prompts in one forward pass: prompt i at positions
+    /// `starts[i]..starts[i] + len_i` into cache slot `slots[i]` (positions before `starts[i]`
+    /// already cached there). The batch is right-padded to the longest prompt; padding is never
+    /// written to the cache nor attended to. Returns the float32 logits of each prompt's last
+    /// token, `[n, vocab]` (the LM head runs on those positions only).
+    pub fn prefill_batch(
+        &self,
+        cache: &mut KvCache,
+        slots: &[i64],
+        prompts: &[&[u32]],
+        starts: &[i64],
+    ) -> Result<Tensor> {
         cache.check_model(self)?;
-        cache.check_slot("slot", slot)?;
-        if tokens.is_empty() {
-            return Err(request_err(
-                "tokens",
-                "prefill needs at least one token".into(),
-            ));
-        }
-        let len = tokens.len() as i64;
-        cache.check_len(start, len)?;
+        check_batch(cache, slots, prompts, starts)?;
         tch::no_grad(|| {
-            let ids = ids_tensor(self, "tokens", tokens, [1, len])?;
+            let batch = Batch::new(self, prompts, starts)?;
+            let n = prompts.len() as i64;
             let dev = self.device();
-            let positions =
-                Tensor::arange_start(start, start + len, (Kind::Int64, dev)).view([1, len]);
-            // Query i (position start + i) sees keys 0..=start + i.
-            let mask = (start > 0).then(|| {
-                let keys = Tensor::arange(start + len, (Kind::Int64, dev)).view([1, -1]);
-                keys.le_tensor(&positions.view([len, 1]))
-            });
+            let fresh = starts.iter().all(|&s| s == 0);
+            let padded = batch.lens.iter().any(|&l| l != batch.width);
+            // Keys span the longest cached-plus-new row; a fresh batch attends to its own K/V.
+            let keys = if fresh {
+                batch.width
+            } else {
+                starts
+                    .iter()
+                    .zip(&batch.lens)
+                    .map(|(s, l)| s + l)
+                    .max()
+                    .unwrap_or(1)
+            };
+            let mask = (padded || !fresh).then(|| batch.mask(starts, keys));
+            let slot_idx = int_tensor(slots, dev);
             let mut attend = |layer: usize, q: &Tensor, k: &Tensor, v: &Tensor| -> Result<Tensor> {
                 let (kc, vc) = (&cache.k[layer], &cache.v[layer]);
-                kc.narrow(0, slot, 1).narrow(2, start, len).f_copy_(k)?;
-                vc.narrow(0, slot, 1).narrow(2, start, len).f_copy_(v)?;
-                let keys = kc.narrow(0, slot, 1).narrow(2, 0, start + len);
-                let values = vc.narrow(0, slot, 1).narrow(2, 0, start + len);
+                for (i, (&slot, &start)) in slots.iter().zip(starts).enumerate() {
+                    let len = batch.lens[i];
+                    let row = i as i64;
+                    kc.narrow(0, slot, 1)
+                        .narrow(2, start, len)
+                        .f_copy_(&k.narrow(0, row, 1).narrow(2, 0, len))?;
+                    vc.narrow(0, slot, 1)
+                        .narrow(2, start, len)
+                        .f_copy_(&v.narrow(0, row, 1).narrow(2, 0, len))?;
+                }
+                let (keys_t, values_t) = if fresh {
+                    (k.shallow_clone(), v.shallow_clone())
+                } else {
+                    (
+                        kc.index_select(0, &slot_idx).narrow(2, 0, keys),
+                        vc.index_select(0, &slot_idx).narrow(2, 0, keys),
+                    )
+                };
                 Ok(Tensor::f_scaled_dot_product_attention(
                     q,
-                    &keys,
-                    &values,
+                    &keys_t,
+                    &values_t,
                     mask.as_ref(),
                     0.0,
                     mask.is_none(),
@@ -214,8 +329,11 @@ impl QwenModel {
                     true,
                 )?)
             };
-            let hidden = self.run_layers(&ids, &positions, &mut attend)?;
-            Ok(self.logits(&hidden.select(1, len - 1)).view([-1]))
+            let hidden = self.run_layers(&batch.ids, &batch.positions, &mut attend)?;
+            let last: Vec<i64> = batch.lens.iter().map(|l| l - 1).collect();
+            let rows = Tensor::arange(n, (Kind::Int64, dev));
+            let at_last = hidden.f_index(&[Some(rows), Some(int_tensor(&last, dev))])?;
+            Ok(self.logits(&at_last))
         })
     }
 
@@ -363,6 +481,84 @@ mod tests {
             let d = max_diff(&logits.get(0), &full.get(p as i64));
             assert!(d < 1e-4, "pos {p}: {d}");
         }
+    }
+
+    /// Prefills `seqs[i][..cut[i]]` into slot `slots[i]` one sequence at a time; returns the
+    /// cache so that the rest can be prefilled from `cut[i]`.
+    fn cached_prefixes(m: &QwenModel, slots: &[i64], cut: &[usize]) -> KvCache {
+        let mut cache = KvCache::new(m, 4, 16).unwrap();
+        for ((s, &slot), &c) in seqs().iter().zip(slots).zip(cut) {
+            if c > 0 {
+                let _ = m.prefill(&mut cache, slot, &s[..c], 0).unwrap();
+            }
+        }
+        cache
+    }
+
+    /// One decode step per slot with token 7 at each sequence's next position.
+    fn decode_after(m: &QwenModel, cache: &mut KvCache, slots: &[i64]) -> Tensor {
+        let seqs = seqs();
+        let positions: Vec<i64> = (0..4)
+            .map(|slot| match slots.iter().position(|&s| s == slot) {
+                Some(i) => seqs[i].len() as i64,
+                None => 0,
+            })
+            .collect();
+        m.decode(cache, &[7; 4], &positions).unwrap()
+    }
+
+    #[test]
+    fn batched_prefill_matches_separate_prefills() {
+        let slots = [2, 0, 3];
+        for qwen3 in [false, true] {
+            let (_d, m) = model(qwen3);
+            for cut in [[0, 0, 0], [3, 0, 5]] {
+                let seqs = seqs();
+                let mut one = cached_prefixes(&m, &slots, &cut);
+                let mut many = cached_prefixes(&m, &slots, &cut);
+                let rest: Vec<&[u32]> = seqs.iter().zip(&cut).map(|(s, &c)| &s[c..]).collect();
+                let starts: Vec<i64> = cut.iter().map(|&c| c as i64).collect();
+                let batched = m.prefill_batch(&mut many, &slots, &rest, &starts).unwrap();
+                assert_eq!(batched.size(), vec![3, 37]);
+                for i in 0..3 {
+                    let alone = m.prefill(&mut one, slots[i], rest[i], starts[i]).unwrap();
+                    let d = max_diff(&batched.get(i as i64), &alone);
+                    assert!(d < 1e-4, "qwen3 {qwen3} cut {cut:?} row {i}: {d}");
+                    let full = full_logits(&m, &seqs[i]).get(seqs[i].len() as i64 - 1);
+                    let d = max_diff(&batched.get(i as i64), &full);
+                    assert!(d < 1e-4, "qwen3 {qwen3} cut {cut:?} row {i} vs full: {d}");
+                }
+                let (a, b) = (
+                    decode_after(&m, &mut one, &slots),
+                    decode_after(&m, &mut many, &slots),
+                );
+                for slot in slots {
+                    let d = max_diff(&a.get(slot), &b.get(slot));
+                    assert!(d < 1e-4, "decode after, slot {slot}: {d}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_batched_prefills_are_errors() {
+        let (_d, m) = model(false);
+        let mut cache = KvCache::new(&m, 2, 4).unwrap();
+        let p: [&[u32]; 2] = [&[1, 2], &[3]];
+        let err = |r: Result<Tensor>| r.unwrap_err().to_string();
+        let e = err(m.prefill_batch(&mut cache, &[0], &p, &[0, 0]));
+        assert!(e.contains("2 prompts, 1 slots"), "{e}");
+        let e = err(m.prefill_batch(&mut cache, &[1, 1], &p, &[0, 0]));
+        assert!(e.contains("slot 1 appears more than once"), "{e}");
+        let e = err(m.prefill_batch(&mut cache, &[0, 5], &p, &[0, 0]));
+        assert!(e.contains("slot 5"), "{e}");
+        let e = err(m.prefill_batch(&mut cache, &[0, 1], &p, &[0, 4]));
+        assert!(e.contains("capacity 4"), "{e}");
+        let e = err(m.prefill_batch(&mut cache, &[0, 1], &[&[1], &[]], &[0, 0]));
+        assert!(e.contains("prompt 1 is empty"), "{e}");
+        let e = err(m.prefill_batch(&mut cache, &[0, 1], &[&[1], &[99]], &[0, 0]));
+        assert!(e.contains("99"), "{e}");
+        assert!(m.prefill_batch(&mut cache, &[], &[], &[]).is_err());
     }
 
     #[test]
