@@ -228,19 +228,46 @@ impl GeneratorHandle {
             .map_err(|_| TorchError::EngineStopped("the engine thread has exited".into()))
     }
 
+    fn dropped() -> TorchError {
+        TorchError::EngineStopped("the engine dropped the request without answering".into())
+    }
+
     async fn recv<T>(rx: oneshot::Receiver<Result<T>>) -> Result<T> {
-        rx.await.map_err(|_| {
-            TorchError::EngineStopped("the engine dropped the request without answering".into())
-        })?
+        rx.await.map_err(|_| Self::dropped())?
+    }
+
+    fn recv_blocking<T>(rx: oneshot::Receiver<Result<T>>) -> Result<T> {
+        rx.blocking_recv().map_err(|_| Self::dropped())?
+    }
+
+    fn queue_generate(
+        &self,
+        request: GenerateRequest,
+    ) -> Result<oneshot::Receiver<Result<GenerateOutput>>> {
+        request.params.validate()?;
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Generate { request, reply })?;
+        Ok(rx)
+    }
+
+    fn queue_update(
+        &self,
+        update: WeightUpdate,
+        options: UpdateOptions,
+    ) -> Result<oneshot::Receiver<Result<u64>>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::UpdateWeights {
+            update,
+            options,
+            reply,
+        })?;
+        Ok(rx)
     }
 
     /// Queues a request and waits for its output. Dropping the future does not abort the request;
     /// call [`GeneratorHandle::abort`] for that.
     pub async fn generate(&self, request: GenerateRequest) -> Result<GenerateOutput> {
-        request.params.validate()?;
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Generate { request, reply })?;
-        Self::recv(rx).await
+        Self::recv(self.queue_generate(request)?).await
     }
 
     /// Queues a request now and returns a future of its output, so that many requests can be
@@ -249,20 +276,12 @@ impl GeneratorHandle {
         &self,
         request: GenerateRequest,
     ) -> Result<impl std::future::Future<Output = Result<GenerateOutput>> + Send + 'static> {
-        request.params.validate()?;
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Generate { request, reply })?;
-        Ok(Self::recv(rx))
+        Ok(Self::recv(self.queue_generate(request)?))
     }
 
     /// [`GeneratorHandle::generate`] for callers outside an async runtime.
     pub fn generate_blocking(&self, request: GenerateRequest) -> Result<GenerateOutput> {
-        request.params.validate()?;
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Generate { request, reply })?;
-        rx.blocking_recv().map_err(|_| {
-            TorchError::EngineStopped("the engine dropped the request without answering".into())
-        })?
+        Self::recv_blocking(self.queue_generate(request)?)
     }
 
     /// Aborts a live or queued request; its output comes back with finish reason Abort and the
@@ -294,13 +313,7 @@ impl GeneratorHandle {
         update: WeightUpdate,
         options: UpdateOptions,
     ) -> Result<u64> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::UpdateWeights {
-            update,
-            options,
-            reply,
-        })?;
-        Self::recv(rx).await
+        Self::recv(self.queue_update(update, options)?).await
     }
 
     /// [`GeneratorHandle::update_weights`] for callers outside an async runtime.
@@ -309,14 +322,7 @@ impl GeneratorHandle {
         update: WeightUpdate,
         options: UpdateOptions,
     ) -> Result<u64> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::UpdateWeights {
-            update,
-            options,
-            reply,
-        })?;
-        rx.blocking_recv()
-            .map_err(|_| TorchError::EngineStopped("the engine exited during the update".into()))?
+        Self::recv_blocking(self.queue_update(update, options)?)
     }
 
     /// The version that tokens generated from now on will carry.
