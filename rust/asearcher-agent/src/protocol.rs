@@ -5,8 +5,11 @@
 //!
 //! Parsing is a linear scan with `str::find`, so 100k characters of garbage cost microseconds.
 
+use serde::{Deserialize, Serialize};
+
 /// The tools an action can name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ActionKind {
     Search,
     Access,
@@ -31,14 +34,15 @@ impl ActionKind {
 }
 
 /// One parsed action and its (trimmed) argument.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Action {
     pub kind: ActionKind,
     pub argument: String,
 }
 
 /// Something in a turn's output that breaks the protocol. Recorded on the trajectory.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ProtocolIssue {
     /// No complete action tag pair.
     NoAction,

@@ -1,0 +1,1 @@
+//! Prompt templates of the agents (data, overridable from Python).

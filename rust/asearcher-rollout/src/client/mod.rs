@@ -1,0 +1,103 @@
+//! Inference clients. [`LlmBackend`] is what the runner generates through: token ids in, token
+//! ids + logprobs + per-token policy versions out. [`pool::ServerPool`] implements it over many
+//! servers speaking one [`ServerProtocol`] ([`sglang::SglangServer`] for SGLang's native
+//! `/generate`, [`openai::OpenAiCompletionsServer`] for vLLM-style `/v1/completions`), with
+//! least-loaded balancing, sticky per-trajectory affinity, health checks, failover, retries with
+//! back-off, timeouts, and re-sending of aborted generations. [`openai::ChatClient`] speaks
+//! `/v1/chat/completions` (LLM judges). The embedded tch generator implements [`LlmBackend`] in
+//! `asearcher-py`.
+
+pub mod openai;
+pub mod pool;
+pub mod sglang;
+
+use crate::Result;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Sampling parameters of one request, in SGLang's names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SamplingParams {
+    pub temperature: f32,
+    pub top_p: f32,
+    /// `-1`: no top-k.
+    pub top_k: i32,
+    pub max_new_tokens: u32,
+    pub stop: Vec<String>,
+    pub stop_token_ids: Vec<u32>,
+}
+
+/// One generation request.
+#[derive(Debug, Clone)]
+pub struct GenRequest {
+    /// Unique request id (used for `/abort_request`).
+    pub rid: String,
+    /// Sticky-routing key (the trajectory); requests with the same key go to the same server
+    /// while it is healthy, so its KV cache of the shared prefix is reused.
+    pub affinity: Option<u64>,
+    pub input_ids: Arc<Vec<u32>>,
+    pub sampling: SamplingParams,
+}
+
+/// Why one server call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Stop,
+    Length,
+    /// Aborted by the server (a weight update, `/abort_request`); the output is partial.
+    Abort,
+}
+
+/// What one server call returned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawOutput {
+    pub output_ids: Vec<u32>,
+    pub logprobs: Vec<f32>,
+    /// Per-token versions when the server reports them (ours: `meta_info.output_token_versions`);
+    /// otherwise `None` and `weight_version` (SGLang's `meta_info.weight_version`) if given.
+    pub versions: Option<Vec<u64>>,
+    pub weight_version: Option<u64>,
+    pub finish: FinishReason,
+}
+
+/// One server, one protocol: a single HTTP call, no retries (the pool does those).
+#[async_trait]
+pub trait ServerProtocol: Send + Sync {
+    /// The server's base URL, as given (used in errors, logs and stats).
+    fn address(&self) -> &str;
+    async fn generate(&self, req: &GenRequest) -> Result<RawOutput>;
+    async fn health(&self) -> Result<()>;
+    /// Asks the server to abort a request (best effort).
+    async fn abort(&self, rid: &str) -> Result<()>;
+}
+
+/// A finished generation: all tokens (across re-sends), each with its behaviour logprob and the
+/// policy version that produced it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenOutput {
+    pub output_ids: Vec<u32>,
+    pub logprobs: Vec<f32>,
+    pub versions: Vec<u64>,
+    /// Never `Abort` unless the backend gave up re-sending (`max_resends`).
+    pub finish: FinishReason,
+    /// The server that produced the last part.
+    pub server: String,
+    pub resends: u32,
+}
+
+/// What the runner generates through.
+#[async_trait]
+pub trait LlmBackend: Send + Sync {
+    async fn generate(&self, req: GenRequest) -> Result<GenOutput>;
+    /// The trajectory with this affinity key ended: forget its routing state.
+    fn release(&self, _affinity: u64) {}
+    /// The policy version now served, as far as the backend knows (used for tokens a server
+    /// reports no version for).
+    fn version(&self) -> u64 {
+        0
+    }
+    /// Short description for logs and stats (`"pool of 4 sglang servers"`).
+    fn describe(&self) -> String;
+}

@@ -1,0 +1,13 @@
+//! The asynchronous rollout engine: inference clients and their load balancer ([`client`]), the
+//! per-trajectory agent loop ([`runner`]), the scheduler with groups and the staleness gate
+//! ([`scheduler`]), rewards ([`reward`]) and evaluation ([`eval`]). Pure Rust on tokio; Python
+//! reaches it through `asearcher-py`.
+
+pub mod client;
+pub mod error;
+pub mod eval;
+pub mod reward;
+pub mod runner;
+pub mod scheduler;
+
+pub use error::{Result, RolloutError};
