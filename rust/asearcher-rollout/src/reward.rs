@@ -21,3 +21,10 @@ pub trait RewardPlugin: Send + Sync {
     /// One result per trajectory, in order.
     async fn score_batch(&self, batch: &[Trajectory]) -> Vec<Result<f64, PluginFailure>>;
 }
+
+/// Scores finished trajectories in place: fills `rewards` and `reward`, and records failures
+/// (with tracebacks) in `errors` instead of returning them. What the scheduler calls.
+#[async_trait]
+pub trait Scorer: Send + Sync {
+    async fn score(&self, batch: &mut [Trajectory]);
+}

@@ -101,3 +101,17 @@ pub trait LlmBackend: Send + Sync {
     /// Short description for logs and stats (`"pool of 4 sglang servers"`).
     fn describe(&self) -> String;
 }
+
+/// A chat model behind `/v1/chat/completions` (LLM judges, prompt-based agents through a chat
+/// API). Implemented by [`openai::ChatClient`].
+#[async_trait]
+pub trait ChatModel: Send + Sync {
+    /// The assistant's reply text. Retries (bounded) are the implementation's business.
+    async fn chat(
+        &self,
+        messages: &[asearcher_tokenizer::ChatMessage],
+        max_tokens: u32,
+        temperature: f32,
+    ) -> Result<String>;
+    fn describe(&self) -> String;
+}
