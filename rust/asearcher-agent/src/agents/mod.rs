@@ -7,7 +7,7 @@ pub mod asearcher;
 pub mod reasoning;
 pub mod search_r1;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use crate::agent::{Agent, SamplingConfig, StopReason};
 use crate::prompts::PromptSet;
