@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 /// Sampling of one generation (the runner adds the request id and affinity).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SamplingConfig {
     pub temperature: f32,
     pub top_p: f32,
@@ -159,4 +160,9 @@ pub trait Agent: Send {
     fn on_tool(&mut self, call: &ToolCall, observation: &ToolObservation);
     /// The final answer, once there is one (the fallback answer of the reasoning agent included).
     fn answer(&self) -> Option<String>;
+    /// Why the agent stopped with [`StopReason::Error`] (a prompt template that failed to
+    /// render, an observation the tokenizer refused), for the trajectory's error list.
+    fn error(&self) -> Option<String> {
+        None
+    }
 }

@@ -56,10 +56,14 @@ pub enum ProtocolIssue {
     ArgumentTooLong { kind: ActionKind, chars: usize },
     /// `<think>`/`<thought>` opening and closing tags do not pair up.
     UnbalancedReasoning,
+    /// A complete action of a tool this agent may not use now (e.g. `<access>` for Search-R1,
+    /// `<answer>` before the reasoning agent's answer phase); it is not run.
+    NotAllowed(ActionKind),
 }
 
 /// Which action wins when a turn holds several.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ActionPrecedence {
     /// The earliest complete action in the text.
     #[default]
