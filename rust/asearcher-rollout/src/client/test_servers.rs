@@ -95,6 +95,7 @@ pub struct MockServer {
 
 impl MockServer {
     pub async fn start(behaviour: Behaviour) -> Self {
+        quiet_crashes();
         let state = Arc::new(MockState {
             behaviour: Mutex::new(behaviour),
             ..MockState::default()
@@ -160,9 +161,24 @@ struct Ctx {
     kill: tokio::sync::watch::Receiver<bool>,
 }
 
+const CRASH: &str = "test server killed: dropping the connection";
+
 /// Drops the connection as a crashed process would (the connection task ends by panic).
 fn crash() -> ! {
-    std::panic::panic_any("test server killed: dropping the connection")
+    std::panic::panic_any(CRASH)
+}
+
+/// Keeps the simulated crashes out of the test output (other panics are reported as usual).
+fn quiet_crashes() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<&str>() != Some(&CRASH) {
+                default(info);
+            }
+        }));
+    });
 }
 
 /// Counts the call, waits its delay (crashing if killed meanwhile), and returns the behaviour

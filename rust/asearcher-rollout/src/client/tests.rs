@@ -835,8 +835,22 @@ async fn resends_are_bounded_and_versions_fall_back() {
     assert_eq!(out.output_ids, expected_ids(1, 7));
     assert_eq!(out.versions, vec![0, 0, 1, 1, 2, 2]);
 
+    // Aborted before any token (a server pausing for a weight update): re-sent after a pause.
+    mock.set(|b| {
+        b.aborts = 1;
+        b.abort_after = 0;
+    });
+    let out = pool.generate(request("r", 1, 3, None)).await.unwrap();
+    assert_eq!((out.finish, out.resends), (FinishReason::Length, 1));
+    assert_eq!(out.output_ids, expected_ids(1, 4));
+    let v = mock.state.version.load(Ordering::SeqCst);
+    assert_eq!(out.versions, vec![v; 3]);
+
     // An abort that used up the budget is a length finish, not a re-send.
-    mock.set(|b| b.abort_after = 4);
+    mock.set(|b| {
+        b.aborts = 1;
+        b.abort_after = 4;
+    });
     let out = pool.generate(request("r", 1, 4, None)).await.unwrap();
     assert_eq!((out.finish, out.resends), (FinishReason::Length, 0));
 
