@@ -156,29 +156,34 @@ impl Slot {
     }
 }
 
-/// Counts a call in flight; on drop (also when the caller's future is dropped) uncounts it,
-/// and asks the server to abort the request if the call did not complete.
-struct InFlight {
+/// Counts a call in flight and registers its request id; on drop (also when the caller's
+/// future is dropped) undoes both, and asks the server to abort the request if the call did not
+/// complete.
+struct InFlight<'a> {
     slot: Arc<Slot>,
+    live: &'a ShardedMap<String, u64>,
     rid: String,
     done: bool,
 }
 
-impl InFlight {
-    fn start(slot: Arc<Slot>, rid: &str) -> Self {
+impl<'a> InFlight<'a> {
+    fn start(slot: Arc<Slot>, live: &'a ShardedMap<String, u64>, rid: &str) -> Self {
         slot.in_flight.fetch_add(1, Ordering::Relaxed);
         slot.requests.fetch_add(1, Ordering::Relaxed);
+        live.insert(rid.to_string(), slot.id);
         InFlight {
             slot,
+            live,
             rid: rid.to_string(),
             done: false,
         }
     }
 }
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.slot.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.live.remove(&self.rid);
         if self.done {
             return;
         }
@@ -637,8 +642,7 @@ impl Inner {
 
     /// One call to one server, under the request timeout, counted in flight.
     async fn call_one(&self, slot: &Arc<Slot>, req: &GenRequest) -> Result<RawOutput> {
-        let mut guard = InFlight::start(slot.clone(), &req.rid);
-        self.live.insert(req.rid.clone(), slot.id);
+        let mut guard = InFlight::start(slot.clone(), &self.live, &req.rid);
         let timeout = self.config.request_timeout();
         let result = match tokio::time::timeout(timeout, slot.server.generate(req)).await {
             Ok(r) => r.and_then(|raw| check_lengths(slot.server.address(), raw)),
@@ -647,7 +651,6 @@ impl Inner {
                 secs: timeout.as_secs_f64(),
             }),
         };
-        self.live.remove(&req.rid);
         match &result {
             Ok(raw) => {
                 guard.done = true;

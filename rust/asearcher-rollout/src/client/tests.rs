@@ -946,3 +946,24 @@ async fn servers_can_be_added_and_removed_at_runtime() {
         b.url
     );
 }
+
+#[tokio::test]
+async fn a_dropped_call_is_uncounted_and_aborted_on_the_server() {
+    let mock = MockServer::start(Behaviour {
+        delay: Duration::from_secs(5),
+        ..Behaviour::default()
+    })
+    .await;
+    let pool = ServerPool::sglang(std::slice::from_ref(&mock.url), fast_config()).unwrap();
+    let call = pool.generate(request("gone", 2, 4, Some(3)));
+    assert!(tokio::time::timeout(Duration::from_millis(150), call)
+        .await
+        .is_err());
+    assert_eq!(pool.stats()[0].in_flight, 0);
+    assert_eq!(pool.abort_all().await, 0, "no request left registered");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        *mock.state.aborted.lock().unwrap(),
+        vec!["gone".to_string()]
+    );
+}
