@@ -7,9 +7,14 @@
 //! `/v1/chat/completions` (LLM judges). The embedded tch generator implements [`LlmBackend`] in
 //! `asearcher-py`.
 
+mod http;
 pub mod openai;
 pub mod pool;
 pub mod sglang;
+#[cfg(test)]
+mod test_servers;
+#[cfg(test)]
+mod tests;
 
 use crate::Result;
 use async_trait::async_trait;
