@@ -182,6 +182,7 @@ impl Agent for TestAgent {
 /// What the simulated policy sees of one request.
 #[derive(Debug, Clone)]
 pub struct SimCall {
+    /// `{trajectory id}-{turn}` (`~{attempt}` before the turn on retries).
     pub rid: String,
     /// The text after the last `Question: ` of the prompt, up to the end of its line.
     pub question: String,
