@@ -141,7 +141,8 @@ mod tests {
     #[test]
     fn the_gate_formula_on_a_table_of_cases() {
         // (max_concurrent, in_flight, accepted, version, eta, B*n) -> capacity
-        let cases: [(usize, usize, u64, u64, Option<u64>, u64, u64); 10] = [
+        type Case = (usize, usize, u64, u64, Option<u64>, u64, u64);
+        let cases: [Case; 10] = [
             (128, 0, 0, 0, Some(0), 32, 32),   // synchronous: one batch
             (128, 32, 0, 0, Some(0), 32, 0),   // that batch is in flight
             (128, 0, 32, 0, Some(0), 32, 0),   // consumed, version not bumped yet

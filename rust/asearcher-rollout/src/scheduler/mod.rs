@@ -292,7 +292,7 @@ impl Drop for RolloutEngine {
 
 /// How one sample ended.
 enum SampleEnd {
-    Kept(Trajectory, u32),
+    Kept(Box<Trajectory>, u32),
     Dropped,
     Cancelled,
 }
@@ -351,13 +351,19 @@ impl Inner {
             self.cfg.max_staleness,
             self.cfg.batch_trajectories(),
         );
+        let mut source = lock(&self.source);
+        if source.is_exhausted() {
+            gate.closed = true;
+            return Admission::Closed;
+        }
         if capacity < n as u64 {
             return Admission::Wait;
         }
-        let Some(next) = lock(&self.source).next_question() else {
+        let Some(next) = source.next_question() else {
             gate.closed = true;
             return Admission::Closed;
         };
+        drop(source);
         gate.in_flight += n;
         let index = gate.next_index;
         gate.next_index += 1;
@@ -382,7 +388,7 @@ impl Inner {
         for handle in handles {
             match handle.await {
                 Ok(SampleEnd::Kept(t, a)) => {
-                    trajectories.push(t);
+                    trajectories.push(*t);
                     attempts.push(a);
                 }
                 Ok(SampleEnd::Dropped) => {}
@@ -416,7 +422,7 @@ impl Inner {
             if !is_failure(&traj) {
                 self.stats.finished.fetch_add(1, Relaxed);
                 self.stats.stop_reason(traj.stop_reason);
-                return SampleEnd::Kept(traj, spec.attempt);
+                return SampleEnd::Kept(Box::new(traj), spec.attempt);
             }
             let retry = self.cfg.on_error == OnError::Retry && spec.attempt < self.cfg.max_attempts;
             tracing::debug!(trajectory = %spec.id, attempt = spec.attempt, retry, errors = ?traj.errors, "trajectory failed");
@@ -428,7 +434,7 @@ impl Inner {
             self.stats.failed.fetch_add(1, Relaxed);
             self.stats.stop_reason(traj.stop_reason);
             if self.cfg.on_error == OnError::Keep {
-                return SampleEnd::Kept(traj, spec.attempt);
+                return SampleEnd::Kept(Box::new(traj), spec.attempt);
             }
             tracing::warn!(trajectory = %spec.id, attempts = spec.attempt, errors = ?traj.errors, "dropping a failed trajectory");
             self.stats.dropped.fetch_add(1, Relaxed);

@@ -30,6 +30,8 @@ enum Inner {
 /// The question stream of a run.
 pub struct QuestionSource {
     inner: Inner,
+    /// A question read ahead by [`QuestionSource::is_exhausted`], not yet handed out.
+    peeked: Option<NextQuestion>,
     position: u64,
 }
 
@@ -56,13 +58,18 @@ impl QuestionSource {
             index: 0,
         };
         shuffle_epoch(&mut inner);
-        Self { inner, position: 0 }
+        Self {
+            inner,
+            peeked: None,
+            position: 0,
+        }
     }
 
     /// Any iterator of questions (read lazily; handed out in its order, epoch 0).
-    pub fn from_iter(iter: impl Iterator<Item = Question> + Send + 'static) -> Self {
+    pub fn from_iterator(iter: impl Iterator<Item = Question> + Send + 'static) -> Self {
         Self {
             inner: Inner::Iter(Box::new(iter)),
+            peeked: None,
             position: 0,
         }
     }
@@ -78,19 +85,31 @@ impl QuestionSource {
         self.position
     }
 
+    /// Whether no question is left (reads one ahead if needed; the position does not move).
+    pub fn is_exhausted(&mut self) -> bool {
+        if self.peeked.is_none() {
+            self.peeked = self.read();
+        }
+        self.peeked.is_none()
+    }
+
     /// The next question, or `None` when the source is exhausted.
     pub fn next_question(&mut self) -> Option<NextQuestion> {
-        let next = match &mut self.inner {
+        let next = self.peeked.take().or_else(|| self.read());
+        if next.is_some() {
+            self.position += 1;
+        }
+        next
+    }
+
+    fn read(&mut self) -> Option<NextQuestion> {
+        match &mut self.inner {
             Inner::Iter(iter) => iter.next().map(|q| NextQuestion {
                 question: Arc::new(q),
                 epoch: 0,
             }),
             Inner::List { .. } => next_from_list(&mut self.inner),
-        };
-        if next.is_some() {
-            self.position += 1;
         }
-        next
     }
 }
 
@@ -197,7 +216,9 @@ mod tests {
         let mut resumed = QuestionSource::epochs(qs(4), Some(2), Some(1)).resume_at(5);
         assert_eq!(resumed.position(), 5);
         assert_eq!(ids(&mut resumed), all[5..]);
-        let mut it = QuestionSource::from_iter(qs(3).into_iter()).resume_at(1);
+        let mut it = QuestionSource::from_iterator(qs(3).into_iter()).resume_at(1);
+        assert!(!it.is_exhausted());
+        assert_eq!(it.position(), 1, "looking ahead does not move the position");
         assert_eq!(ids(&mut it), [("q1".into(), 0), ("q2".into(), 0)]);
     }
 }
