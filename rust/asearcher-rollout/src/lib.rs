@@ -6,8 +6,11 @@
 pub mod client;
 pub mod error;
 pub mod eval;
+pub mod questions;
 pub mod reward;
 pub mod runner;
 pub mod scheduler;
+#[cfg(test)]
+mod testkit;
 
 pub use error::{Result, RolloutError};

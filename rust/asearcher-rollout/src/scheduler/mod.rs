@@ -1,0 +1,564 @@
+//! The rollout scheduler: runs groups of `n` trajectories per question on tokio (one task per
+//! trajectory), admits a group only while the concurrency bound and the staleness gate of
+//! asynchronous RL leave room for all of it, isolates failures per trajectory (retry, drop or
+//! keep), scores complete groups, optionally drops zero-variance groups, and queues the rest for
+//! the consumer (the trainer or the evaluation runner), which sets the policy version.
+//!
+//! Concurrency: all gate state sits in one mutex held for a few instructions per event; counters
+//! are atomics; nothing scans the live trajectories, so tens of thousands of them cost a tokio
+//! task each.
+
+mod config;
+mod source;
+mod stats;
+
+pub use config::{admission_capacity, OnError, RolloutConfig};
+pub use source::{NextQuestion, QuestionSource};
+pub use stats::{Percentiles, RolloutStats, Staleness};
+
+use crate::client::LlmBackend;
+use crate::questions::Question;
+use crate::reward::Scorer;
+use crate::runner::{
+    empty_trajectory, is_failure, run_trajectory, RunContext, RunLimits, RunSpec, StatsSink,
+};
+use crate::{Result, RolloutError};
+use asearcher_agent::agent::{Agent, StopReason};
+use asearcher_agent::trajectory::{Trajectory, TrajectoryError};
+use asearcher_tokenizer::Tokenizer;
+use asearcher_tools::Toolbox;
+use futures::FutureExt;
+use serde::Serialize;
+use stats::Collector;
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Builds the agent of one sample (question, sample index). An error becomes a failed
+/// trajectory (error kind `"agent"`), handled like any failure.
+pub type AgentFactory =
+    Arc<dyn Fn(&Question, u32) -> std::result::Result<Box<dyn Agent>, String> + Send + Sync>;
+
+/// What the engine runs against.
+#[derive(Clone)]
+pub struct EngineParts {
+    pub backend: Arc<dyn LlmBackend>,
+    pub toolbox: Option<Toolbox>,
+    pub tokenizer: Arc<Tokenizer>,
+    pub agents: AgentFactory,
+    /// Scores each complete group (e.g. [`crate::reward::RewardPipeline`]).
+    pub scorer: Arc<dyn Scorer>,
+}
+
+/// A complete, scored group: the kept trajectories of one question, in sample order.
+#[derive(Debug, Clone, Serialize)]
+pub struct Group {
+    /// Admission order (0, 1, ...).
+    pub index: u64,
+    #[serde(serialize_with = "serialize_question")]
+    pub question: Arc<Question>,
+    pub epoch: u32,
+    /// The policy version when the group was admitted.
+    pub admitted_version: u64,
+    pub trajectories: Vec<Trajectory>,
+    /// Runs each trajectory took (1 unless retried), aligned with `trajectories`.
+    pub attempts: Vec<u32>,
+}
+
+fn serialize_question<S: serde::Serializer>(
+    q: &Arc<Question>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    q.as_ref().serialize(s)
+}
+
+impl Group {
+    pub fn rewards(&self) -> Vec<Option<f64>> {
+        self.trajectories.iter().map(|t| t.reward).collect()
+    }
+}
+
+/// The gate's state; one mutex, held briefly.
+#[derive(Default)]
+struct Gate {
+    version: u64,
+    /// Admitted trajectories not yet accepted or rejected.
+    in_flight: usize,
+    accepted: u64,
+    ready: VecDeque<Group>,
+    /// No more groups will be admitted (source exhausted, drained or stopped).
+    closed: bool,
+    stopped: bool,
+    next_index: u64,
+}
+
+struct Inner {
+    cfg: RolloutConfig,
+    run: RunContext,
+    agents: AgentFactory,
+    scorer: Arc<dyn Scorer>,
+    gate: Mutex<Gate>,
+    source: Mutex<QuestionSource>,
+    stats: Arc<Collector>,
+    /// Wakes the admission loop (a slot freed, the version changed, a shutdown).
+    admit: Notify,
+    /// Wakes consumers (a group is ready, the run ended).
+    ready: Notify,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The asynchronous rollout engine. Dropping it cancels all in-flight work (as
+/// [`RolloutEngine::shutdown`] does, without waiting).
+pub struct RolloutEngine {
+    inner: Arc<Inner>,
+}
+
+impl RolloutEngine {
+    /// Checks `cfg` and starts admitting groups from `source`. Must be called inside a tokio
+    /// runtime (the engine's tasks run on it).
+    pub fn start(cfg: RolloutConfig, parts: EngineParts, source: QuestionSource) -> Result<Self> {
+        cfg.validate()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            RolloutError::config(
+                "runtime",
+                "RolloutEngine::start must be called inside a tokio runtime",
+            )
+        })?;
+        let stats = Arc::new(Collector::new());
+        let run = RunContext {
+            backend: parts.backend,
+            toolbox: parts.toolbox,
+            tokenizer: parts.tokenizer,
+            limits: RunLimits {
+                timeout: cfg.trajectory_timeout_s.map(Duration::from_secs_f64),
+                tool_errors: cfg.tool_errors,
+            },
+            stats: Some(stats.clone() as Arc<dyn StatsSink>),
+        };
+        let inner = Arc::new(Inner {
+            cfg,
+            run,
+            agents: parts.agents,
+            scorer: parts.scorer,
+            gate: Mutex::default(),
+            source: Mutex::new(source),
+            stats,
+            admit: Notify::new(),
+            ready: Notify::new(),
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        let admission = inner.clone();
+        inner.tasks.spawn_on(admission.admission_loop(), &runtime);
+        Ok(Self { inner })
+    }
+
+    pub fn config(&self) -> &RolloutConfig {
+        &self.inner.cfg
+    }
+
+    /// Sets the policy version (the trainer, after each update); wakes the admission loop.
+    pub fn set_version(&self, version: u64) {
+        let mut gate = lock(&self.inner.gate);
+        if version < gate.version {
+            tracing::warn!(
+                from = gate.version,
+                to = version,
+                "policy version set backwards"
+            );
+        }
+        gate.version = version;
+        drop(gate);
+        self.inner.admit.notify_one();
+    }
+
+    pub fn version(&self) -> u64 {
+        lock(&self.inner.gate).version
+    }
+
+    /// Questions taken from the source so far (where a resumed run starts its source).
+    pub fn position(&self) -> u64 {
+        lock(&self.inner.source).position()
+    }
+
+    /// Waits until `groups` groups are ready and returns them in completion order. When the
+    /// source is exhausted (or drained) and nothing is in flight, returns what is left (a final
+    /// partial batch), then `None`. `None` also after a shutdown. With a staleness gate, asking
+    /// for more than `(eta + 1) * batch_size` groups without bumping the version waits forever.
+    pub async fn next_batch(&self, groups: usize) -> Option<Vec<Group>> {
+        let want = groups.max(1);
+        loop {
+            let notified = self.inner.ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut gate = lock(&self.inner.gate);
+                if gate.stopped {
+                    return None;
+                }
+                let ended = gate.closed && gate.in_flight == 0;
+                if gate.ready.len() >= want || (ended && !gate.ready.is_empty()) {
+                    let n = want.min(gate.ready.len());
+                    let batch: Vec<Group> = gate.ready.drain(..n).collect();
+                    self.record_consumed(&batch, gate.version);
+                    return Some(batch);
+                }
+                if ended {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// The next ready group, without waiting.
+    pub fn try_next_group(&self) -> Option<Group> {
+        let mut gate = lock(&self.inner.gate);
+        let group = gate.ready.pop_front()?;
+        self.record_consumed(std::slice::from_ref(&group), gate.version);
+        Some(group)
+    }
+
+    /// Stops admitting groups, waits for those in flight to finish, and returns every ready
+    /// group. Empty after a shutdown.
+    pub async fn drain(&self) -> Vec<Group> {
+        self.inner.close();
+        let mut out = Vec::new();
+        while let Some(batch) = self.next_batch(usize::MAX).await {
+            out.extend(batch);
+        }
+        out
+    }
+
+    /// Cancels all in-flight work and waits for the engine's tasks to end. Trajectories cut short
+    /// are counted as `cancelled`; waiting consumers get `None`.
+    pub async fn shutdown(&self) {
+        self.inner.stop();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+
+    /// Whether the source is exhausted (or drained) and nothing is in flight or ready.
+    pub fn is_done(&self) -> bool {
+        let gate = lock(&self.inner.gate);
+        gate.stopped || (gate.closed && gate.in_flight == 0 && gate.ready.is_empty())
+    }
+
+    /// A snapshot of the live statistics.
+    pub fn stats(&self) -> RolloutStats {
+        let mut s = RolloutStats::default();
+        self.inner.stats.fill(&mut s);
+        {
+            let gate = lock(&self.inner.gate);
+            s.in_flight = gate.in_flight;
+            s.accepted = gate.accepted;
+            s.version = gate.version;
+            s.ready_groups = gate.ready.len();
+        }
+        s.position = self.position();
+        s
+    }
+
+    fn record_consumed(&self, groups: &[Group], version: u64) {
+        for g in groups {
+            for t in &g.trajectories {
+                let oldest = t
+                    .turns
+                    .iter()
+                    .flat_map(|turn| turn.output_versions.iter().copied())
+                    .min()
+                    .unwrap_or(g.admitted_version);
+                self.inner.stats.consumed(version.saturating_sub(oldest));
+            }
+        }
+    }
+}
+
+impl Drop for RolloutEngine {
+    fn drop(&mut self) {
+        self.inner.stop();
+    }
+}
+
+/// How one sample ended.
+enum SampleEnd {
+    Kept(Box<Trajectory>, u32),
+    Dropped,
+    Cancelled,
+}
+
+impl Inner {
+    fn close(&self) {
+        lock(&self.gate).closed = true;
+        self.admit.notify_one();
+        self.ready.notify_waiters();
+    }
+
+    fn stop(&self) {
+        {
+            let mut gate = lock(&self.gate);
+            gate.closed = true;
+            gate.stopped = true;
+        }
+        self.cancel.cancel();
+        self.admit.notify_one();
+        self.ready.notify_waiters();
+    }
+
+    /// Admits groups while the gate leaves room for a whole one; sleeps until woken otherwise.
+    async fn admission_loop(self: Arc<Self>) {
+        let n = self.cfg.group_size as usize;
+        loop {
+            match self.try_admit(n) {
+                Admission::Admitted(next, index, version) => {
+                    let this = self.clone();
+                    self.tasks.spawn(this.run_group(next, index, version));
+                }
+                Admission::Wait => {
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return,
+                        _ = self.admit.notified() => {}
+                    }
+                }
+                Admission::Closed => {
+                    self.ready.notify_waiters();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn try_admit(&self, n: usize) -> Admission {
+        let mut gate = lock(&self.gate);
+        if gate.closed {
+            return Admission::Closed;
+        }
+        let capacity = admission_capacity(
+            self.cfg.max_concurrent,
+            gate.in_flight,
+            gate.accepted,
+            gate.version,
+            self.cfg.max_staleness,
+            self.cfg.batch_trajectories(),
+        );
+        let mut source = lock(&self.source);
+        if source.is_exhausted() {
+            gate.closed = true;
+            return Admission::Closed;
+        }
+        if capacity < n as u64 {
+            return Admission::Wait;
+        }
+        let Some(next) = source.next_question() else {
+            gate.closed = true;
+            return Admission::Closed;
+        };
+        drop(source);
+        gate.in_flight += n;
+        let index = gate.next_index;
+        gate.next_index += 1;
+        self.stats.admitted.fetch_add(n as u64, Relaxed);
+        Admission::Admitted(next, index, gate.version)
+    }
+
+    async fn run_group(self: Arc<Self>, next: NextQuestion, index: u64, version: u64) {
+        let n = self.cfg.group_size;
+        let handles: Vec<_> = (0..n)
+            .map(|sample| {
+                let spec = RunSpec {
+                    id: trajectory_id(&next, sample),
+                    question: next.question.clone(),
+                    sample,
+                    attempt: 1,
+                };
+                self.tasks.spawn(self.clone().run_sample(spec))
+            })
+            .collect();
+        let (mut trajectories, mut attempts) = (Vec::new(), Vec::new());
+        for handle in handles {
+            match handle.await {
+                Ok(SampleEnd::Kept(t, a)) => {
+                    trajectories.push(*t);
+                    attempts.push(a);
+                }
+                Ok(SampleEnd::Dropped) => {}
+                Ok(SampleEnd::Cancelled) | Err(_) => return,
+            }
+        }
+        let group = Group {
+            index,
+            question: next.question,
+            epoch: next.epoch,
+            admitted_version: version,
+            trajectories,
+            attempts,
+        };
+        self.finish_group(group).await;
+    }
+
+    /// Runs one sample, retrying failed runs as configured.
+    async fn run_sample(self: Arc<Self>, mut spec: RunSpec) -> SampleEnd {
+        loop {
+            self.stats.running.fetch_add(1, Relaxed);
+            let run = tokio::select! {
+                _ = self.cancel.cancelled() => None,
+                t = self.attempt(&spec) => Some(t),
+            };
+            self.stats.running.fetch_sub(1, Relaxed);
+            let Some(traj) = run else {
+                self.stats.cancelled.fetch_add(1, Relaxed);
+                return SampleEnd::Cancelled;
+            };
+            if !is_failure(&traj) {
+                self.stats.finished.fetch_add(1, Relaxed);
+                self.stats.stop_reason(traj.stop_reason);
+                return SampleEnd::Kept(Box::new(traj), spec.attempt);
+            }
+            let retry = self.cfg.on_error == OnError::Retry && spec.attempt < self.cfg.max_attempts;
+            tracing::debug!(trajectory = %spec.id, attempt = spec.attempt, retry, errors = ?traj.errors, "trajectory failed");
+            if retry {
+                self.stats.retried.fetch_add(1, Relaxed);
+                spec.attempt += 1;
+                continue;
+            }
+            self.stats.failed.fetch_add(1, Relaxed);
+            self.stats.stop_reason(traj.stop_reason);
+            if self.cfg.on_error == OnError::Keep {
+                return SampleEnd::Kept(Box::new(traj), spec.attempt);
+            }
+            tracing::warn!(trajectory = %spec.id, attempts = spec.attempt, errors = ?traj.errors, "dropping a failed trajectory");
+            self.stats.dropped.fetch_add(1, Relaxed);
+            self.release(1);
+            return SampleEnd::Dropped;
+        }
+    }
+
+    /// One run of a sample; an agent that cannot be built or panics gives a failed trajectory.
+    async fn attempt(&self, spec: &RunSpec) -> Trajectory {
+        let agent = match (self.agents)(&spec.question, spec.sample) {
+            Ok(agent) => agent,
+            Err(message) => {
+                return agent_failure(spec, format!("cannot build the agent: {message}"))
+            }
+        };
+        let run = run_trajectory(&self.run, agent, spec.clone());
+        match AssertUnwindSafe(run).catch_unwind().await {
+            Ok(t) => t,
+            Err(panic) => agent_failure(
+                spec,
+                format!("the agent panicked: {}", panic_message(&panic)),
+            ),
+        }
+    }
+
+    /// Frees `k` in-flight slots without accepting them (dropped or filtered).
+    fn release(&self, k: usize) {
+        lock(&self.gate).in_flight -= k;
+        self.admit.notify_one();
+        self.ready.notify_waiters();
+    }
+
+    /// Scores a complete group, filters it, and queues it for the consumer.
+    async fn finish_group(&self, mut group: Group) {
+        let kept = group.trajectories.len();
+        if kept == 0 {
+            self.stats.dropped_groups.fetch_add(1, Relaxed);
+            self.ready.notify_waiters();
+            return;
+        }
+        self.stats.pending_rewards.fetch_add(1, Relaxed);
+        let scored = tokio::select! {
+            _ = self.cancel.cancelled() => false,
+            _ = self.score(&mut group.trajectories) => true,
+        };
+        self.stats.pending_rewards.fetch_sub(1, Relaxed);
+        if !scored {
+            return;
+        }
+        if self.cfg.filter_zero_variance && zero_variance(&group.trajectories) {
+            self.stats.filtered_groups.fetch_add(1, Relaxed);
+            self.release(kept);
+            return;
+        }
+        {
+            let mut gate = lock(&self.gate);
+            gate.in_flight -= kept;
+            gate.accepted += kept as u64;
+            gate.ready.push_back(group);
+        }
+        self.admit.notify_one();
+        self.ready.notify_waiters();
+    }
+
+    async fn score(&self, batch: &mut [Trajectory]) {
+        if let Err(panic) = AssertUnwindSafe(self.scorer.score(batch))
+            .catch_unwind()
+            .await
+        {
+            let message = format!("the scorer panicked: {}", panic_message(&panic));
+            for t in batch.iter_mut() {
+                t.reward = None;
+                t.errors.push(TrajectoryError {
+                    kind: "reward".into(),
+                    message: message.clone(),
+                    traceback: None,
+                    turn: None,
+                });
+            }
+        }
+    }
+}
+
+enum Admission {
+    Admitted(NextQuestion, u64, u64),
+    Wait,
+    Closed,
+}
+
+/// `"{question_id}#{sample}"`, with `@{epoch}` after the question id from the second epoch on.
+fn trajectory_id(next: &NextQuestion, sample: u32) -> String {
+    if next.epoch == 0 {
+        format!("{}#{sample}", next.question.id)
+    } else {
+        format!("{}@{}#{sample}", next.question.id, next.epoch)
+    }
+}
+
+/// Whether every reward of the group is the same (missing rewards compare as equal to each other).
+fn zero_variance(trajectories: &[Trajectory]) -> bool {
+    let first = trajectories.first().map(|t| t.reward);
+    trajectories.iter().all(|t| Some(t.reward) == first)
+}
+
+fn agent_failure(spec: &RunSpec, message: String) -> Trajectory {
+    let mut t = empty_trajectory(spec, "unknown");
+    t.stop_reason = StopReason::Error;
+    t.errors.push(TrajectoryError {
+        kind: "agent".into(),
+        message,
+        traceback: None,
+        turn: None,
+    });
+    t
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic payload".into())
+}
+
+#[cfg(test)]
+mod tests;
