@@ -4,6 +4,7 @@
 //! the question and the `<information>` observations of the prompt, with a latency model that
 //! sleeps instead of burning CPU ([`live`]). Rollout tests and benchmarks run against it.
 
+mod fast_decode;
 mod judge;
 pub mod live;
 mod native;
@@ -254,6 +255,8 @@ fn read_questions(path: &Path) -> Result<Vec<(String, Vec<String>)>, ScriptedPol
 /// Shared by every handler.
 struct AppState {
     tok: Arc<Tokenizer>,
+    /// Fast prompt decoding when the tokenizer is byte-level.
+    bytes: Option<fast_decode::ByteTable>,
     rules: Rules,
     judge_garbage_rate: f64,
     model_name: String,
@@ -380,8 +383,13 @@ impl ScriptedPolicyServer {
             ms_per_token: cfg.ms_per_token,
             tokens_per_s_total: cfg.tokens_per_s_total,
         });
+        let table_tok = tok.clone();
+        let bytes = tokio::task::spawn_blocking(move || fast_decode::ByteTable::build(&table_tok))
+            .await
+            .unwrap_or(None);
         let state = AppState {
             tok,
+            bytes,
             rules,
             judge_garbage_rate: cfg.judge_garbage_rate,
             model_name: cfg.served_model_name,

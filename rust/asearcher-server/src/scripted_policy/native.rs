@@ -150,6 +150,28 @@ fn prompt_ids(st: &AppState, body: &GenerateBody) -> Result<Vec<u32>, ApiError> 
     Ok(ids)
 }
 
+fn decode_prompt(st: &AppState, ids: &[u32]) -> Result<String, ApiError> {
+    let out_of_vocab = || {
+        let vocab = st.tok.vocab_size();
+        let bad = ids
+            .iter()
+            .find(|&&i| i as usize >= vocab)
+            .copied()
+            .unwrap_or(0);
+        ApiError::bad(
+            "input_ids",
+            format!("token id {bad} is outside the vocabulary (size {vocab})"),
+        )
+    };
+    match &st.bytes {
+        Some(table) => table.decode(ids).ok_or_else(out_of_vocab),
+        None => st
+            .tok
+            .decode(ids, false)
+            .map_err(|e| ApiError::bad("input_ids", e)),
+    }
+}
+
 fn count_action(st: &AppState, action: &Action) {
     let c = &st.live.counters;
     let counter = match action {
@@ -248,10 +270,7 @@ pub(super) async fn generate(
         .rid
         .clone()
         .unwrap_or_else(|| format!("scripted-{}", st.rid_seq.fetch_add(1, Ordering::Relaxed)));
-    let prompt = st
-        .tok
-        .decode(&prompt_ids, false)
-        .map_err(|e| ApiError::bad("input_ids", e))?;
+    let prompt = decode_prompt(&st, &prompt_ids)?;
     let planned = plan(&st, &prompt, &rid, &lim)?;
     let counters = &st.live.counters;
     let (ids, finish, version) = {

@@ -140,6 +140,16 @@ async fn unknown_sampling_keys_are_named() {
         msg.contains("temprature") && msg.contains("sampling_params"),
         "{msg}"
     );
+    let r = reqwest::Client::new()
+        .post(format!("{}/generate", h.url()))
+        .json(&json!({"input_ids": [1, 2, 999_999]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("input_ids") && msg.contains("999999"), "{msg}");
 }
 
 #[tokio::test]
