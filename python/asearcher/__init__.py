@@ -14,7 +14,12 @@ from . import _core
 from .exceptions import AsearcherError
 from .generation import GenerationOutput, Generator
 from .model import QwenModel
-from .serving import Tokenizer, start_model_server
+from .serving import (
+    ScriptedPolicyHandle,
+    Tokenizer,
+    start_model_server,
+    start_scripted_policy_server,
+)
 
 __version__: str = _core.__version__
 
@@ -32,8 +37,10 @@ __all__ = [
     "GenerationOutput",
     "Generator",
     "QwenModel",
+    "ScriptedPolicyHandle",
     "Tokenizer",
     "__version__",
     "set_log_level",
     "start_model_server",
+    "start_scripted_policy_server",
 ]

@@ -308,6 +308,24 @@ def start_model_server(
     max_context: int | None = None,
     served_model_name: str | None = None,
 ) -> ModelServerHandle: ...
+
+# --- scripted policy server (asearcher.serving) ---
+
+class ScriptedPolicyHandle:
+    address: str
+    url: str
+    port: int
+    def stop(self) -> None: ...
+    def stats(self) -> dict[str, Any]: ...
+    def __enter__(self) -> ScriptedPolicyHandle: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+def serve_scripted_policy(
+    tokenizer: str,
+    config_json: str,
+    on_ready: Callable[[str], object] | None = None,
+) -> None: ...
+def start_scripted_policy_server(tokenizer: str, config_json: str) -> ScriptedPolicyHandle: ...
 def shaped_group_advantages_into(
     rewards: tuple,
     valid: tuple | None,

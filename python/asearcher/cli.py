@@ -148,6 +148,52 @@ def cmd_serve_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spread_arg(text: str) -> int | tuple[int, int]:
+    """``N`` or ``MIN,MAX``."""
+    parts = text.split(",")
+    try:
+        if len(parts) == 1:
+            return int(parts[0])
+        if len(parts) == 2:
+            return (int(parts[0]), int(parts[1]))
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"expected N or MIN,MAX, got {text!r}")
+
+
+def cmd_serve_scripted_policy(args: argparse.Namespace) -> int:
+    from . import _core
+    from .data import sample_tokenizer_path
+    from .serving import scripted_policy_config
+
+    cfg = scripted_policy_config(
+        host=args.host,
+        port=args.port,
+        answers=args.answers,
+        searches=args.searches,
+        wrong_rate=args.wrong_rate,
+        garbage_rate=args.garbage_rate,
+        think_tokens=args.think_tokens,
+        latency_ms=args.latency_ms,
+        ms_per_token=args.ms_per_token,
+        tokens_per_s_total=args.tokens_per_s_total,
+        judge_garbage_rate=args.judge_garbage_rate,
+        seed=args.seed,
+        served_model_name=args.served_model_name,
+    )
+
+    def ready(url: str) -> None:
+        print(f"scripted policy server on {url}; Ctrl-C stops it", flush=True)
+
+    try:
+        _core.serve_scripted_policy(
+            str(args.tokenizer or sample_tokenizer_path()), json.dumps(cfg), on_ready=ready
+        )
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -216,6 +262,31 @@ def _add_serve_parsers(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--max-context", type=int, default=None, help="longest prompt + output")
     m.add_argument("--served-model-name", default=None, help="name in /v1/models (default: dir)")
     m.set_defaults(func=cmd_serve_model)
+    _add_scripted_policy_parser(ssub)
+
+
+def _add_scripted_policy_parser(ssub: argparse._SubParsersAction) -> None:
+    s = ssub.add_parser(
+        "scripted-policy",
+        help="rule-based LLM test double: SGLang /generate and an OpenAI-chat judge",
+    )
+    s.add_argument("--tokenizer", type=Path, default=None, help="tokenizer dir (default: sample)")
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    s.add_argument("--port", type=int, default=0, help="port (default 0: a free one, printed)")
+    s.add_argument(
+        "--answers", type=Path, default=None, help='questions jsonl {"question","answer"}'
+    )
+    s.add_argument("--searches", type=_spread_arg, default=1, help="N or MIN,MAX (default 1)")
+    s.add_argument("--wrong-rate", type=float, default=0.0, help="share of wrong answers")
+    s.add_argument("--garbage-rate", type=float, default=0.0, help="share of broken replies")
+    s.add_argument("--think-tokens", type=_spread_arg, default=0, help="N or MIN,MAX filler words")
+    s.add_argument("--latency-ms", type=float, default=0.0, help="delay per request")
+    s.add_argument("--ms-per-token", type=float, default=0.0, help="delay per output token")
+    s.add_argument("--tokens-per-s-total", type=float, default=None, help="server-wide capacity")
+    s.add_argument("--judge-garbage-rate", type=float, default=0.0, help="unparseable verdicts")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--served-model-name", default="scripted-policy")
+    s.set_defaults(func=cmd_serve_scripted_policy)
 
 
 def build_parser() -> argparse.ArgumentParser:

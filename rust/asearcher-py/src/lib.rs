@@ -11,6 +11,7 @@ mod logging;
 mod model;
 mod model_server;
 mod runtime;
+mod scripted;
 mod server;
 mod tensors;
 mod tools;
@@ -30,5 +31,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     kernels::register(m)?;
     model_server::register(m)?;
     generator::register(m)?;
+    scripted::register(m)?;
     Ok(())
 }
