@@ -82,7 +82,8 @@ pub fn token_logprob(seed: u64, rid: &str, position: usize, id: u32) -> f32 {
 /// What a decoded prompt says.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PromptView<'a> {
-    /// Text after the last `Question:` up to the end of that line, trimmed; empty if none.
+    /// Text after the last `Question:` up to the end of that line or the first special token
+    /// (`<|...`, as a chat template's end-of-turn marker), trimmed; empty if none.
     pub question: &'a str,
     /// Inner texts (trimmed) of the complete `<information>...</information>` blocks after the
     /// question line (so instructions that mention the tags before it are not counted).
@@ -104,7 +105,9 @@ pub fn read_prompt(prompt: &str) -> PromptView<'_> {
             let end = prompt[start..]
                 .find('\n')
                 .map_or(prompt.len(), |e| start + e);
-            (prompt[start..end].trim(), end)
+            let line = &prompt[start..end];
+            let text = line.find("<|").map_or(line, |cut| &line[..cut]);
+            (text.trim(), end)
         }
         None => ("", 0),
     };
@@ -409,6 +412,8 @@ mod tests {
         assert_eq!(read_prompt(p).question, "Who wrote Zed?");
         assert_eq!(read_prompt("no question here").question, "");
         assert_eq!(read_prompt("Question: at the end").question, "at the end");
+        let chat = "<|im_start|>user\nQuestion: Who wrote Zed?<|im_end|>\n<|im_start|>assistant\n";
+        assert_eq!(read_prompt(chat).question, "Who wrote Zed?");
     }
 
     #[test]
