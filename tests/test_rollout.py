@@ -145,6 +145,8 @@ def test_jsonl_round_trip(run, tmp_path: Path):
     path.write_text(path.read_text() + "not json\n" + trajs[0].to_json() + "\n")
     with pytest.raises(asearcher.exceptions.BadLineError, match=r"out\.jsonl:4"):
         asearcher.load_trajectories(path)
+    with pytest.raises(asearcher.exceptions.BadLineError, match="not a trajectory"):
+        asearcher.Trajectory.from_json('{"id": 1}')
 
 
 def test_html_shows_the_question(run):
@@ -229,6 +231,8 @@ def test_bad_config_names_the_key(policy, questions):
         asearcher.RolloutEngine(questions, [policy.url], tok, reward={"primary": "judge"})
     with pytest.raises(ConfigError, match="request_timeout_secs"):
         asearcher.InferencePool([policy.url], config={"request_timeout_secs": -1})
+    with pytest.raises(asearcher.exceptions.AsearcherIOError, match="missing.jsonl"):
+        asearcher.RolloutEngine("/nonexistent/missing.jsonl", [policy.url], tok)
     with pytest.raises(ConfigError, match="unknown agent kind"):
         asearcher.default_prompts("nope")
 
@@ -370,3 +374,30 @@ def test_rollout_module_exports():
     assert rollout.RolloutEngine is asearcher.RolloutEngine
     assert set(rollout.AGENT_KINDS) == {"asearcher", "search_r1", "reasoning"}
     assert json.dumps(asearcher.default_prompts("reasoning"))
+
+
+def test_embedded_generations_aborted_by_a_weight_update_are_resent(tmp_path: Path, questions):
+    tiny_models = pytest.importorskip("tiny_models")
+    model_dir = tiny_models.make_tiny_qwen(tmp_path / "tiny", "qwen2", seed=0)
+    gen = asearcher.Generator(model_dir, max_running=8, max_context=4096, version=3)
+    try:
+        agent = {"kind": "asearcher", "max_turns": 2, "context_budget": 4096,
+                 "sampling": {"max_new_tokens": 400}, "max_generation_failures": 1}  # fmt: skip
+        cfg = {"group_size": 2, "max_concurrent": 4, "batch_size": 2, "max_staleness": None}
+        with asearcher.RolloutEngine(
+            questions[:2], gen, model_dir, agent=agent, config=cfg
+        ) as engine:
+            deadline = time.monotonic() + 30
+            while gen.stats()["generated_tokens"] < 20 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert gen.update_weights(model_dir, version=4, abort_in_flight=True) == 4
+            groups = run_all(engine)
+        turns = [x for g in groups for t in g.trajectories for x in t.turns]
+        resent = [x for x in turns if x["resends"] > 0]
+        assert resent, "no generation was in flight at the update"
+        for x in resent:
+            v = x["output_versions"]
+            assert v == sorted(v) and v[0] == 3 and v[-1] == 4
+            assert len(v) == len(x["output_ids"]) == len(x["output_logprobs"]) <= 400
+    finally:
+        gen.close()

@@ -102,6 +102,11 @@ pub fn rollout_err(e: RolloutError) -> PyErr {
     }
 }
 
+/// A line that is not what it should be (a trajectory, a question); `msg` says why.
+pub fn bad_line_err(msg: String) -> PyErr {
+    py::BadLineError::new_err(msg)
+}
+
 /// Trajectory jsonl errors: the file (and line) is named.
 pub fn jsonl_err(e: JsonlError) -> PyErr {
     let msg = e.to_string();

@@ -3,7 +3,7 @@
 //! HTML rendering for notebooks.
 
 use super::py_of_json;
-use crate::errors::{config_err, jsonl_err};
+use crate::errors::{bad_line_err, config_err, jsonl_err};
 use asearcher_agent::trajectory::{append_jsonl, read_jsonl, TornLine, Trajectory};
 use asearcher_rollout::scheduler::Group;
 use pyo3::prelude::*;
@@ -43,7 +43,7 @@ impl PyTrajectory {
     fn from_json(line: &str) -> PyResult<Self> {
         Trajectory::from_json_line(line)
             .map(Self::new)
-            .map_err(|e| config_err("line", format!("not a trajectory: {e}")))
+            .map_err(|e| bad_line_err(format!("not a trajectory: {e}")))
     }
 
     #[getter]
