@@ -93,6 +93,7 @@ pub struct PromptView<'a> {
 }
 
 const QUESTION_MARK: &str = "Question:";
+const SPECIAL_OPEN: &str = "<|";
 const INFO_OPEN: &str = "<information>";
 const INFO_CLOSE: &str = "</information>";
 
@@ -101,8 +102,13 @@ pub fn read_prompt(prompt: &str) -> PromptView<'_> {
     let (question, body_start) = match prompt.rfind(QUESTION_MARK) {
         Some(q) => {
             let start = q + QUESTION_MARK.len();
-            let end = prompt[start..]
-                .find('\n')
+            // The line ends at a newline or at a chat-template special token (`<|im_end|>`
+            // follows the question directly when the template ends with the question line).
+            let line = &prompt[start..];
+            let end = [line.find('\n'), line.find(SPECIAL_OPEN)]
+                .into_iter()
+                .flatten()
+                .min()
                 .map_or(prompt.len(), |e| start + e);
             (prompt[start..end].trim(), end)
         }
@@ -409,6 +415,8 @@ mod tests {
         assert_eq!(read_prompt(p).question, "Who wrote Zed?");
         assert_eq!(read_prompt("no question here").question, "");
         assert_eq!(read_prompt("Question: at the end").question, "at the end");
+        let chat = "<|im_start|>user\nQuestion: Who wrote Zed?<|im_end|>\n<|im_start|>assistant\n";
+        assert_eq!(read_prompt(chat).question, "Who wrote Zed?");
     }
 
     #[test]
