@@ -184,6 +184,22 @@ def test_default_prompts_find_the_gold_too(policy, toolbox, questions):
     assert all(t.tool_calls >= 1 and t.answer in t.answers for t in trajs)
 
 
+def test_epochs_repeat_the_questions_in_a_seeded_order(policy, toolbox, questions):
+    def order(seed: int) -> list[tuple[int, str]]:
+        cfg = {"group_size": 1, "max_concurrent": 1, "max_staleness": None}
+        with asearcher.RolloutEngine(
+            questions[:3], [policy.url], sample_tokenizer_path(), toolbox=toolbox, agent=AGENT,
+            config=cfg, epochs=2, shuffle_seed=seed,
+        ) as engine:  # fmt: skip
+            groups = run_all(engine, per_batch=1)
+            assert engine.position == 6
+        return [(g.epoch, g.question["question"]) for g in sorted(groups, key=lambda g: g.index)]
+
+    a = order(7)
+    assert a == order(7)
+    assert sorted(a) == sorted((e, q["question"]) for e in (0, 1) for q in questions[:3])
+
+
 def test_staleness_gate_holds_until_the_version_moves(policy, toolbox, questions):
     cfg = {"group_size": 2, "max_concurrent": 8, "batch_size": 1, "max_staleness": 0}
     with asearcher.RolloutEngine(
