@@ -12,6 +12,7 @@ use asearcher_rollout::client::pool::{PoolConfig, ServerPool};
 use asearcher_rollout::client::{FinishReason, GenOutput, GenRequest, LlmBackend};
 use asearcher_rollout::{Result, RolloutError};
 use asearcher_torch::generate as gen;
+use asearcher_torch::TorchError;
 use async_trait::async_trait;
 use pyo3::prelude::*;
 use std::sync::Arc;
@@ -57,17 +58,22 @@ impl EmbeddedBackend {
 
     async fn call(&self, req: &GenRequest) -> Result<gen::GenerateOutput> {
         let request = generator_request(req);
+        let rid = request.rid.clone();
         // Dropping this future (a cancelled trajectory) must not leave the request running.
         let guard = AbortOnDrop {
             handle: &self.handle,
-            rid: &request.rid,
+            rid: &rid,
             armed: true,
         };
-        let result = self.handle.generate(request.clone()).await;
+        let result = self.handle.generate(request).await;
         guard.disarm();
-        result.map_err(|e| RolloutError::Protocol {
-            server: self.describe(),
-            message: e.to_string(),
+        result.map_err(|e| {
+            let server = self.describe();
+            let message = e.to_string();
+            match e {
+                TorchError::EngineStopped(_) => RolloutError::Connection { server, message },
+                _ => RolloutError::Protocol { server, message },
+            }
         })
     }
 }
