@@ -154,6 +154,9 @@ def test_html_shows_the_question(run):
     t = groups[0].trajectories[0]
     html = t._repr_html_()
     assert t.question in html and "<" in html
+    group_html = groups[0]._repr_html_()
+    assert groups[0].question["question"] in group_html
+    assert all(x.id in group_html for x in groups[0].trajectories)
 
 
 def test_stats_count_the_run(run):

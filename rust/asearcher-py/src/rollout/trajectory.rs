@@ -242,6 +242,19 @@ impl PyGroup {
     fn __len__(&self) -> usize {
         self.trajectories.len()
     }
+    /// The question, then every trajectory as `Trajectory._repr_html_` renders it.
+    fn _repr_html_(&self) -> String {
+        let mut out = format!(
+            "<div><b>group {} (question {})</b>: {}</div>",
+            self.group.index,
+            escape_html(&self.group.question.id),
+            escape_html(&self.group.question.question)
+        );
+        for t in &self.trajectories {
+            out.push_str(&t.to_html());
+        }
+        out
+    }
     fn __repr__(&self) -> String {
         format!(
             "Group(index={}, question_id={:?}, trajectories={})",
@@ -250,6 +263,13 @@ impl PyGroup {
             self.trajectories.len()
         )
     }
+}
+
+fn escape_html(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// Reads a trajectory jsonl file (a torn last line, as a killed writer leaves, is skipped).
