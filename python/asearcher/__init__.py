@@ -14,6 +14,15 @@ from . import _core
 from .exceptions import AsearcherError
 from .generation import GenerationOutput, Generator
 from .model import QwenModel
+from .rollout import (
+    Group,
+    InferencePool,
+    RolloutEngine,
+    Trajectory,
+    default_prompts,
+    load_trajectories,
+    save_trajectories,
+)
 from .serving import (
     ScriptedPolicyHandle,
     Tokenizer,
@@ -36,10 +45,17 @@ __all__ = [
     "AsearcherError",
     "GenerationOutput",
     "Generator",
+    "Group",
+    "InferencePool",
     "QwenModel",
+    "RolloutEngine",
     "ScriptedPolicyHandle",
     "Tokenizer",
+    "Trajectory",
     "__version__",
+    "default_prompts",
+    "load_trajectories",
+    "save_trajectories",
     "set_log_level",
     "start_model_server",
     "start_scripted_policy_server",

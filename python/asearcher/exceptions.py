@@ -73,19 +73,50 @@ class GenerationError(AsearcherError, RuntimeError):
     """A generation request could not be served, or the generator engine has stopped."""
 
 
+class RolloutError(AsearcherError):
+    """The rollout engine failed (inference, rewards, question or trajectory files)."""
+
+
+class InferenceError(RolloutError, ConnectionError):
+    """An inference server (or the embedded generator) failed or broke the protocol; the message
+    names the server."""
+
+
+class InferenceTimeoutError(InferenceError, TimeoutError):
+    """An inference call exceeded its time limit."""
+
+
+class RewardError(RolloutError):
+    """A reward function or the LLM judge failed."""
+
+
+class BadLineError(RolloutError, ValueError):
+    """A line of a questions or trajectory jsonl file is malformed; the message names file:line."""
+
+
+class EngineStoppedError(RolloutError, RuntimeError):
+    """The rollout engine was shut down while a call waited on it."""
+
+
 __all__ = [
     "AsearcherError",
     "AsearcherIOError",
     "BackendError",
+    "BadLineError",
     "CacheMissError",
     "CancelledError",
     "ConfigError",
     "CorpusError",
+    "EngineStoppedError",
     "GenerationError",
+    "InferenceError",
+    "InferenceTimeoutError",
     "MissingSecretError",
     "ModelError",
     "PageRefusedError",
     "RequestRejectedError",
+    "RewardError",
+    "RolloutError",
     "SearchIndexError",
     "TensorError",
     "ToolError",

@@ -6,8 +6,8 @@
 use crate::errors::{config_err, torch_err};
 use crate::runtime::{awaitable, wait_for_future};
 use asearcher_torch::generate::{
-    spawn, FinishReason, GenerateOutput, GenerateRequest, GeneratorHandle, GeneratorOptions,
-    SamplingParams, StopMatch, UpdateOptions, WeightUpdate,
+    spawn, Detokenize, FinishReason, GenerateOutput, GenerateRequest, GeneratorHandle,
+    GeneratorOptions, SamplingParams, StopMatch, UpdateOptions, WeightUpdate,
 };
 use asearcher_torch::model::QwenModel;
 use pyo3::prelude::*;
@@ -15,6 +15,7 @@ use pyo3::types::PyDict;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The stop that ended a request: a token id or a stop string.
@@ -172,7 +173,36 @@ pub struct PyGenerator {
     model_dir: PathBuf,
 }
 
+/// The model directory's tokenizer as the engine's detokenizer (for stop strings); special
+/// tokens are kept so stop strings such as `<|im_end|>` match.
+struct TokenizerDetok(asearcher_tokenizer::Tokenizer);
+
+impl Detokenize for TokenizerDetok {
+    fn decode(&self, ids: &[u32]) -> String {
+        self.0.decode(ids, false).unwrap_or_default()
+    }
+}
+
+/// The detokenizer of `model_dir` when it has a tokenizer.json (else stop strings are refused).
+fn detokenizer_of(model_dir: &std::path::Path) -> Option<Arc<dyn Detokenize>> {
+    if !model_dir.join("tokenizer.json").is_file() {
+        return None;
+    }
+    match asearcher_tokenizer::Tokenizer::from_dir(model_dir) {
+        Ok(tok) => Some(Arc::new(TokenizerDetok(tok))),
+        Err(e) => {
+            tracing::warn!(dir = %model_dir.display(), error = %e, "no detokenizer: stop strings unavailable");
+            None
+        }
+    }
+}
+
 impl PyGenerator {
+    /// A handle on the running engine (for the rollout engine's embedded backend).
+    pub(crate) fn handle(&self) -> GeneratorHandle {
+        self.handle.clone()
+    }
+
     fn requests(
         &self,
         prompts: Vec<Vec<u32>>,
@@ -256,6 +286,7 @@ impl PyGenerator {
             max_running,
             max_context: max_context.unwrap_or(0),
             initial_version: version,
+            detokenizer: detokenizer_of(&model_dir),
             ..GeneratorOptions::default()
         };
         let dir = model_dir.clone();

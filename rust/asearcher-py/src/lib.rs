@@ -10,6 +10,7 @@ mod kernels;
 mod logging;
 mod model;
 mod model_server;
+mod rollout;
 mod runtime;
 mod scripted;
 mod server;
@@ -32,5 +33,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     model_server::register(m)?;
     generator::register(m)?;
     scripted::register(m)?;
+    rollout::register(m)?;
     Ok(())
 }

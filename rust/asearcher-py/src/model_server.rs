@@ -67,8 +67,15 @@ fn json_list(
 /// An HF tokenizer read from a model directory (tokenizer.json, tokenizer_config.json,
 /// generation_config.json).
 #[pyclass(name = "Tokenizer", module = "asearcher._core", frozen)]
-struct PyTokenizer {
+pub(crate) struct PyTokenizer {
     inner: Arc<Tokenizer>,
+}
+
+impl PyTokenizer {
+    /// The shared Rust tokenizer (for the rollout engine).
+    pub(crate) fn shared(&self) -> Arc<Tokenizer> {
+        self.inner.clone()
+    }
 }
 
 #[pymethods]

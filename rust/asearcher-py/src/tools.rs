@@ -710,6 +710,13 @@ pub struct PyToolbox {
     inner: t::Toolbox,
 }
 
+impl PyToolbox {
+    /// A handle on the same toolbox (cache and backends shared), for the rollout engine.
+    pub(crate) fn toolbox(&self) -> t::Toolbox {
+        self.inner.clone()
+    }
+}
+
 #[pymethods]
 impl PyToolbox {
     #[new]

@@ -94,6 +94,7 @@ pub struct PromptView<'a> {
 }
 
 const QUESTION_MARK: &str = "Question:";
+const SPECIAL_OPEN: &str = "<|";
 const INFO_OPEN: &str = "<information>";
 const INFO_CLOSE: &str = "</information>";
 
@@ -102,8 +103,13 @@ pub fn read_prompt(prompt: &str) -> PromptView<'_> {
     let (question, body_start) = match prompt.rfind(QUESTION_MARK) {
         Some(q) => {
             let start = q + QUESTION_MARK.len();
-            let end = prompt[start..]
-                .find('\n')
+            // The line ends at a newline or at a chat-template special token (`<|im_end|>`
+            // follows the question directly when the template ends with the question line).
+            let line = &prompt[start..];
+            let end = [line.find('\n'), line.find(SPECIAL_OPEN)]
+                .into_iter()
+                .flatten()
+                .min()
                 .map_or(prompt.len(), |e| start + e);
             let line = &prompt[start..end];
             let text = line.find("<|").map_or(line, |cut| &line[..cut]);
