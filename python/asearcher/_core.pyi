@@ -398,3 +398,10 @@ def ppo_loss_into(
     spec_args: _Spec,
 ) -> None: ...
 def chunk_tokens_for_budget(vocab: int, dtype: str, budget_bytes: int) -> int: ...
+
+# Reward plugins (test hook: scores records through the engine's plugin path).
+def _test_score_with_plugins(
+    plugins: list[Callable[..., Any]],
+    trajectories: list[str],
+    probe_ms: int | None = None,
+) -> list[dict[str, Any]] | tuple[list[dict[str, Any]], dict[str, Any]]: ...

@@ -10,6 +10,7 @@ mod kernels;
 mod logging;
 mod model;
 mod model_server;
+mod rollout;
 mod runtime;
 mod scripted;
 mod server;
@@ -32,5 +33,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     model_server::register(m)?;
     generator::register(m)?;
     scripted::register(m)?;
+    m.add_function(wrap_pyfunction!(
+        rollout::plugins::_test_score_with_plugins,
+        m
+    )?)?;
     Ok(())
 }

@@ -1,0 +1,3 @@
+//! Python bindings of the rollout engine (asearcher-rollout).
+
+pub mod plugins;
