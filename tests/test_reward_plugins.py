@@ -180,7 +180,7 @@ def test_slow_plugins_do_not_block_the_runtime_or_hold_the_gil(sample_questions)
     def run_slow_plugin(i: int, out: dict) -> None:
         @reward_plugin(batched=True, name=f"slow{i}", max_wait_ms=50)
         def sleeper(trajectories, answers_lists):
-            time.sleep(0.4)
+            time.sleep(0.6)
             return [1.0] * len(trajectories)
 
         out[i] = score([sleeper], _records(sample_questions, 4), probe_ms=5)
@@ -202,9 +202,9 @@ def test_slow_plugins_do_not_block_the_runtime_or_hold_the_gil(sample_questions)
         # The probe ticks on the runtime and takes the GIL every 5 ms: a plugin blocking a
         # tokio worker (all workers, here) or a caller holding the GIL would stall it.
         assert probe["ticks"] >= 20, probe
-        assert probe["max_gap_ms"] < 200, probe
+        assert probe["max_gap_ms"] < 300, probe
     # The plugins slept in parallel, on threads of their own.
-    assert elapsed < 0.4 * n_plugins
+    assert elapsed < 0.6 * n_plugins
 
 
 def test_keyboard_interrupt_and_system_exit_stop_the_plugin(sample_questions):
@@ -284,3 +284,16 @@ def test_decorator_keeps_the_function_and_checks_options():
         reward_plugin(max_wait_ms=-1)
     with pytest.raises(TypeError, match="is not callable"):
         reward_plugin(name="x")(3)
+
+
+def test_async_keyboard_interrupt_stops_only_that_plugin(sample_questions):
+    @reward_plugin(max_batch=2, max_wait_ms=100)
+    async def interrupts(trajectory, answers):
+        await asyncio.sleep(0)
+        raise KeyboardInterrupt
+
+    scored = score([interrupts, exact], _records(sample_questions, 6))
+    messages = [t["errors"][0]["message"] for t in scored]
+    assert any("KeyboardInterrupt" in m and "stopped" not in m for m in messages)
+    assert sum("stopped after it raised KeyboardInterrupt" in m for m in messages) >= 4
+    assert [t["rewards"]["exact"] for t in scored] == [float(i % 2 == 0) for i in range(6)]
