@@ -131,9 +131,16 @@ def _is_awaitable(value: Any) -> bool:
     return inspect.isawaitable(value)
 
 
+async def _settle(awaitable: Awaitable[Any]) -> Any:
+    try:
+        return await awaitable
+    except BaseException as exc:  # recorded by the caller; KeyboardInterrupt stops the plugin
+        return exc
+
+
 async def _gather_results(awaitables: Iterable[Awaitable[Any]]) -> list[Any]:
-    """Awaits all together; an exception is returned in its slot instead of raised."""
-    return await asyncio.gather(*awaitables, return_exceptions=True)
+    """Awaits all together; any exception (``KeyboardInterrupt`` too) is returned in its slot."""
+    return await asyncio.gather(*(_settle(a) for a in awaitables))
 
 
 def _format_exception(exc: BaseException, tb: TracebackType | None) -> tuple[str, str]:
