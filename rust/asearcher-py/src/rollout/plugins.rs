@@ -282,10 +282,11 @@ impl PyCaller {
     /// Runs awaitables together on the thread's event loop; one result each, in order.
     fn await_all<'py>(&mut self, py: Python<'py>, awaitables: Vec<Bound<'py, PyAny>>) -> Scores {
         let n = awaitables.len();
-        let results = self.helpers(py).and_then(|h| {
-            let gathered = h.call_method1("_gather_results", (awaitables,))?;
-            self.run_until_complete(py, gathered)
-        });
+        let results = self
+            .helpers
+            .bind(py)
+            .call_method1("_gather_results", (awaitables,))
+            .and_then(|gathered| self.run_until_complete(py, gathered));
         let items = match results.and_then(|r| r.try_iter()?.collect::<PyResult<Vec<_>>>()) {
             Ok(items) => items,
             Err(e) => return all_failed(n, &self.exception(py, e)),
@@ -387,10 +388,11 @@ impl PyCaller {
     /// An exception as a failure: `"<Type>: <msg>"` and the formatted traceback. A
     /// `KeyboardInterrupt` / `SystemExit` also stops the plugin.
     fn exception(&mut self, py: Python<'_>, err: PyErr) -> PluginFailure {
-        let formatted = self.helpers(py).and_then(|h| {
-            h.call_method1("_format_exception", (err.value(py), err.traceback(py)))?
-                .extract::<(String, String)>()
-        });
+        let formatted = self
+            .helpers
+            .bind(py)
+            .call_method1("_format_exception", (err.value(py), err.traceback(py)))
+            .and_then(|f| f.extract::<(String, String)>());
         let failure = match formatted {
             Ok((message, traceback)) => PluginFailure {
                 message,
@@ -412,8 +414,10 @@ impl PyCaller {
     }
 
     fn is_awaitable(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> bool {
-        self.helpers(py)
-            .and_then(|h| h.call_method1("_is_awaitable", (value,))?.extract())
+        self.helpers
+            .bind(py)
+            .call_method1("_is_awaitable", (value,))
+            .and_then(|a| a.extract())
             .unwrap_or(false)
     }
 
@@ -433,10 +437,6 @@ impl PyCaller {
         event_loop.call_method1("run_until_complete", (awaitable,))
     }
 
-    fn helpers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyModule>> {
-        Ok(self.helpers.bind(py).clone())
-    }
-
     /// The one place a trajectory becomes a Python object for a plugin: a `TrajectoryView` over
     /// the dict of its JSON record.
     fn trajectory_to_py<'py>(
@@ -448,7 +448,8 @@ impl PyCaller {
             PyRuntimeError::new_err(format!("trajectory `{}`: cannot serialise: {e}", t.id))
         })?;
         let record = py.import("json")?.call_method1("loads", (json,))?;
-        self.helpers(py)?
+        self.helpers
+            .bind(py)
             .getattr("TrajectoryView")?
             .call1((record,))
     }
