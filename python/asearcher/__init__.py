@@ -11,6 +11,7 @@ import logging as _logging
 import torch as _torch  # noqa: F401  (loads libtorch before the native module needs it)
 
 from . import _core
+from ._plugins import reward_plugin
 from .exceptions import AsearcherError
 from .generation import GenerationOutput, Generator
 from .model import QwenModel
@@ -56,6 +57,7 @@ __all__ = [
     "default_prompts",
     "load_trajectories",
     "save_trajectories",
+    "reward_plugin",
     "set_log_level",
     "start_model_server",
     "start_scripted_policy_server",

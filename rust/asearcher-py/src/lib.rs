@@ -34,5 +34,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     generator::register(m)?;
     scripted::register(m)?;
     rollout::register(m)?;
+    m.add_function(wrap_pyfunction!(
+        rollout::plugins::_test_score_with_plugins,
+        m
+    )?)?;
     Ok(())
 }
