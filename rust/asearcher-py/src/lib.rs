@@ -5,6 +5,7 @@
 //! Rust work on one shared tokio runtime with the GIL released.
 
 mod errors;
+mod eval;
 mod generator;
 mod kernels;
 mod logging;
@@ -32,5 +33,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     model_server::register(m)?;
     generator::register(m)?;
     scripted::register(m)?;
+    eval::register(m)?;
     Ok(())
 }
