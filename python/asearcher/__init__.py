@@ -11,6 +11,7 @@ import logging as _logging
 import torch as _torch  # noqa: F401  (loads libtorch before the native module needs it)
 
 from . import _core
+from .evaluation import EvalReport, aevaluate, evaluate
 from .exceptions import AsearcherError
 from .generation import GenerationOutput, Generator
 from .model import QwenModel
@@ -34,12 +35,15 @@ def set_log_level(level: int | str) -> None:
 
 __all__ = [
     "AsearcherError",
+    "EvalReport",
     "GenerationOutput",
     "Generator",
     "QwenModel",
     "ScriptedPolicyHandle",
     "Tokenizer",
     "__version__",
+    "aevaluate",
+    "evaluate",
     "set_log_level",
     "start_model_server",
     "start_scripted_policy_server",

@@ -23,7 +23,9 @@ fn eval_err(e: RolloutError) -> PyErr {
     let msg = e.to_string();
     match e {
         RolloutError::Config { .. } => py::ConfigError::new_err(msg),
-        RolloutError::Io { .. } | RolloutError::BadLine { .. } => py::AsearcherIOError::new_err(msg),
+        RolloutError::Io { .. } | RolloutError::BadLine { .. } => {
+            py::AsearcherIOError::new_err(msg)
+        }
         RolloutError::Stopped => py::CancelledError::new_err(msg),
         _ => py::GenerationError::new_err(msg),
     }
@@ -110,7 +112,15 @@ fn run_eval(
     plugins: Vec<Bound<'_, PyAny>>,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<(String, String)> {
-    let call = EvalCall::new(py, config_json, backend, tokenizer, toolbox, plugins, progress)?;
+    let call = EvalCall::new(
+        py,
+        config_json,
+        backend,
+        tokenizer,
+        toolbox,
+        plugins,
+        progress,
+    )?;
     wait_for_future(py, call.run())
 }
 
@@ -126,7 +136,15 @@ fn arun_eval<'py>(
     plugins: Vec<Bound<'py, PyAny>>,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let call = EvalCall::new(py, config_json, backend, tokenizer, toolbox, plugins, progress)?;
+    let call = EvalCall::new(
+        py,
+        config_json,
+        backend,
+        tokenizer,
+        toolbox,
+        plugins,
+        progress,
+    )?;
     awaitable(py, call.run())
 }
 
