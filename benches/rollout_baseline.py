@@ -89,6 +89,7 @@ class BaselineAgentLoop:
         max_turns: int = 32,
         max_new_tokens: int = 512,
         top_k: int = 5,
+        doc_chars: int = 5000,
     ) -> None:
         tokenizer_dir = Path(tokenizer_dir)
         self.url = server_url.rstrip("/") + "/generate"
@@ -102,6 +103,7 @@ class BaselineAgentLoop:
         self.max_turns = max_turns
         self.max_new_tokens = max_new_tokens
         self.top_k = top_k
+        self.doc_chars = doc_chars
         self.turns_done = 0
 
     def first_prompt(self, question: str) -> list[int]:
@@ -155,7 +157,7 @@ class BaselineAgentLoop:
                     started = loop.time()
                     docs = await self.search.asearch(match.group(2).strip(), self.top_k)
                     record.tool_ms = (loop.time() - started) * 1e3
-                    observation = render_search(docs)
+                    observation = render_search(docs, self.doc_chars)
                 else:
                     observation = "Page access is not available."
                 info = f"\n\n<information>{observation}</information>\n\n"

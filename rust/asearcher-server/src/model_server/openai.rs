@@ -144,6 +144,10 @@ body_with_sampling!(CompletionBody {
     logprobs: Option<u32>,
     echo: Option<bool>,
     user: Option<String>,
+    /// vLLM extension: logprob tokens as `"token_id:<id>"` instead of their text.
+    return_tokens_as_token_ids: Option<bool>,
+    /// vLLM extension: keep the matched stop string in `text`.
+    include_stop_str_in_output: Option<bool>,
 });
 
 fn completion_prompts(st: &AppState, prompt: &Value) -> Result<Vec<Vec<u32>>, ApiError> {
@@ -178,8 +182,15 @@ fn completion_prompts(st: &AppState, prompt: &Value) -> Result<Vec<Vec<u32>>, Ap
 }
 
 /// `{"tokens", "token_logprobs", "top_logprobs": null, "text_offset"}` of one choice.
-fn completion_logprobs(st: &AppState, out: &GenerateOutput) -> Value {
-    let tokens = token_texts(&st.tok, &out.output_ids);
+fn completion_logprobs(st: &AppState, out: &GenerateOutput, as_ids: bool) -> Value {
+    let tokens = if as_ids {
+        out.output_ids
+            .iter()
+            .map(|id| format!("token_id:{id}"))
+            .collect()
+    } else {
+        token_texts(&st.tok, &out.output_ids)
+    };
     let mut offset = 0;
     let offsets: Vec<usize> = tokens
         .iter()
@@ -224,15 +235,18 @@ pub(super) async fn completions(
         .collect();
     let outs = run_jobs(&st, jobs).await?;
     let skip = body.skip_special_tokens.unwrap_or(true);
+    let keep_stop = body.include_stop_str_in_output.unwrap_or(false);
+    let as_ids = body.return_tokens_as_token_ids.unwrap_or(false);
     let choices = outs
         .iter()
         .enumerate()
         .map(|(i, o)| {
             Ok(json!({
                 "index": i,
-                "text": output_text(&st.tok, o, skip, false)?,
-                "logprobs": if body.logprobs.is_some() { completion_logprobs(&st, o) } else { Value::Null },
+                "text": output_text(&st.tok, o, skip, keep_stop)?,
+                "logprobs": if body.logprobs.is_some() { completion_logprobs(&st, o, as_ids) } else { Value::Null },
                 "finish_reason": finish_reason(o),
+                "token_ids": o.output_ids,
             }))
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
