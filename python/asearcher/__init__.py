@@ -12,6 +12,7 @@ import torch as _torch  # noqa: F401  (loads libtorch before the native module n
 
 from . import _core
 from ._plugins import reward_plugin
+from .evaluation import EvalReport, aevaluate, evaluate
 from .exceptions import AsearcherError
 from .generation import GenerationOutput, Generator
 from .model import QwenModel
@@ -44,6 +45,7 @@ def set_log_level(level: int | str) -> None:
 
 __all__ = [
     "AsearcherError",
+    "EvalReport",
     "GenerationOutput",
     "Generator",
     "Group",
@@ -58,6 +60,8 @@ __all__ = [
     "load_trajectories",
     "save_trajectories",
     "reward_plugin",
+    "aevaluate",
+    "evaluate",
     "set_log_level",
     "start_model_server",
     "start_scripted_policy_server",

@@ -289,6 +289,77 @@ def _add_scripted_policy_parser(ssub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_serve_scripted_policy)
 
 
+def _eval_backend(args: argparse.Namespace):
+    """SGLang server URLs (``--server``, repeatable or comma-separated) or an embedded model."""
+    if args.model:
+        from .generation import Generator
+
+        return Generator(args.model)
+    return [u for s in args.server for u in s.split(",") if u]
+
+
+def _eval_toolbox(args: argparse.Namespace):
+    from .tools import Toolbox
+
+    backend = _open_backend(args.index or args.retrieval)
+    return Toolbox(backend, pages=backend)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate
+
+    judge = None
+    if args.judge_url:
+        judge = {"url": args.judge_url, "model": args.judge_model or "judge"}
+        if args.judge_api_key_env:
+            judge["api_key_env"] = args.judge_api_key_env
+    agent: dict = {"kind": args.agent}
+    if args.max_turns is not None:
+        agent["max_turns"] = args.max_turns
+    config = {"max_concurrent": args.max_concurrent} if args.max_concurrent else None
+    report = evaluate(
+        args.data_dir,
+        _eval_backend(args),
+        args.tokenizer,
+        benchmarks=args.benchmarks,
+        toolbox=_eval_toolbox(args),
+        k=args.k,
+        output_dir=args.output_dir,
+        agent=agent,
+        config=config,
+        judge=judge,
+        max_questions=args.max_questions,
+        progress=not args.quiet,
+    )
+    print(report.table(), end="")
+    print(f"saved: {Path(args.output_dir) / 'results.json'}")
+    return 0
+
+
+def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("eval", help="evaluate an agent on QA benchmarks (Avg@k, Pass@k)")
+    e.add_argument("--data-dir", required=True, help="directory of <benchmark>/test.jsonl")
+    e.add_argument("--benchmarks", default=None, help="comma-separated names (default: all)")
+    policy = e.add_mutually_exclusive_group(required=True)
+    policy.add_argument("--server", action="append", help="SGLang server URL (repeatable)")
+    policy.add_argument("--model", help="model directory to run embedded")
+    e.add_argument("--tokenizer", required=True, help="tokenizer directory")
+    tools = e.add_mutually_exclusive_group(required=True)
+    tools.add_argument("--index", help="local BM25 index directory")
+    tools.add_argument("--retrieval", help="retrieval server URL(s), comma-separated")
+    e.add_argument("--k", type=int, default=4, help="runs per question (default 4)")
+    e.add_argument("--output-dir", default="eval_out", help="results and trajectories")
+    e.add_argument("--agent", default="asearcher", help="asearcher, search_r1 or reasoning")
+    e.add_argument("--max-turns", type=int, default=None, help="turns per trajectory")
+    e.add_argument("--max-concurrent", type=int, default=None, help="trajectories at once")
+    e.add_argument("--judge-url", default=None, help="OpenAI-compatible judge server URL")
+    e.add_argument("--judge-model", default=None, help="the judge's model name")
+    e.add_argument("--judge-api-key-env", default=None, help="env var holding the judge's key")
+    e.add_argument("--max-questions", type=int, default=None, help="questions per benchmark")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(func=cmd_eval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="asearcher", description="Search agents: tools, servers, training and evaluation."
@@ -303,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_index_parsers(sub)
     _add_tool_parsers(sub)
     _add_serve_parsers(sub)
+    _add_eval_parser(sub)
     return parser
 
 

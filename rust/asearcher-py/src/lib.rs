@@ -5,6 +5,7 @@
 //! Rust work on one shared tokio runtime with the GIL released.
 
 mod errors;
+mod eval;
 mod generator;
 mod kernels;
 mod logging;
@@ -38,5 +39,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         rollout::plugins::_test_score_with_plugins,
         m
     )?)?;
+    eval::register(m)?;
     Ok(())
 }

@@ -1,0 +1,375 @@
+//! Evaluation of an agent on QA benchmarks: [`EvalConfig`], [`run_eval`] and the report
+//! ([`report`]). Benchmarks sit in the `{data_dir}/{name}/test.jsonl` layout; each question runs
+//! `k` times through the [`RolloutEngine`]; every trajectory is appended to
+//! `{output_dir}/{name}/trajectories.jsonl` as its group finishes, so an interrupted run loses at
+//! most the groups in flight and a re-run only runs the samples missing from that file. Avg@k and
+//! Pass@k of every recorded reward are computed from the file and saved to
+//! `{output_dir}/results.json`.
+
+pub mod report;
+
+pub use report::{summarize, BenchmarkReport, EvalReport, MetricScore};
+
+use crate::client::LlmBackend;
+use crate::judge::{JudgeConfig, JudgeScorer};
+use crate::questions::{read_questions, Question};
+use crate::reward::{RewardPipeline, RewardPlugin, RuleRewardConfig, RuleScorer, Scorer};
+use crate::scheduler::{
+    AgentFactory, EngineParts, OnError, QuestionSource, RolloutConfig, RolloutEngine,
+};
+use crate::{Result, RolloutError};
+use asearcher_agent::agents::{build_agent, AgentConfig};
+use asearcher_agent::trajectory::{append_jsonl, read_jsonl, JsonlError, TornLine, Trajectory};
+use asearcher_tokenizer::Tokenizer;
+use asearcher_tools::Toolbox;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The file of a benchmark's questions inside its directory.
+pub const QUESTIONS_FILE: &str = "test.jsonl";
+/// The file of a benchmark's trajectories inside its output directory.
+pub const TRAJECTORIES_FILE: &str = "trajectories.jsonl";
+/// The report inside the output directory.
+pub const RESULTS_FILE: &str = "results.json";
+
+/// Everything about an evaluation run. Only `data_dir` has no default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Directory holding one subdirectory per benchmark, each with a `test.jsonl`.
+    pub data_dir: PathBuf,
+    /// Benchmarks to run (subdirectory names); `None`: every subdirectory holding a
+    /// `test.jsonl`, in name order.
+    #[serde(default)]
+    pub benchmarks: Option<Vec<String>>,
+    /// Runs per question. Default 4.
+    #[serde(default = "default_k")]
+    pub k: u32,
+    /// Where trajectories and `results.json` go. Default `eval_out`.
+    #[serde(default = "default_output_dir")]
+    pub output_dir: PathBuf,
+    /// Only the first this many questions of each benchmark. Default: all.
+    #[serde(default)]
+    pub max_questions: Option<usize>,
+    /// The engine's settings; `group_size` is set to `k`, the staleness gate is off, zero-variance
+    /// filtering is off and failed trajectories are kept (they score 0).
+    #[serde(default)]
+    pub rollout: RolloutConfig,
+    #[serde(default)]
+    pub agent: AgentConfig,
+    #[serde(default)]
+    pub reward: RuleRewardConfig,
+    /// An LLM judge; its verdicts are recorded as the `judge` metric.
+    #[serde(default)]
+    pub judge: Option<JudgeConfig>,
+}
+
+fn default_k() -> u32 {
+    4
+}
+fn default_output_dir() -> PathBuf {
+    PathBuf::from("eval_out")
+}
+
+impl EvalConfig {
+    /// Defaults for everything but the data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        EvalConfig {
+            data_dir: data_dir.into(),
+            benchmarks: None,
+            k: default_k(),
+            output_dir: default_output_dir(),
+            max_questions: None,
+            rollout: RolloutConfig::default(),
+            agent: AgentConfig::default(),
+            reward: RuleRewardConfig::default(),
+            judge: None,
+        }
+    }
+
+    /// The engine's config: `rollout` with the evaluation's fixed settings.
+    pub fn rollout_config(&self) -> RolloutConfig {
+        RolloutConfig {
+            group_size: self.k,
+            max_staleness: None,
+            filter_zero_variance: false,
+            on_error: OnError::Keep,
+            ..self.rollout.clone()
+        }
+    }
+
+    /// Checks the values; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        if self.k == 0 {
+            return Err(RolloutError::config("k", "must be at least 1"));
+        }
+        if self.max_questions == Some(0) {
+            return Err(RolloutError::config("max_questions", "must be at least 1"));
+        }
+        self.rollout_config().validate().map_err(|e| match e {
+            RolloutError::Config { field, message } => {
+                RolloutError::config(format!("rollout.{field}"), message)
+            }
+            other => other,
+        })?;
+        if let Some(judge) = &self.judge {
+            judge.validate()?;
+        }
+        Ok(())
+    }
+}
+
+/// What an evaluation runs against.
+#[derive(Clone)]
+pub struct EvalParts {
+    pub backend: Arc<dyn LlmBackend>,
+    pub toolbox: Option<Toolbox>,
+    pub tokenizer: Arc<Tokenizer>,
+    /// Reward plugins; each one's score becomes a metric under its name.
+    pub plugins: Vec<Arc<dyn RewardPlugin>>,
+}
+
+/// Progress of a run, sent after each finished group (and once at the start of a benchmark).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvalProgress {
+    pub benchmark: String,
+    /// Position of the benchmark in the run (0-based) and the number of benchmarks.
+    pub index: usize,
+    pub benchmarks: usize,
+    /// Trajectories of this benchmark in its file (earlier runs included) and in all.
+    pub done: usize,
+    pub total: usize,
+}
+
+/// The benchmarks to run: the configured ones (each must hold a `test.jsonl`) or every
+/// subdirectory of `data_dir` that holds one, sorted.
+pub fn benchmark_names(cfg: &EvalConfig) -> Result<Vec<String>> {
+    if let Some(names) = &cfg.benchmarks {
+        if names.is_empty() {
+            return Err(RolloutError::config("benchmarks", "the list is empty"));
+        }
+        for name in names {
+            let path = cfg.data_dir.join(name).join(QUESTIONS_FILE);
+            if !path.is_file() {
+                return Err(RolloutError::config(
+                    "benchmarks",
+                    format!("benchmark `{name}`: {} does not exist", path.display()),
+                ));
+            }
+        }
+        return Ok(names.clone());
+    }
+    let entries =
+        std::fs::read_dir(&cfg.data_dir).map_err(|e| RolloutError::io(&cfg.data_dir, e))?;
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| RolloutError::io(&cfg.data_dir, e))?;
+        if entry.path().join(QUESTIONS_FILE).is_file() {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    if names.is_empty() {
+        return Err(RolloutError::config(
+            "data_dir",
+            format!(
+                "no subdirectory of {} holds a {QUESTIONS_FILE}",
+                cfg.data_dir.display()
+            ),
+        ));
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// A benchmark's questions (the first `max_questions`); ids must be unique (resuming keys on them).
+pub fn load_benchmark(cfg: &EvalConfig, name: &str) -> Result<Vec<Question>> {
+    let path = cfg.data_dir.join(name).join(QUESTIONS_FILE);
+    let mut questions = read_questions(&path)?;
+    if let Some(n) = cfg.max_questions {
+        questions.truncate(n);
+    }
+    let mut seen = HashSet::new();
+    for q in &questions {
+        if !seen.insert(q.id.as_str()) {
+            return Err(RolloutError::config(
+                "data_dir",
+                format!("{}: question id `{}` occurs twice", path.display(), q.id),
+            ));
+        }
+    }
+    Ok(questions)
+}
+
+/// Runs every benchmark, writes `results.json` and returns the report. `progress` is called
+/// on the calling task (keep it cheap).
+pub async fn run_eval(
+    cfg: &EvalConfig,
+    parts: EvalParts,
+    progress: &(dyn Fn(EvalProgress) + Send + Sync),
+) -> Result<EvalReport> {
+    cfg.validate()?;
+    let names = benchmark_names(cfg)?;
+    let engine_parts = EngineParts {
+        backend: parts.backend,
+        toolbox: parts.toolbox,
+        tokenizer: parts.tokenizer.clone(),
+        agents: agent_factory(&cfg.agent, parts.tokenizer)?,
+        scorer: build_scorer(cfg, parts.plugins)?,
+    };
+    std::fs::create_dir_all(&cfg.output_dir).map_err(|e| RolloutError::io(&cfg.output_dir, e))?;
+    let mut benchmarks = Vec::with_capacity(names.len());
+    for (index, name) in names.iter().enumerate() {
+        let run = BenchmarkRun {
+            cfg,
+            name,
+            index,
+            count: names.len(),
+        };
+        benchmarks.push(run.run(&engine_parts, progress).await?);
+    }
+    let report = EvalReport::new(cfg, benchmarks);
+    report.write_json(&cfg.output_dir.join(RESULTS_FILE))?;
+    Ok(report)
+}
+
+/// Builds the agent of each sample; the config is checked once up front.
+fn agent_factory(agent: &AgentConfig, tok: Arc<Tokenizer>) -> Result<AgentFactory> {
+    build_agent(agent, tok.clone(), "a question to check the agent config")
+        .map_err(|e| RolloutError::config("agent", e.to_string()))?;
+    let agent = agent.clone();
+    Ok(Arc::new(move |q: &Question, _sample: u32| {
+        build_agent(&agent, tok.clone(), &q.question).map_err(|e| e.to_string())
+    }))
+}
+
+/// Rule metrics, then the plugins, then the judge.
+fn build_scorer(cfg: &EvalConfig, plugins: Vec<Arc<dyn RewardPlugin>>) -> Result<Arc<dyn Scorer>> {
+    let mut pipeline = RewardPipeline::new(RuleScorer::new(cfg.reward));
+    for plugin in plugins {
+        pipeline = pipeline.with_plugin(plugin);
+    }
+    if let Some(judge) = &cfg.judge {
+        pipeline = pipeline.with_stage(Arc::new(JudgeScorer::from_config(judge.clone())?));
+    }
+    Ok(Arc::new(pipeline))
+}
+
+/// Converts a trajectory-file error into the engine's error type (keeping path and line).
+pub fn jsonl_error(e: JsonlError) -> RolloutError {
+    match e {
+        JsonlError::Io { path, source } => RolloutError::Io { path, source },
+        JsonlError::Parse { path, line, msg } => RolloutError::BadLine {
+            path,
+            line,
+            message: format!("not a trajectory: {msg}"),
+        },
+        JsonlError::Serialise { id, msg } => {
+            RolloutError::config("trajectory", format!("`{id}` cannot be serialised: {msg}"))
+        }
+    }
+}
+
+/// The trajectories of a file (none if it does not exist); a torn last line is skipped.
+pub fn read_trajectories(path: &Path) -> Result<Vec<Trajectory>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    read_jsonl(path, TornLine::Skip).map_err(jsonl_error)
+}
+
+/// Samples (`0..k`) of each question that are not in the file yet.
+fn missing_samples(
+    questions: &[Question],
+    k: u32,
+    done: &[Trajectory],
+) -> HashMap<String, BTreeSet<u32>> {
+    let mut missing: HashMap<String, BTreeSet<u32>> = questions
+        .iter()
+        .map(|q| (q.id.clone(), (0..k).collect()))
+        .collect();
+    for t in done {
+        if let Some(samples) = missing.get_mut(&t.question_id) {
+            samples.remove(&t.sample);
+        }
+    }
+    missing.retain(|_, samples| !samples.is_empty());
+    missing
+}
+
+/// One benchmark of a run.
+struct BenchmarkRun<'a> {
+    cfg: &'a EvalConfig,
+    name: &'a str,
+    index: usize,
+    count: usize,
+}
+
+impl BenchmarkRun<'_> {
+    async fn run(
+        &self,
+        parts: &EngineParts,
+        progress: &(dyn Fn(EvalProgress) + Send + Sync),
+    ) -> Result<BenchmarkReport> {
+        let k = self.cfg.k;
+        let questions = load_benchmark(self.cfg, self.name)?;
+        let dir = self.cfg.output_dir.join(self.name);
+        std::fs::create_dir_all(&dir).map_err(|e| RolloutError::io(&dir, e))?;
+        let file = dir.join(TRAJECTORIES_FILE);
+        let mut missing = missing_samples(&questions, k, &read_trajectories(&file)?);
+        let total = questions.len() * k as usize;
+        let to_run: usize = missing.values().map(BTreeSet::len).sum();
+        let resumed = total - to_run;
+        let report = |done| progress(self.progress(done, total));
+        report(resumed);
+        if to_run > 0 {
+            tracing::info!(benchmark = self.name, to_run, resumed, "running benchmark");
+            let todo: Vec<Question> = questions
+                .iter()
+                .filter(|q| missing.contains_key(&q.id))
+                .cloned()
+                .collect();
+            let source = QuestionSource::once(todo);
+            let engine = RolloutEngine::start(self.cfg.rollout_config(), parts.clone(), source)?;
+            let mut done = resumed;
+            let result = async {
+                while let Some(groups) = engine.next_batch(1).await {
+                    for group in groups {
+                        let wanted = missing.remove(&group.question.id).unwrap_or_default();
+                        let keep: Vec<Trajectory> = group
+                            .trajectories
+                            .into_iter()
+                            .filter(|t| wanted.contains(&t.sample))
+                            .collect();
+                        append_jsonl(&file, &keep).map_err(jsonl_error)?;
+                        done += keep.len();
+                        report(done);
+                    }
+                }
+                Ok::<(), RolloutError>(())
+            }
+            .await;
+            engine.shutdown().await;
+            result?;
+        }
+        let trajectories = read_trajectories(&file)?;
+        let mut summary = summarize(self.name, k, &questions, &trajectories);
+        summary.resumed = resumed;
+        summary.ran = to_run;
+        Ok(summary)
+    }
+
+    fn progress(&self, done: usize, total: usize) -> EvalProgress {
+        EvalProgress {
+            benchmark: self.name.to_string(),
+            index: self.index,
+            benchmarks: self.count,
+            done,
+            total,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
