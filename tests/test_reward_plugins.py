@@ -13,8 +13,7 @@ import weakref
 
 import asearcher
 import pytest
-from asearcher import _core, reward_plugin
-from asearcher._plugins import TrajectoryView
+from asearcher import Trajectory, _core, reward_plugin
 from asearcher.exceptions import ConfigError
 
 
@@ -49,7 +48,7 @@ def score(plugins: list, records: list[dict], **kw):
     return _core._test_score_with_plugins(plugins, [json.dumps(r) for r in records], **kw)
 
 
-def exact(trajectory: TrajectoryView, answers: list[str]) -> float:
+def exact(trajectory: Trajectory, answers: list[str]) -> float:
     return float(trajectory.answer in answers)
 
 

@@ -26,54 +26,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 SPEC_ATTR = "__asearcher_reward__"
 
 
-class TrajectoryView:
-    """A finished trajectory as a plugin sees it: read-only attribute access over its record."""
-
-    __slots__ = ("_record",)
-
-    def __init__(self, record: dict[str, Any]) -> None:
-        self._record = record
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self._record[name]
-        except KeyError:
-            raise AttributeError(f"trajectory has no field {name!r}") from None
-
-    @property
-    def answer(self) -> str | None:
-        """The final answer, or ``None`` when the agent never answered."""
-        return self._record.get("answer")
-
-    @property
-    def question(self) -> str:
-        return self._record["question"]
-
-    @property
-    def answers(self) -> list[str]:
-        """The gold answers."""
-        return self._record["answers"]
-
-    @property
-    def turns(self) -> list[dict[str, Any]]:
-        return self._record["turns"]
-
-    @property
-    def num_turns(self) -> int:
-        return len(self._record["turns"])
-
-    @property
-    def rewards(self) -> dict[str, float]:
-        """Scores computed so far (the rule metrics, earlier plugins)."""
-        return self._record["rewards"]
-
-    def to_dict(self) -> dict[str, Any]:
-        return self._record
-
-    def __repr__(self) -> str:
-        return f"TrajectoryView(id={self._record.get('id')!r}, answer={self.answer!r})"
-
-
 @overload
 def reward_plugin(fn: F, /) -> F: ...
 @overload

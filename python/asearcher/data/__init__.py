@@ -32,5 +32,5 @@ def sample_questions_path() -> Path:
 
 
 def sample_tokenizer_path() -> Path:
-    """Directory of the bundled tokenizer (``tokenizer.json`` + ``tokenizer_config.json``, ChatML)."""
+    """Directory of the bundled ChatML tokenizer (``tokenizer.json``, ``tokenizer_config.json``)."""
     return _DATA_DIR / "sample_tokenizer"

@@ -30,7 +30,7 @@ mod py {
 
 /// The attribute `asearcher.reward_plugin` sets on the function it decorates.
 const SPEC_ATTR: &str = "__asearcher_reward__";
-/// The Python side of the plugins: `TrajectoryView` and small helpers.
+/// The Python side of the plugins: small helpers in `asearcher._plugins`.
 const HELPERS: &str = "asearcher._plugins";
 
 type Scores = Vec<Result<f64, PluginFailure>>;
@@ -437,21 +437,13 @@ impl PyCaller {
         event_loop.call_method1("run_until_complete", (awaitable,))
     }
 
-    /// The one place a trajectory becomes a Python object for a plugin: a `TrajectoryView` over
-    /// the dict of its JSON record.
+    /// The one place a trajectory becomes a Python object for a plugin: an `asearcher.Trajectory`.
     fn trajectory_to_py<'py>(
         &self,
         py: Python<'py>,
         t: &Trajectory,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let json = serde_json::to_string(t).map_err(|e| {
-            PyRuntimeError::new_err(format!("trajectory `{}`: cannot serialise: {e}", t.id))
-        })?;
-        let record = py.import("json")?.call_method1("loads", (json,))?;
-        self.helpers
-            .bind(py)
-            .getattr("TrajectoryView")?
-            .call1((record,))
+        Ok(Bound::new(py, super::trajectory::PyTrajectory::new(t.clone()))?.into_any())
     }
 }
 
