@@ -139,7 +139,7 @@ def run_engine(url: str, qs: list[dict], index, args, concurrency: int, max_turn
     }
     config = {
         "group_size": 1,
-        "batch_size": 1,
+        "batch_size": 64,
         "max_concurrent": concurrency,
         "max_staleness": None,
     }
@@ -154,7 +154,9 @@ def run_engine(url: str, qs: list[dict], index, args, concurrency: int, max_turn
             agent=agent,
             config=config,
         ) as engine:
-            groups = engine.drain()
+            groups = []
+            while (batch := engine.next_batch(64)) is not None:
+                groups.extend(batch)
             stats = engine.stats()
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     trajs = [t for g in groups for t in g.trajectories]

@@ -430,3 +430,46 @@ def test_embedded_generations_aborted_by_a_weight_update_are_resent(tmp_path: Pa
             assert len(v) == len(x["output_ids"]) == len(x["output_logprobs"]) <= 400
     finally:
         gen.close()
+
+
+def test_reward_plugins_run_in_the_engine_and_a_raising_one_is_isolated(
+    policy, toolbox, questions
+):
+    seen: list[str] = []
+
+    @asearcher.reward_plugin(name="length_bonus")
+    async def length_bonus(trajectory: asearcher.Trajectory, answers: list[str]) -> float:
+        seen.append(trajectory.id)
+        return 1.0 / (1 + trajectory.num_turns)
+
+    @asearcher.reward_plugin(name="picky", batched=True)
+    def picky(trajectories: list[asearcher.Trajectory], answers: list[list[str]]) -> list[float]:
+        if any(t.sample == 1 for t in trajectories):
+            raise ValueError("picky refuses sample 1")
+        return [0.5 for _ in trajectories]
+
+    pool = asearcher.InferencePool([policy.url])
+    cfg = {"group_size": 2, "max_concurrent": 2, "batch_size": 1, "max_staleness": None}
+    with asearcher.RolloutEngine(
+        questions[:4],
+        pool,
+        sample_tokenizer_path(),
+        toolbox=toolbox,
+        agent=AGENT,
+        config=cfg,
+        reward={"metric": "f1", "primary": "length_bonus"},
+        plugins=[length_bonus, picky],
+    ) as engine:
+        trajs = [t for g in run_all(engine, 1) for t in g.trajectories]
+    assert len(trajs) == 8 and sorted(seen) == sorted(t.id for t in trajs)
+    for t in trajs:
+        assert t.reward == pytest.approx(1.0 / (1 + t.num_turns))
+        assert "f1" in t.rewards
+        failures = [e for e in t.errors if e["kind"] == "reward"]
+        if "picky" in t.rewards:
+            assert t.rewards["picky"] == 0.5 and not failures
+        else:
+            # A batch holding a sample-1 trajectory fails for every member, with the traceback.
+            assert failures and "picky refuses sample 1" in failures[0]["message"]
+            assert "def picky" in failures[0]["traceback"] or "picky" in failures[0]["traceback"]
+    assert any("picky" not in t.rewards for t in trajs if t.sample == 1)
