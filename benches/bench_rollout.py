@@ -44,6 +44,7 @@ from asearcher.data import (  # noqa: E402
     sample_questions_path,
     sample_tokenizer_path,
 )
+from asearcher.tools import LocalSearch, Toolbox  # noqa: E402
 from rollout_baseline import BaselineAgentLoop  # noqa: E402
 
 
@@ -119,15 +120,15 @@ def questions(n: int) -> list[dict]:
     ]
 
 
-def build_index(work: Path) -> asearcher.LocalSearch:
+def build_index(work: Path) -> LocalSearch:
     path = work / "index"
     if not path.exists():
-        asearcher.LocalSearch.build_index(sample_corpus_path(), path)
-    return asearcher.LocalSearch(path)
+        LocalSearch.build_index(sample_corpus_path(), path)
+    return LocalSearch(path)
 
 
-def toolbox(index: asearcher.LocalSearch, top_k: int, doc_chars: int) -> asearcher.Toolbox:
-    return asearcher.Toolbox(index, index, top_k=top_k, doc_chars=doc_chars)
+def toolbox(index: LocalSearch, top_k: int, doc_chars: int) -> Toolbox:
+    return Toolbox(index, index, top_k=top_k, doc_chars=doc_chars)
 
 
 def run_engine(url: str, qs: list[dict], index, args, concurrency: int, max_turns: int) -> dict:
