@@ -135,3 +135,18 @@ def test_example_script_runs():
     )
     assert out.returncode == 0, out.stderr
     assert "replayed: True" in out.stdout and ">>>> Page 1 >>>>" in out.stdout
+
+
+def test_rollout_and_eval_example_runs(tmp_path):
+    example = Path(__file__).resolve().parent.parent / "examples" / "rollout_and_eval.py"
+    out = subprocess.run(
+        [sys.executable, str(example), "--work-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ASEARCHER_PROGRESS": "0"},
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "judge avg@4" in out.stdout and "one_hop" in out.stdout and "two_hop" in out.stdout
+    assert (tmp_path / "eval_out" / "results.json").exists()
+    assert (tmp_path / "eval_out" / "one_hop" / "trajectories.jsonl").exists()

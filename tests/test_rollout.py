@@ -432,9 +432,7 @@ def test_embedded_generations_aborted_by_a_weight_update_are_resent(tmp_path: Pa
         gen.close()
 
 
-def test_reward_plugins_run_in_the_engine_and_a_raising_one_is_isolated(
-    policy, toolbox, questions
-):
+def test_reward_plugins_run_in_the_engine_and_a_raising_one_is_isolated(policy, toolbox, questions):
     seen: list[str] = []
 
     @asearcher.reward_plugin(name="length_bonus")
