@@ -4,6 +4,7 @@
 //! with minijinja exactly as transformers renders them with Jinja2 (see [`template`]).
 
 mod config;
+mod encode_cache;
 mod pyjson;
 pub mod template;
 
@@ -84,6 +85,9 @@ pub struct ChatOptions {
     pub extra: Map<String, Value>,
 }
 
+/// Texts whose encodings [`Tokenizer::encode_cached`] keeps.
+const ENCODE_CACHE_ENTRIES: usize = 8192;
+
 /// A tokenizer loaded from an HF model directory.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -92,6 +96,9 @@ pub struct Tokenizer {
     templates: ChatTemplates,
     eos_ids: Vec<u32>,
     clean_up_spaces: bool,
+    /// `get_vocab_size(true)` builds the whole vocabulary map on every call: computed once.
+    vocab_size: usize,
+    encode_cache: encode_cache::EncodeCache,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -135,8 +142,11 @@ impl Tokenizer {
                 eos_ids.push(id);
             }
         }
+        let vocab_size = inner.get_vocab_size(true);
         Ok(Tokenizer {
             inner,
+            vocab_size,
+            encode_cache: encode_cache::EncodeCache::new(ENCODE_CACHE_ENTRIES),
             dir,
             special,
             templates,
@@ -155,6 +165,17 @@ impl Tokenizer {
             .encode_fast(text, add_special_tokens)
             .map(|e| e.get_ids().to_vec())
             .map_err(|e| TokenizerError::input("text", format!("cannot encode: {e}")))
+    }
+
+    /// [`encode`](Self::encode) without special tokens, through a bounded cache of exact texts:
+    /// for text that recurs (tool observations shared by the samples of a group).
+    pub fn encode_cached(&self, text: &str) -> Result<Vec<u32>> {
+        if let Some(ids) = self.encode_cache.get(text) {
+            return Ok(ids.to_vec());
+        }
+        let ids = self.encode(text, false)?;
+        self.encode_cache.put(text, &ids);
+        Ok(ids)
     }
 
     /// Text of `ids`; ids outside the vocabulary are an error naming the first one.
@@ -193,7 +214,7 @@ impl Tokenizer {
 
     /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     pub fn special_tokens(&self) -> &SpecialTokens {

@@ -201,3 +201,23 @@ fn added_tokens_decoder_adds_missing_tokens_at_their_ids() {
     let err = Tokenizer::from_dir(dir.path()).unwrap_err().to_string();
     assert!(err.contains("<|im_end|>") && err.contains("id 7"), "{err}");
 }
+
+#[test]
+fn cached_encoding_equals_plain_encoding_on_hits_and_misses() {
+    let tok = Tokenizer::from_dir(fixture_dir()).unwrap();
+    let texts = [
+        "\n\n<information>[Doc 1](u):\n\"Ada\"\nborn in Zed</information>\n\n",
+        "héllo wörld",
+        "",
+    ];
+    for _ in 0..2 {
+        for t in texts {
+            assert_eq!(
+                tok.encode_cached(t).unwrap(),
+                tok.encode(t, false).unwrap(),
+                "{t:?}"
+            );
+        }
+    }
+    assert_eq!(tok.vocab_size(), tok.inner.get_vocab_size(true));
+}

@@ -353,7 +353,7 @@ impl Common {
 
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
         self.tokenizer
-            .encode(text, false)
+            .encode_cached(text)
             .map_err(|e| format!("cannot tokenize an observation: {e}"))
     }
 
