@@ -40,7 +40,8 @@ impl EncodeCache {
         map.insert(Arc::from(text), Arc::from(ids));
     }
 
-    pub(crate) fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }

@@ -114,7 +114,7 @@ impl Endpoint {
     }
 
     /// POSTs a JSON body to `{base}{path}` and parses the JSON answer.
-    pub async fn post(&self, path: &str, body: &Value) -> Result<Value> {
+    pub async fn post<B: serde::Serialize + ?Sized>(&self, path: &str, body: &B) -> Result<Value> {
         let rb = self.client.post(format!("{}{path}", self.base)).json(body);
         let resp = self
             .authorize(rb)

@@ -8,6 +8,7 @@ use super::http::{excerpt, Endpoint};
 use super::{FinishReason, GenRequest, RawOutput, ServerProtocol};
 use crate::{Result, RolloutError};
 use async_trait::async_trait;
+use serde::Serialize;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -71,24 +72,45 @@ impl SglangServer {
 }
 
 /// The `/generate` body for one request. Only keys that both SGLang and our model server
-/// accept (ours refuses unknown keys).
-pub(crate) fn generate_body(req: &GenRequest) -> Value {
+/// accept (ours refuses unknown keys). Typed and borrowing, so the prompt ids are written
+/// straight from the request (no JSON value per token).
+#[derive(Debug, Serialize)]
+pub(crate) struct GenerateBody<'a> {
+    input_ids: &'a [u32],
+    rid: &'a str,
+    sampling_params: SamplingBody<'a>,
+    return_logprob: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct SamplingBody<'a> {
+    temperature: f32,
+    top_p: f32,
+    top_k: i32,
+    max_new_tokens: u32,
+    stop: &'a [String],
+    stop_token_ids: &'a [u32],
+    skip_special_tokens: bool,
+    no_stop_trim: bool,
+}
+
+pub(crate) fn generate_body(req: &GenRequest) -> GenerateBody<'_> {
     let s = &req.sampling;
-    json!({
-        "input_ids": req.input_ids.as_slice(),
-        "rid": req.rid,
-        "sampling_params": {
-            "temperature": s.temperature,
-            "top_p": s.top_p,
-            "top_k": s.top_k,
-            "max_new_tokens": s.max_new_tokens,
-            "stop": s.stop,
-            "stop_token_ids": s.stop_token_ids,
-            "skip_special_tokens": false,
-            "no_stop_trim": true,
+    GenerateBody {
+        input_ids: req.input_ids.as_slice(),
+        rid: &req.rid,
+        sampling_params: SamplingBody {
+            temperature: s.temperature,
+            top_p: s.top_p,
+            top_k: s.top_k,
+            max_new_tokens: s.max_new_tokens,
+            stop: &s.stop,
+            stop_token_ids: &s.stop_token_ids,
+            skip_special_tokens: false,
+            no_stop_trim: true,
         },
-        "return_logprob": true,
-    })
+        return_logprob: true,
+    }
 }
 
 #[async_trait]
