@@ -14,7 +14,6 @@ use asearcher_agent::trajectory::{ToolCallRecord, Trajectory, TrajectoryError, T
 use asearcher_tokenizer::Tokenizer;
 use asearcher_tools::{Document, ToolOutput, Toolbox};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -93,23 +92,10 @@ pub fn is_failure(t: &Trajectory) -> bool {
 /// An empty trajectory for `spec` (no turns yet; stop reason `Error` until the run sets one).
 pub fn empty_trajectory(spec: &RunSpec, agent: &str) -> Trajectory {
     let q = &spec.question;
-    Trajectory {
-        id: spec.id.clone(),
-        question_id: q.id.clone(),
-        sample: spec.sample,
-        question: q.question.clone(),
-        answers: q.answers.clone(),
-        agent: agent.to_string(),
-        turns: Vec::new(),
-        answer: None,
-        stop_reason: StopReason::Error,
-        rewards: BTreeMap::new(),
-        reward: None,
-        errors: Vec::new(),
-        started_at: unix_now(),
-        elapsed_s: 0.0,
-        metadata: q.metadata.clone(),
-    }
+    let mut t = Trajectory::new(&q.id, spec.sample, &q.question, q.answers.clone(), agent);
+    t.id = spec.id.clone();
+    t.metadata = q.metadata.clone();
+    t
 }
 
 /// Runs one trajectory to its end and returns its record. Never fails: inference errors,
@@ -428,12 +414,6 @@ fn gen_finish(f: FinishReason) -> GenFinish {
         FinishReason::Length => GenFinish::Length,
         FinishReason::Abort => GenFinish::Abort,
     }
-}
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 #[cfg(test)]
