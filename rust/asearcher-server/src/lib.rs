@@ -4,6 +4,7 @@
 //! tch generator (feature `model`, on by default); and the scripted policy server, an LLM test
 //! double that answers SGLang's `/generate` and OpenAI's chat API by fixed rules.
 
+mod http_api;
 #[cfg(feature = "model")]
 pub mod model_server;
 pub mod retrieval;

@@ -16,17 +16,16 @@ use asearcher_torch::model::QwenModel;
 use asearcher_torch::TorchError;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::de::DeserializeOwned;
-use serde_json::{json, Value};
+use axum::Router;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
+
+pub(crate) use crate::http_api::{parse_body, stop_strings, ApiError, ApiResult};
 
 /// Settings of the model server.
 #[derive(Debug, Clone)]
@@ -130,57 +129,6 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// An error answer: `{"error": {"message", "type", "param", "code"}}`.
-#[derive(Debug)]
-pub(crate) struct ApiError {
-    status: StatusCode,
-    message: String,
-    kind: &'static str,
-    param: Option<String>,
-    code: Option<&'static str>,
-}
-
-impl ApiError {
-    /// A 400 naming the offending field.
-    fn bad(param: &str, msg: impl std::fmt::Display) -> Self {
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            message: format!("`{param}`: {msg}"),
-            kind: "invalid_request_error",
-            param: Some(param.to_string()),
-            code: None,
-        }
-    }
-
-    fn unsupported(param: &str, msg: impl std::fmt::Display) -> Self {
-        ApiError {
-            code: Some("unsupported_parameter"),
-            ..Self::bad(param, msg)
-        }
-    }
-
-    fn not_found(param: &str, msg: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::NOT_FOUND,
-            message: msg.into(),
-            kind: "invalid_request_error",
-            param: Some(param.to_string()),
-            code: Some("model_not_found"),
-        }
-    }
-
-    fn internal(msg: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %msg, "model server error");
-        ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: msg.to_string(),
-            kind: "internal_error",
-            param: None,
-            code: None,
-        }
-    }
-}
-
 impl From<TorchError> for ApiError {
     fn from(e: TorchError) -> Self {
         match &e {
@@ -201,72 +149,6 @@ impl From<TorchError> for ApiError {
             },
             _ => ApiError::internal(e),
         }
-    }
-}
-
-impl From<TokenizerError> for ApiError {
-    fn from(e: TokenizerError) -> Self {
-        match &e {
-            TokenizerError::Input { name, msg } => ApiError::bad(name, msg),
-            TokenizerError::Template { msg, .. } => ApiError::bad("messages", msg),
-            _ => ApiError::internal(e),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = json!({"error": {
-            "message": self.message,
-            "type": self.kind,
-            "param": self.param,
-            "code": self.code,
-        }});
-        (self.status, Json(body)).into_response()
-    }
-}
-
-pub(crate) type ApiResult = Result<Response, ApiError>;
-
-/// Parses a JSON body; errors name the field (`sampling_params.temperature: invalid type ...`).
-/// An empty body reads as `{}`.
-fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        body
-    };
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path == "." || path.is_empty() {
-            ApiError::bad("body", format!("malformed request: {inner}"))
-        } else {
-            ApiError::bad(&path, format!("malformed request: {inner}"))
-        }
-    })
-}
-
-/// `stop` given as a string or a list of strings.
-fn stop_strings(param: &str, v: Option<&Value>) -> Result<Vec<String>, ApiError> {
-    match v {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::String(s)) => Ok(vec![s.clone()]),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|i| match i {
-                Value::String(s) if !s.is_empty() => Ok(s.clone()),
-                _ => Err(ApiError::bad(
-                    param,
-                    "must be a non-empty string or a list of them",
-                )),
-            })
-            .collect(),
-        Some(_) => Err(ApiError::bad(
-            param,
-            "must be a string or a list of strings",
-        )),
     }
 }
 

@@ -338,23 +338,6 @@ struct UpdateWeightsBody {
     flush_cache: Option<bool>,
 }
 
-fn parse_version(v: Option<&Value>) -> Result<Option<u64>, ApiError> {
-    match v {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) if n.as_u64().is_some() => Ok(n.as_u64()),
-        Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| {
-            ApiError::bad(
-                "weight_version",
-                format!("must be a non-negative integer (or its decimal string), got {s:?}"),
-            )
-        }),
-        Some(other) => Err(ApiError::bad(
-            "weight_version",
-            format!("must be a non-negative integer, got {other}"),
-        )),
-    }
-}
-
 pub(super) async fn update_weights_from_disk(
     State(st): State<Arc<AppState>>,
     body: axum::body::Bytes,
@@ -369,7 +352,7 @@ pub(super) async fn update_weights_from_disk(
         }
     }
     let _ = body.flush_cache;
-    let version = parse_version(body.weight_version.as_ref())?;
+    let version = crate::http_api::parse_weight_version(body.weight_version.as_ref())?;
     let abort = body.abort_all_requests.unwrap_or(false);
     let path = PathBuf::from(&body.model_path);
     let _one_at_a_time = st.update_lock.lock().await;

@@ -6,7 +6,8 @@
 //! probability `judge_garbage_rate` (by hash of the message and the seed).
 
 use super::rules::{hash, unit};
-use super::{parse_body, ApiError, ApiResult, AppState};
+use super::AppState;
+use crate::http_api::{parse_body, ApiError, ApiResult};
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::Json;

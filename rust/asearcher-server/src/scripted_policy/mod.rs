@@ -12,19 +12,18 @@ pub mod rules;
 #[cfg(test)]
 mod tests;
 
+use crate::http_api::ApiError;
 use asearcher_tokenizer::{Tokenizer, TokenizerError};
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 pub use live::ServerStats;
 use live::{Latency, Live};
 pub use rules::Spread;
 use rules::{question_key, Rules};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -264,74 +263,6 @@ struct AppState {
     rid_seq: AtomicU64,
 }
 
-/// An error answer: `{"error": {"message", "type", "param", "code"}}`.
-#[derive(Debug)]
-struct ApiError {
-    status: StatusCode,
-    message: String,
-    param: Option<String>,
-}
-
-impl ApiError {
-    /// A 400 naming the offending field.
-    fn bad(param: &str, msg: impl std::fmt::Display) -> Self {
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            message: format!("`{param}`: {msg}"),
-            param: Some(param.to_string()),
-        }
-    }
-}
-
-impl From<TokenizerError> for ApiError {
-    fn from(e: TokenizerError) -> Self {
-        match &e {
-            TokenizerError::Input { name, msg } => ApiError::bad(name, msg),
-            _ => ApiError {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                message: e.to_string(),
-                param: None,
-            },
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let kind = if self.status == StatusCode::BAD_REQUEST {
-            "invalid_request_error"
-        } else {
-            "internal_error"
-        };
-        let body = json!({"error": {
-            "message": self.message, "type": kind, "param": self.param, "code": null,
-        }});
-        (self.status, Json(body)).into_response()
-    }
-}
-
-type ApiResult = Result<Response, ApiError>;
-
-/// Parses a JSON body; errors name the field (`sampling_params.foo: unknown field ...`). An empty
-/// body reads as `{}`.
-fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        body
-    };
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let param = if path == "." || path.is_empty() {
-            "body".to_string()
-        } else {
-            path
-        };
-        ApiError::bad(&param, format!("malformed request: {}", e.into_inner()))
-    })
-}
-
 fn router(st: Arc<AppState>) -> Router {
     Router::new()
         .route("/generate", post(native::generate))
@@ -352,7 +283,9 @@ fn router(st: Arc<AppState>) -> Router {
             ApiError {
                 status: StatusCode::NOT_FOUND,
                 message: "no such endpoint".into(),
+                kind: "invalid_request_error",
                 param: None,
+                code: None,
             }
         })
         .layer(DefaultBodyLimit::max(64 << 20))

@@ -5,7 +5,8 @@
 
 use super::live::InFlightCount;
 use super::rules::{cut_at_stop, read_prompt, remaining, token_logprob, Action, Request};
-use super::{parse_body, ApiError, ApiResult, AppState};
+use super::AppState;
+use crate::http_api::{parse_body, parse_weight_version, stop_strings, ApiError, ApiResult};
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::Json;
@@ -61,31 +62,11 @@ impl Sampling {
         }
         Ok(Limits {
             max_new_tokens: self.max_new_tokens.unwrap_or(128),
-            stop: stop_strings(self.stop.as_ref())?,
+            stop: stop_strings("sampling_params.stop", self.stop.as_ref())?,
             stop_token_ids: self.stop_token_ids.unwrap_or_default(),
             no_stop_trim: self.no_stop_trim.unwrap_or(false),
             skip_special_tokens: self.skip_special_tokens.unwrap_or(true),
         })
-    }
-}
-
-/// `stop` as a string or a list of non-empty strings.
-fn stop_strings(v: Option<&Value>) -> Result<Vec<String>, ApiError> {
-    let param = "sampling_params.stop";
-    match v {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::String(s)) => Ok(vec![s.clone()]),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|i| match i {
-                Value::String(s) if !s.is_empty() => Ok(s.clone()),
-                _ => Err(ApiError::bad(param, "must be a list of non-empty strings")),
-            })
-            .collect(),
-        Some(_) => Err(ApiError::bad(
-            param,
-            "must be a string or a list of strings",
-        )),
     }
 }
 
@@ -396,25 +377,6 @@ struct UpdateWeightsBody {
     flush_cache: Option<bool>,
 }
 
-fn parse_version(v: Option<&Value>) -> Result<Option<u64>, ApiError> {
-    let bad = |got: &dyn std::fmt::Display| {
-        ApiError::bad(
-            "weight_version",
-            format!("must be a non-negative integer or its decimal string, got {got}"),
-        )
-    };
-    match v {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| bad(n)),
-        Some(Value::String(s)) => s
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| bad(&format!("{s:?}"))),
-        Some(other) => Err(bad(other)),
-    }
-}
-
 /// Aborts in-flight requests (their tokens keep the old version) and moves to `weight_version`
 /// (default: the next one).
 pub(super) async fn update_weights_from_disk(
@@ -423,7 +385,7 @@ pub(super) async fn update_weights_from_disk(
 ) -> ApiResult {
     let body: UpdateWeightsBody = parse_body(&body)?;
     let _ = (body.load_format, body.abort_all_requests, body.flush_cache);
-    let version = parse_version(body.weight_version.as_ref())?;
+    let version = parse_weight_version(body.weight_version.as_ref())?;
     let (v, aborted) = st.live.update_weights(version);
     tracing::info!(version = v, aborted, model_path = %body.model_path, "scripted policy: weights \"updated\"");
     Ok(Json(json!({

@@ -1,6 +1,7 @@
 //! Loopback HTTP tests of the scripted policy server with the bundled sample tokenizer.
 
 use super::*;
+use serde_json::json;
 use std::time::Duration;
 
 const TOKENIZER: &str = concat!(
