@@ -7,6 +7,7 @@ are allocated here and filled by Rust. The model lives on one device in one dtyp
 from __future__ import annotations
 
 import json
+import os
 from functools import cached_property
 from os import PathLike
 from typing import Any
@@ -61,6 +62,20 @@ class QwenModel:
         if isinstance(dtype, torch.dtype):
             dtype = str(dtype).removeprefix("torch.")
         return cls(_core.QwenModel.load(path, device=str(device), dtype=dtype))
+
+    @classmethod
+    def init_random(
+        cls,
+        path: str | PathLike[str],
+        config: dict[str, Any],
+        seed: int = 0,
+        device: str = "cpu",
+        dtype: str | torch.dtype = "float32",
+    ) -> QwenModel:
+        """Writes ``config`` (a Qwen config.json as a dict) and seeded random weights (normal with
+        ``initializer_range``, default 0.02; norms 1) to ``path`` in HF layout, then loads it."""
+        _core.write_random_checkpoint(os.fspath(path), json.dumps(config), seed)
+        return cls.load(path, device=device, dtype=dtype)
 
     @cached_property
     def config(self) -> dict[str, Any]:

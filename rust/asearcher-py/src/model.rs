@@ -301,7 +301,21 @@ fn nll_and_grads(
     result
 }
 
+/// Writes a Qwen config.json (given as JSON text) and seeded random weights into `path`.
+#[pyfunction]
+#[pyo3(signature = (path, config_json, seed = 0))]
+fn write_random_checkpoint(
+    py: Python<'_>,
+    path: PathBuf,
+    config_json: &str,
+    seed: u64,
+) -> PyResult<()> {
+    py.detach(|| asearcher_torch::model::write_random_checkpoint(&path, config_json, seed))
+        .map_err(torch_err)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyQwenModel>()?;
+    m.add_function(wrap_pyfunction!(write_random_checkpoint, m)?)?;
     Ok(())
 }

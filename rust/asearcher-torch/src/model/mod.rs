@@ -4,11 +4,13 @@
 
 pub mod cache;
 pub mod config;
+pub mod init;
 pub mod qwen;
 pub mod weights;
 
 pub use cache::KvCache;
 pub use config::{ModelType, QwenConfig, RopeConfig, RopeScaling};
+pub use init::{random_weights, write_random_checkpoint};
 pub use qwen::{AttentionMask, QwenModel};
 pub use weights::{read_hf_weights, save_hf, DEFAULT_MAX_SHARD_BYTES};
 
