@@ -25,6 +25,7 @@ from .rollout import (
     load_trajectories,
     save_trajectories,
 )
+from .training import FitResult, Trainer, WarmStartResult, read_metrics, warm_start
 from .serving import (
     ScriptedPolicyHandle,
     Tokenizer,
@@ -46,6 +47,7 @@ def set_log_level(level: int | str) -> None:
 __all__ = [
     "AsearcherError",
     "EvalReport",
+    "FitResult",
     "GenerationOutput",
     "Generator",
     "Group",
@@ -54,15 +56,19 @@ __all__ = [
     "RolloutEngine",
     "ScriptedPolicyHandle",
     "Tokenizer",
+    "Trainer",
     "Trajectory",
+    "WarmStartResult",
     "__version__",
     "aevaluate",
     "default_prompts",
     "evaluate",
     "load_trajectories",
+    "read_metrics",
     "reward_plugin",
     "save_trajectories",
     "set_log_level",
     "start_model_server",
     "start_scripted_policy_server",
+    "warm_start",
 ]

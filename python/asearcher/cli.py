@@ -360,6 +360,81 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=cmd_eval)
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .callbacks import default_callbacks
+    from .training import Trainer
+
+    overrides = _train_overrides(args)
+    config: object = args.config
+    if overrides:
+        config = _merge(_read_config_file(args.config), overrides)
+    trainer = Trainer(config)
+    if trainer.resumed_step:
+        print(f"resuming {trainer.out_dir} from step {trainer.resumed_step}")
+    result = trainer.fit(callbacks=default_callbacks(), progress=not args.quiet)
+    print(
+        f"{result.steps} steps ({result.steps_this_run} in this run, ended by {result.ended_by}); "
+        f"model -> {result.final_dir}; metrics -> {trainer.out_dir / 'metrics.jsonl'}; "
+        f"plot -> {trainer.out_dir / 'training.svg'}"
+    )
+    return 0
+
+
+def _train_overrides(args: argparse.Namespace) -> dict:
+    run: dict = {}
+    if args.steps is not None:
+        run["steps"] = args.steps
+    if args.out is not None:
+        run["out_dir"] = str(args.out.resolve())
+    if args.no_resume:
+        run["resume"] = False
+    return {"run": run} if run else {}
+
+
+def _read_config_file(path: Path) -> dict:
+    """The config file as a dict, relative paths made absolute (as the trainer would)."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".toml":
+        import tomllib
+
+        data = tomllib.loads(text)
+    elif path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise AsearcherError(f"{path}: overriding a YAML config from the command line needs PyYAML") from None
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    base = path.resolve().parent
+    for section, key in (("model", "path"), ("model", "tokenizer"), ("data", "train"), ("tools", "index"),
+                         ("inference", "weights_dir"), ("run", "out_dir")):
+        value = data.get(section, {}).get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            data[section][key] = str(base / value)
+    return data
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out.get(k, {}), v) if isinstance(v, dict) else v
+    return out
+
+
+def _add_train_parser(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser(
+        "train",
+        help="asynchronous RL training from a TOML/YAML/JSON config (resumes from its checkpoints)",
+    )
+    t.add_argument("config", type=Path, help="the run's config (docs/training.md lists every field)")
+    t.add_argument("--steps", type=int, default=None, help="override run.steps")
+    t.add_argument("--out", type=Path, default=None, help="override run.out_dir")
+    t.add_argument("--no-resume", action="store_true", help="start fresh even if checkpoints exist")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="asearcher", description="Search agents: tools, servers, training and evaluation."
@@ -375,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tool_parsers(sub)
     _add_serve_parsers(sub)
     _add_eval_parser(sub)
+    _add_train_parser(sub)
     return parser
 
 

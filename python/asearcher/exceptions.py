@@ -98,6 +98,19 @@ class EngineStoppedError(RolloutError, RuntimeError):
     """The rollout engine was shut down while a call waited on it."""
 
 
+class TrainingError(AsearcherError, RuntimeError):
+    """Training failed or was misused (started twice, polled before start)."""
+
+
+class TrainingDataError(TrainingError, ValueError):
+    """Training data cannot be used (a trajectory whose turns do not line up, nothing to train
+    on); the message names the trajectory or file."""
+
+
+class WeightSyncError(TrainingError, ConnectionError):
+    """New weights could not be pushed to the generator or an inference server."""
+
+
 __all__ = [
     "AsearcherError",
     "AsearcherIOError",
@@ -121,4 +134,7 @@ __all__ = [
     "TensorError",
     "ToolError",
     "ToolTimeoutError",
+    "TrainingDataError",
+    "TrainingError",
+    "WeightSyncError",
 ]

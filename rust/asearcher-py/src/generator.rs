@@ -10,6 +10,7 @@ use asearcher_torch::generate::{
     GeneratorOptions, SamplingParams, StopMatch, UpdateOptions, WeightUpdate,
 };
 use asearcher_torch::model::QwenModel;
+use asearcher_train::embedded::TokenizerDetok;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::future::Future;
@@ -173,23 +174,13 @@ pub struct PyGenerator {
     model_dir: PathBuf,
 }
 
-/// The model directory's tokenizer as the engine's detokenizer (for stop strings); special
-/// tokens are kept so stop strings such as `<|im_end|>` match.
-struct TokenizerDetok(asearcher_tokenizer::Tokenizer);
-
-impl Detokenize for TokenizerDetok {
-    fn decode(&self, ids: &[u32]) -> String {
-        self.0.decode(ids, false).unwrap_or_default()
-    }
-}
-
 /// The detokenizer of `model_dir` when it has a tokenizer.json (else stop strings are refused).
 fn detokenizer_of(model_dir: &std::path::Path) -> Option<Arc<dyn Detokenize>> {
     if !model_dir.join("tokenizer.json").is_file() {
         return None;
     }
     match asearcher_tokenizer::Tokenizer::from_dir(model_dir) {
-        Ok(tok) => Some(Arc::new(TokenizerDetok(tok))),
+        Ok(tok) => Some(Arc::new(TokenizerDetok::new(Arc::new(tok)))),
         Err(e) => {
             tracing::warn!(dir = %model_dir.display(), error = %e, "no detokenizer: stop strings unavailable");
             None

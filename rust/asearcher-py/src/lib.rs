@@ -17,6 +17,7 @@ mod scripted;
 mod server;
 mod tensors;
 mod tools;
+mod train;
 
 use pyo3::prelude::*;
 
@@ -40,5 +41,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m
     )?)?;
     eval::register(m)?;
+    train::register(m)?;
     Ok(())
 }

@@ -1,1 +1,402 @@
-//! The training run's configuration.
+//! The training run's configuration: one document (TOML, YAML or JSON) with a section per part
+//! of the system. Every field has a default and a doc line; an unknown key is refused with its
+//! dotted path (`learner.ppo.eps_clipp`), and so is a bad value.
+
+use crate::learner::LearnerConfig;
+use crate::{Result, TrainError};
+use asearcher_agent::agents::AgentConfig;
+use asearcher_rollout::reward::RuleRewardConfig;
+use asearcher_rollout::scheduler::RolloutConfig;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The whole run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// The policy model and where it runs.
+    pub model: ModelConfig,
+    /// Training questions.
+    pub data: DataConfig,
+    /// The agent's search tools.
+    pub tools: ToolsConfig,
+    /// The agent (kind, turns, prompts, sampling); see `asearcher.default_prompts`.
+    pub agent: AgentConfig,
+    /// The rule reward trained on (F1 by default, with the format gate).
+    pub reward: RuleRewardConfig,
+    /// The rollout scheduler: group size, batch size (groups per step), `max_staleness` (eta;
+    /// 0 is synchronous RL: each batch is generated entirely by the current policy), concurrency.
+    pub rollout: RolloutConfig,
+    /// Where generation runs and how new weights reach it.
+    pub inference: InferenceConfig,
+    /// The optimisation: loss, advantages, filters, optimizer, schedule, micro-batches.
+    pub learner: LearnerConfig,
+    /// Length of the run, outputs and checkpoints.
+    pub run: RunConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// HF model directory (config.json, safetensors, tokenizer files). Required.
+    pub path: PathBuf,
+    /// Tokenizer directory; default: `path`.
+    pub tokenizer: Option<PathBuf>,
+    /// Device of the learner and of the embedded generator: `cpu`, `cuda`, `cuda:N`.
+    pub device: String,
+    /// Parameter dtype: `float32`, `bfloat16` or `float16`.
+    pub dtype: String,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::new(),
+            tokenizer: None,
+            device: "cpu".into(),
+            dtype: "float32".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Training questions, jsonl (`question`, `answer`/`answers`, optional `id`). Required.
+    pub train: PathBuf,
+    /// Passes over the questions; the run ends when they are used up (unless `run.steps` ends
+    /// it first).
+    pub epochs: u32,
+    /// Shuffle the questions each epoch (seeded by `rollout.seed` and the epoch).
+    pub shuffle: bool,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            train: PathBuf::new(),
+            epochs: 1,
+            shuffle: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToolsConfig {
+    /// A local BM25 index directory (`asearcher.tools.LocalSearch.build`), used for search and
+    /// for page access. Ignored when a toolbox is given from Python.
+    pub index: Option<PathBuf>,
+    /// Documents per search.
+    pub top_k: usize,
+}
+
+impl Default for ToolsConfig {
+    fn default() -> Self {
+        Self {
+            index: None,
+            top_k: 5,
+        }
+    }
+}
+
+/// Where generation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InferenceBackend {
+    /// The in-process continuous-batching generator; weights are swapped in memory.
+    #[default]
+    Embedded,
+    /// SGLang servers (or ours, `asearcher serve model`); weights go through the disk.
+    Sglang,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InferenceConfig {
+    /// `embedded` or `sglang`.
+    pub backend: InferenceBackend,
+    /// Server base URLs (`sglang` backend).
+    pub servers: Vec<String>,
+    /// Where new weights are written for the servers (HF layout, one directory per version);
+    /// they must be able to read it. Default: `<run.out_dir>/weights`.
+    pub weights_dir: Option<PathBuf>,
+    /// Weight versions kept in `weights_dir` (older ones are deleted).
+    pub keep_weights: usize,
+    /// A weight update interrupts in-flight generations, which are re-sent with their tokens so
+    /// far and continue on the new weights (KV cache recomputed). `false` (embedded only): they
+    /// continue on the new weights with the cache they have.
+    pub interrupt: bool,
+    /// Embedded generator: most requests decoded together.
+    pub max_running: usize,
+    /// Embedded generator: most tokens of one request (0: the model's limit, capped at 32768).
+    pub max_context: usize,
+    /// Timeout of one server call, seconds (`sglang`).
+    pub timeout_s: f64,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        Self {
+            backend: InferenceBackend::Embedded,
+            servers: Vec::new(),
+            weights_dir: None,
+            keep_weights: 2,
+            interrupt: true,
+            max_running: 64,
+            max_context: 0,
+            timeout_s: 600.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Output directory: `metrics.jsonl`, `batches.jsonl`, `trajectories.jsonl`,
+    /// `checkpoints/`, `config.json`, the final model in `final/`.
+    pub out_dir: PathBuf,
+    /// Optimizer steps in all (a resumed run counts the steps already taken); `None`: until
+    /// the data's epochs are used up.
+    pub steps: Option<u64>,
+    /// Checkpoint every this many steps (0: only at the end).
+    pub checkpoint_every: u64,
+    /// Checkpoints kept.
+    pub keep_last: usize,
+    /// Continue from the newest checkpoint in `out_dir` when there is one.
+    pub resume: bool,
+    /// Append every trained group's trajectories to `trajectories.jsonl`.
+    pub save_trajectories: bool,
+    /// Seed of the trainer's random numbers (generation seeds).
+    pub seed: u64,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            out_dir: PathBuf::from("runs/train"),
+            steps: None,
+            checkpoint_every: 1,
+            keep_last: 2,
+            resume: true,
+            save_trajectories: true,
+            seed: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Reads a `.toml`, `.yaml`/`.yml` or `.json` file. Relative paths inside are taken relative
+    /// to the file's directory.
+    pub fn from_path(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        let value: serde_json::Value = match ext {
+            "toml" => toml::from_str(&text)
+                .map_err(|e| TrainError::config(path.display().to_string(), e.to_string()))?,
+            "yaml" | "yml" => serde_yaml::from_str(&text)
+                .map_err(|e| TrainError::config(path.display().to_string(), e.to_string()))?,
+            "json" => serde_json::from_str(&text)
+                .map_err(|e| TrainError::config(path.display().to_string(), e.to_string()))?,
+            _ => {
+                return Err(TrainError::config(
+                    path.display().to_string(),
+                    "the config file must end in .toml, .yaml, .yml or .json",
+                ))
+            }
+        };
+        let mut cfg = Self::from_value(value)?;
+        if let Some(base) = path.parent() {
+            cfg.resolve_paths(base);
+        }
+        Ok(cfg)
+    }
+
+    /// Parses a JSON value; unknown keys and bad values are named by their dotted path.
+    pub fn from_value(value: serde_json::Value) -> Result<Self> {
+        let cfg: TrainConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let field = e.path().to_string();
+            TrainError::config(field, e.into_inner().to_string())
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Makes relative paths relative to `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if !p.as_os_str().is_empty() && p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.model.path);
+        if let Some(t) = self.model.tokenizer.as_mut() {
+            fix(t);
+        }
+        fix(&mut self.data.train);
+        if let Some(i) = self.tools.index.as_mut() {
+            fix(i);
+        }
+        if let Some(w) = self.inference.weights_dir.as_mut() {
+            fix(w);
+        }
+        fix(&mut self.run.out_dir);
+    }
+
+    /// Checks values across sections; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        if self.model.path.as_os_str().is_empty() {
+            return Err(TrainError::config(
+                "model.path",
+                "required: the HF model directory",
+            ));
+        }
+        if self.data.train.as_os_str().is_empty() {
+            return Err(TrainError::config(
+                "data.train",
+                "required: a jsonl file of questions",
+            ));
+        }
+        if self.data.epochs == 0 {
+            return Err(TrainError::config("data.epochs", "must be at least 1"));
+        }
+        self.rollout
+            .validate()
+            .map_err(|e| prefixed("rollout", &e.to_string()))?;
+        self.agent
+            .validate()
+            .map_err(|e| TrainError::config("agent", e.to_string()))?;
+        self.learner.validate()?;
+        asearcher_torch::parse_device(&self.model.device)
+            .map_err(|e| TrainError::config("model.device", e.to_string()))?;
+        asearcher_torch::parse_dtype(&self.model.dtype)
+            .map_err(|e| TrainError::config("model.dtype", e.to_string()))?;
+        self.validate_inference()?;
+        if self.run.keep_last == 0 {
+            return Err(TrainError::config("run.keep_last", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    fn validate_inference(&self) -> Result<()> {
+        let inf = &self.inference;
+        match inf.backend {
+            InferenceBackend::Embedded if !inf.servers.is_empty() => Err(TrainError::config(
+                "inference.servers",
+                "servers are given but inference.backend is `embedded`; set backend = \"sglang\"",
+            )),
+            InferenceBackend::Sglang if inf.servers.is_empty() => Err(TrainError::config(
+                "inference.servers",
+                "the sglang backend needs at least one server URL",
+            )),
+            InferenceBackend::Sglang if !inf.interrupt => Err(TrainError::config(
+                "inference.interrupt",
+                "servers always interrupt in-flight generation on a weight update",
+            )),
+            _ if inf.max_running == 0 => Err(TrainError::config(
+                "inference.max_running",
+                "must be at least 1",
+            )),
+            _ if inf.keep_weights == 0 => Err(TrainError::config(
+                "inference.keep_weights",
+                "must be at least 1",
+            )),
+            _ if !(inf.timeout_s.is_finite() && inf.timeout_s > 0.0) => Err(TrainError::config(
+                "inference.timeout_s",
+                "must be a positive number of seconds",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The tokenizer directory.
+    pub fn tokenizer_dir(&self) -> &Path {
+        self.model.tokenizer.as_deref().unwrap_or(&self.model.path)
+    }
+
+    /// Whether the run is synchronous RL (eta = 0: every batch generated by the current policy).
+    pub fn is_synchronous(&self) -> bool {
+        self.rollout.max_staleness == Some(0)
+    }
+}
+
+/// A section's error (`invalid rollout config `batch_size`: ...`) re-rooted at the section.
+fn prefixed(section: &str, message: &str) -> TrainError {
+    let field = message
+        .split('`')
+        .nth(1)
+        .map(|f| format!("{section}.{f}"))
+        .unwrap_or_else(|| section.to_string());
+    let detail = message.split_once(": ").map_or(message, |(_, m)| m);
+    TrainError::config(field, detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn minimal() -> serde_json::Value {
+        json!({"model": {"path": "m"}, "data": {"train": "q.jsonl"}})
+    }
+
+    #[test]
+    fn defaults_fill_everything_but_the_required_paths() {
+        let cfg = TrainConfig::from_value(minimal()).unwrap();
+        assert_eq!(cfg.rollout.max_staleness, Some(4));
+        assert_eq!(cfg.inference.backend, InferenceBackend::Embedded);
+        let err = TrainConfig::from_value(json!({"data": {"train": "q"}})).unwrap_err();
+        assert!(err.to_string().contains("model.path"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_named_by_their_path() {
+        let mut v = minimal();
+        v["learner"] = json!({"ppo": {"eps_clipp": 0.2}});
+        let err = TrainConfig::from_value(v).unwrap_err().to_string();
+        assert!(err.contains("learner.ppo"), "{err}");
+        assert!(err.contains("eps_clipp"), "{err}");
+        let mut v = minimal();
+        v["rollout"] = json!({"max_concurent": 3});
+        let err = TrainConfig::from_value(v).unwrap_err().to_string();
+        assert!(err.contains("rollout") && err.contains("max_concurent"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let mut v = minimal();
+        v["rollout"] = json!({"group_size": 0});
+        let err = TrainConfig::from_value(v).unwrap_err().to_string();
+        assert!(err.contains("rollout.group_size"), "{err}");
+        let mut v = minimal();
+        v["inference"] = json!({"backend": "sglang"});
+        let err = TrainConfig::from_value(v).unwrap_err().to_string();
+        assert!(err.contains("inference.servers"), "{err}");
+        let mut v = minimal();
+        v["model"]["device"] = json!("tpu");
+        let err = TrainConfig::from_value(v).unwrap_err().to_string();
+        assert!(err.contains("model.device"), "{err}");
+    }
+
+    #[test]
+    fn toml_and_yaml_files_resolve_relative_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml_path = dir.path().join("run.toml");
+        std::fs::write(
+            &toml_path,
+            "[model]\npath = \"model\"\n[data]\ntrain = \"train.jsonl\"\n[rollout]\nmax_staleness = 0\n",
+        )
+        .unwrap();
+        let cfg = TrainConfig::from_path(&toml_path).unwrap();
+        assert_eq!(cfg.model.path, dir.path().join("model"));
+        assert!(cfg.is_synchronous());
+        let yaml_path = dir.path().join("run.yaml");
+        std::fs::write(
+            &yaml_path,
+            "model:\n  path: /abs/model\ndata:\n  train: t.jsonl\nrun:\n  stepz: 3\n",
+        )
+        .unwrap();
+        let err = TrainConfig::from_path(&yaml_path).unwrap_err().to_string();
+        assert!(err.contains("run") && err.contains("stepz"), "{err}");
+    }
+}

@@ -14,5 +14,6 @@ pub mod error;
 pub mod learner;
 pub mod sync;
 pub mod trainer;
+pub mod warm_start;
 
 pub use error::{Result, TrainError};

@@ -1,1 +1,163 @@
-//! (in progress)
+//! Pushing the learner's new weights to where generation runs, tagged with the new policy
+//! version:
+//! - embedded: an in-process swap between two decode steps of the generator; in-flight
+//!   generations are aborted and re-sent with their tokens so far (their KV cache recomputed
+//!   under the new weights), or, without `interrupt`, continue with the cache they have;
+//! - servers: the weights are written in HF layout (safetensors) to `weights_dir/v<version>`, then
+//!   every server is paused (in-flight requests end as `abort` and the pool re-sends them),
+//!   loads them with `/update_weights_from_disk`, and continues. Old versions are deleted.
+
+use crate::{Result, TrainError};
+use asearcher_rollout::client::pool::ServerPool;
+use asearcher_rollout::client::sglang::SglangServer;
+use asearcher_torch::generate::{GeneratorHandle, UpdateOptions, WeightUpdate};
+use asearcher_torch::model::QwenModel;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Where the weights go.
+pub enum WeightSync {
+    Embedded {
+        generator: GeneratorHandle,
+        interrupt: bool,
+    },
+    Servers {
+        servers: Vec<SglangServer>,
+        pool: Arc<ServerPool>,
+        dir: PathBuf,
+        keep: usize,
+    },
+}
+
+impl WeightSync {
+    /// Servers reached at `urls`, weights written under `dir`.
+    pub fn servers(
+        urls: &[String],
+        pool: Arc<ServerPool>,
+        dir: PathBuf,
+        keep: usize,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let servers = urls
+            .iter()
+            .map(|u| SglangServer::new(u, timeout))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
+        Ok(WeightSync::Servers {
+            servers,
+            pool,
+            dir,
+            keep,
+        })
+    }
+
+    /// Sends `model`'s weights as policy `version`; returns the seconds it took.
+    pub async fn push(&self, model: &QwenModel, version: u64) -> Result<f64> {
+        let started = Instant::now();
+        match self {
+            WeightSync::Embedded {
+                generator,
+                interrupt,
+            } => push_embedded(generator, model, version, *interrupt).await?,
+            WeightSync::Servers {
+                servers,
+                pool,
+                dir,
+                keep,
+            } => {
+                let path = write_version(model, dir, version)?;
+                push_to_servers(servers, &path, version).await?;
+                pool.set_version(version);
+                prune_versions(dir, *keep);
+            }
+        }
+        Ok(started.elapsed().as_secs_f64())
+    }
+}
+
+async fn push_embedded(
+    generator: &GeneratorHandle,
+    model: &QwenModel,
+    version: u64,
+    interrupt: bool,
+) -> Result<()> {
+    let tensors = model
+        .named_parameters()
+        .into_iter()
+        .map(|(n, t)| (n, t.detach()))
+        .collect();
+    let options = UpdateOptions {
+        version: Some(version),
+        abort_in_flight: interrupt,
+        recompute_cache: false,
+    };
+    generator
+        .update_weights(WeightUpdate::Tensors(tensors), options)
+        .await
+        .map_err(|e| TrainError::WeightSync {
+            target: "the embedded generator".into(),
+            message: e.to_string(),
+        })?;
+    Ok(())
+}
+
+/// Writes `v<version>` atomically (a temporary directory renamed into place).
+fn write_version(model: &QwenModel, dir: &Path, version: u64) -> Result<PathBuf> {
+    let path = dir.join(format!("v{version:08}"));
+    let tmp = dir.join(format!(".tmp-v{version:08}"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    model.save_hf(&tmp)?;
+    let _ = std::fs::remove_dir_all(&path);
+    std::fs::rename(&tmp, &path).map_err(|e| TrainError::io(&path, e))?;
+    Ok(path)
+}
+
+async fn push_to_servers(servers: &[SglangServer], path: &Path, version: u64) -> Result<()> {
+    let path_str = path.to_string_lossy().to_string();
+    let updates = servers.iter().map(|s| {
+        let path_str = path_str.clone();
+        async move {
+            s.pause_generation().await?;
+            let loaded = s.update_weights_from_disk(&path_str, Some(version)).await;
+            // Continue even after a failed load: the server keeps serving its old weights.
+            let resumed = s.continue_generation().await;
+            loaded.and(resumed)
+        }
+    });
+    let results = futures::future::join_all(updates).await;
+    let failures: Vec<String> = results
+        .into_iter()
+        .filter_map(|r| r.err().map(|e| e.to_string()))
+        .collect();
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(TrainError::WeightSync {
+            target: format!("{} server(s)", failures.len()),
+            message: failures.join("; "),
+        })
+    }
+}
+
+/// Deletes all but the newest `keep` version directories.
+fn prune_versions(dir: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut versions: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('v'))
+        })
+        .collect();
+    versions.sort();
+    let excess = versions.len().saturating_sub(keep);
+    for old in &versions[..excess] {
+        if let Err(e) = std::fs::remove_dir_all(old) {
+            tracing::warn!(dir = %old.display(), error = %e, "could not delete old weights");
+        }
+    }
+}

@@ -1,1 +1,680 @@
-//! (in progress)
+//! The training loop: the rollout engine generates groups under the staleness gate while the
+//! learner trains on the batches it hands over; after each step the policy version goes up,
+//! the new weights go to the generator (or the servers), and the gate admits more work.
+//! `rollout.max_staleness = 0` is synchronous RL in the same code: the gate admits the next batch
+//! only after the previous one was trained on.
+//!
+//! Outputs under `run.out_dir`: `metrics.jsonl` (one [`StepRecord`] per step), `batches.jsonl`
+//! (which groups each step trained on), `trajectories.jsonl`, `checkpoints/step-N` (model,
+//! optimizer, step, RNG, the rollout engine's snapshot: data position and every admitted group
+//! not yet trained on, trajectories in flight with their turns so far) and `final/`.
+//!
+//! Resume after a crash or kill -9: the newest complete checkpoint is loaded, the jsonl outputs
+//! are cut back to the steps it contains, and the engine resumes its groups, so no step is
+//! repeated or skipped and no question is lost or trained on twice.
+
+use crate::config::{InferenceBackend, TrainConfig};
+use crate::embedded::{EmbeddedBackend, TokenizerDetok};
+use crate::learner::{Learner, StepStats};
+use crate::sync::WeightSync;
+use crate::{Result, TrainError};
+use asearcher_agent::agents::build_agent;
+use asearcher_agent::trajectory::Trajectory;
+use asearcher_rollout::client::pool::{PoolConfig, ServerPool};
+use asearcher_rollout::client::LlmBackend;
+use asearcher_rollout::questions::{read_questions, Question};
+use asearcher_rollout::reward::{RewardPipeline, RuleScorer, Scorer};
+use asearcher_rollout::scheduler::{
+    AgentFactory, EngineParts, EngineSnapshot, Group, QuestionSource, RolloutConfig,
+    RolloutEngine, RolloutStats,
+};
+use asearcher_tokenizer::Tokenizer;
+use asearcher_tools::{LocalIndex, PageSource, SearchBackend, Toolbox, ToolboxConfig};
+use asearcher_torch::generate::{spawn, GeneratorHandle, GeneratorOptions};
+use asearcher_torch::model::QwenModel;
+use asearcher_torch::train::{Checkpoint, CheckpointManager, TrainRng, TrainerState};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Name of the engine snapshot inside a checkpoint.
+const SNAPSHOT_FILE: &str = "rollout.json";
+/// RNG stream of the trainer's generator (seeds drawn per step).
+const RNG_STREAM: u64 = 1;
+
+/// What the trainer is given besides its config (Python objects, custom scorers).
+#[derive(Default, Clone)]
+pub struct TrainParts {
+    /// The agents' tools; `None`: a BM25 toolbox over `tools.index` (or no tools).
+    pub toolbox: Option<Toolbox>,
+    /// Scores every group; `None`: the rule reward of `reward`.
+    pub scorer: Option<Arc<dyn Scorer>>,
+}
+
+/// What one step did; a line of `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRecord {
+    /// Steps completed (1 for the first).
+    pub step: u64,
+    /// The policy version after the step.
+    pub version: u64,
+    /// Highest data epoch in the batch.
+    pub epoch: u32,
+    /// Seconds since this process started training.
+    pub elapsed_s: f64,
+    /// Seconds of this step, all phases.
+    pub step_s: f64,
+    /// Seconds spent waiting for the batch (0 when it was ready: rollouts kept up).
+    pub wait_s: f64,
+    pub train_s: f64,
+    pub sync_s: f64,
+    pub groups: usize,
+    pub trajectories: usize,
+    /// Mean trained reward of the batch.
+    pub reward_mean: f64,
+    /// Mean F1 and exact match of the batch's answers.
+    pub f1_mean: f64,
+    pub em_mean: f64,
+    pub turns_mean: f64,
+    pub tool_calls_mean: f64,
+    /// Tokens generated per second over this step (all trajectories, trained or not).
+    pub gen_tokens_per_s: f64,
+    /// Where the checkpoint of this step was written, if one was.
+    pub checkpoint: Option<String>,
+    pub learner: StepStats,
+    pub rollout: RolloutStats,
+}
+
+/// Whether the loop goes on after a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Continue,
+    Stop,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct FitSummary {
+    /// Steps completed in all (a resumed run counts the earlier ones).
+    pub steps: u64,
+    /// Steps completed by this call.
+    pub steps_this_run: u64,
+    /// `steps` (run.steps reached), `data` (questions used up) or `stopped`.
+    pub ended_by: String,
+    /// The step the run resumed from (0: a fresh run).
+    pub resumed_from: u64,
+    /// The final model (HF layout, with the tokenizer files).
+    pub final_dir: PathBuf,
+}
+
+/// A training run, ready to [`Trainer::fit`].
+pub struct Trainer {
+    cfg: TrainConfig,
+    rt: tokio::runtime::Handle,
+    learner: Learner,
+    engine: RolloutEngine,
+    sync: WeightSync,
+    generator: Option<GeneratorHandle>,
+    ckpt: CheckpointManager,
+    rng: TrainRng,
+    step: u64,
+    resumed_from: u64,
+    stop: Arc<AtomicBool>,
+    out: Outputs,
+}
+
+impl Trainer {
+    /// Builds the run (resuming from the newest checkpoint of `run.out_dir` when `run.resume`).
+    /// `rt` runs the rollout engine; [`Trainer::fit`] must not be called from one of its threads.
+    pub fn new(cfg: TrainConfig, parts: TrainParts, rt: tokio::runtime::Handle) -> Result<Self> {
+        cfg.validate()?;
+        let out_dir = cfg.run.out_dir.clone();
+        std::fs::create_dir_all(&out_dir).map_err(|e| TrainError::io(&out_dir, e))?;
+        let ckpt = CheckpointManager::new(out_dir.join("checkpoints"), cfg.run.keep_last)?;
+        let loaded = if cfg.run.resume {
+            ckpt.load_latest()?
+        } else {
+            None
+        };
+        let (device, kind) = device_and_kind(&cfg)?;
+        let model = QwenModel::load(&cfg.model.path, device, kind)?;
+        let mut learner = Learner::new(model, cfg.learner.clone())?;
+        let mut rng = TrainRng::new(cfg.run.seed, RNG_STREAM);
+        let (step, snapshot) = match &loaded {
+            Some(ck) => {
+                ck.copy_model_into(&learner.weights())?;
+                if let Some(opt) = &ck.optimizer {
+                    learner.load_optimizer_state(opt)?;
+                }
+                if let Some(state) = &ck.state.rng {
+                    rng = TrainRng::from_state(state)?;
+                }
+                learner.set_steps(ck.state.step);
+                (ck.state.step, Some(read_snapshot(&ck.dir)?))
+            }
+            None => (0, None),
+        };
+        let out = Outputs::open(&out_dir, step)?;
+        write_json(&out_dir.join("config.json"), &cfg)?;
+        let tokenizer = Arc::new(
+            Tokenizer::from_dir(cfg.tokenizer_dir())
+                .map_err(|e| TrainError::config("model.tokenizer", e.to_string()))?,
+        );
+        let (backend, sync, generator) = rt.block_on(start_inference(&cfg, &learner, step))?;
+        let engine = {
+            let _enter = rt.enter();
+            start_engine(&cfg, &parts, backend, tokenizer, snapshot, step)?
+        };
+        if step > 0 {
+            tracing::info!(step, dir = %out_dir.display(), "resumed training");
+        }
+        Ok(Self {
+            cfg,
+            rt,
+            learner,
+            engine,
+            sync,
+            generator,
+            ckpt,
+            rng,
+            step,
+            resumed_from: step,
+            stop: Arc::new(AtomicBool::new(false)),
+            out,
+        })
+    }
+
+    /// A flag that stops the run after the step in progress (checkpointed) when set.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Steps completed so far.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    pub fn learner(&self) -> &Learner {
+        &self.learner
+    }
+
+    /// Live statistics of the rollout engine.
+    pub fn rollout_stats(&self) -> RolloutStats {
+        self.engine.stats()
+    }
+
+    /// Trains until `run.steps`, the end of the data, `on_step` returning [`Control::Stop`] or
+    /// the stop flag; checkpoints as configured and at the end, then writes `final/`.
+    pub fn fit(&mut self, on_step: &mut dyn FnMut(&StepRecord) -> Control) -> Result<FitSummary> {
+        let started = Instant::now();
+        let mut last_tokens = self.engine.stats().output_tokens;
+        let mut saved_at = self.step;
+        let ended_by = loop {
+            if self.cfg.run.steps.is_some_and(|n| self.step >= n) {
+                break "steps";
+            }
+            let step_started = Instant::now();
+            let Some(batch) = self.wait_for_batch()? else {
+                break if self.stop.load(Ordering::Relaxed) {
+                    "stopped"
+                } else {
+                    "data"
+                };
+            };
+            let wait_s = step_started.elapsed().as_secs_f64();
+            let mut record = self.train_on(batch, wait_s, step_started, started, last_tokens)?;
+            last_tokens = record.rollout.output_tokens;
+            // The outputs of a step are written before its checkpoint: a crash in between
+            // leaves lines that the resumed run cuts back, never a checkpointed step without
+            // its lines.
+            let due = self.checkpoint_due();
+            if due {
+                record.checkpoint = Some(self.ckpt.root().join(step_dir_name(self.step)).display().to_string());
+            }
+            record.step_s = step_started.elapsed().as_secs_f64();
+            self.out.write_metrics(&record)?;
+            if due {
+                let t = Instant::now();
+                self.save_checkpoint()?;
+                tracing::debug!(step = self.step, seconds = t.elapsed().as_secs_f64(), "checkpoint time");
+                saved_at = self.step;
+            }
+            if on_step(&record) == Control::Stop || self.stop.load(Ordering::Relaxed) {
+                break "stopped";
+            }
+        };
+        if saved_at != self.step {
+            self.save_checkpoint()?;
+        }
+        let final_dir = self.save_final()?;
+        self.rt.block_on(self.engine.shutdown());
+        Ok(FitSummary {
+            steps: self.step,
+            steps_this_run: self.step - self.resumed_from,
+            ended_by: ended_by.into(),
+            resumed_from: self.resumed_from,
+            final_dir,
+        })
+    }
+
+    /// The next batch of `rollout.batch_size` groups; `None` at the end of the data or on stop.
+    fn wait_for_batch(&self) -> Result<Option<Vec<Group>>> {
+        let want = self.cfg.rollout.batch_size;
+        let stop = self.stop.clone();
+        let engine = &self.engine;
+        Ok(self.rt.block_on(async move {
+            let next = engine.next_batch(want);
+            tokio::pin!(next);
+            loop {
+                tokio::select! {
+                    batch = &mut next => return batch,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                        if stop.load(Ordering::Relaxed) {
+                            return None;
+                        }
+                    }
+                }
+            }
+        }))
+    }
+
+    /// One step on `batch`: learn, bump the version, push the weights, record.
+    fn train_on(
+        &mut self,
+        mut batch: Vec<Group>,
+        wait_s: f64,
+        step_started: Instant,
+        run_started: Instant,
+        last_tokens: u64,
+    ) -> Result<StepRecord> {
+        tch::manual_seed(rand::RngCore::next_u64(&mut self.rng) as i64);
+        let t = Instant::now();
+        let stats = self.learner.ppo_step(&batch, self.step)?;
+        let train_s = t.elapsed().as_secs_f64();
+        self.step += 1;
+        self.learner.set_steps(self.step);
+        let t = Instant::now();
+        self.rt
+            .block_on(self.sync.push(self.learner.model(), self.step))?;
+        self.engine.set_version(self.step);
+        let sync_s = t.elapsed().as_secs_f64();
+        for g in &mut batch {
+            for t in &mut g.trajectories {
+                t.metadata.insert("train_step".into(), json!(self.step));
+            }
+        }
+        self.out.write_batch(self.step, &batch, self.cfg.run.save_trajectories)?;
+        let rollout = self.engine.stats();
+        let elapsed = step_started.elapsed().as_secs_f64().max(1e-9);
+        Ok(StepRecord {
+            step: self.step,
+            version: self.step,
+            epoch: batch.iter().map(|g| g.epoch).max().unwrap_or(0),
+            elapsed_s: run_started.elapsed().as_secs_f64(),
+            step_s: elapsed,
+            wait_s,
+            train_s,
+            sync_s,
+            groups: batch.len(),
+            trajectories: batch.iter().map(|g| g.trajectories.len()).sum(),
+            reward_mean: mean_of(&batch, |t| t.reward),
+            f1_mean: mean_of(&batch, |t| t.rewards.get("f1").copied()),
+            em_mean: mean_of(&batch, |t| t.rewards.get("em").copied()),
+            turns_mean: mean_of(&batch, |t| Some(t.num_turns() as f64)),
+            tool_calls_mean: mean_of(&batch, |t| Some(t.tool_calls() as f64)),
+            gen_tokens_per_s: rollout.output_tokens.saturating_sub(last_tokens) as f64 / elapsed,
+            checkpoint: None,
+            learner: stats,
+            rollout,
+        })
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        let every = self.cfg.run.checkpoint_every;
+        every > 0 && self.step % every == 0
+    }
+
+    /// Writes `checkpoints/step-N` with the engine's snapshot taken now: every group admitted
+    /// and not yet trained on, the data position and the gate's counters.
+    fn save_checkpoint(&mut self) -> Result<PathBuf> {
+        let snapshot = self.engine.snapshot();
+        let snapshot_bytes = serde_json::to_vec(&snapshot)
+            .map_err(|e| TrainError::Data(format!("rollout snapshot: {e}")))?;
+        let model_config = self.learner.model().config().raw.to_string().into_bytes();
+        let state = TrainerState {
+            step: self.step,
+            schedule: Some(self.cfg.learner.schedule.clone()),
+            rng: Some(self.rng.state()),
+            user: json!({
+                "version": self.step,
+                "position": snapshot.position,
+                "pending_groups": snapshot.groups.len(),
+            }),
+        };
+        let weights = self.learner.weights();
+        let optimizer = self.learner.optimizer_state();
+        let extra = [
+            ("config.json".to_string(), model_config),
+            (SNAPSHOT_FILE.to_string(), snapshot_bytes),
+        ];
+        let dir = self.ckpt.save(&Checkpoint {
+            state: &state,
+            model: &weights,
+            optimizer: Some(&optimizer),
+            extra_files: &extra,
+            tokenizer_dir: Some(self.cfg.tokenizer_dir()),
+        })?;
+        tracing::info!(step = self.step, dir = %dir.display(), pending = snapshot.groups.len(), "checkpoint saved");
+        Ok(dir)
+    }
+
+    /// `final/`: the trained model in HF layout with the tokenizer files.
+    fn save_final(&self) -> Result<PathBuf> {
+        let dir = self.cfg.run.out_dir.join("final");
+        self.learner.model().save_hf(&dir)?;
+        copy_tokenizer_files(self.cfg.tokenizer_dir(), &dir)?;
+        Ok(dir)
+    }
+}
+
+impl Drop for Trainer {
+    fn drop(&mut self) {
+        if let Some(g) = &self.generator {
+            g.shutdown();
+        }
+    }
+}
+
+/// The directory name of step `n`'s checkpoint (as the checkpoint manager names it).
+fn step_dir_name(n: u64) -> String {
+    format!("step-{n:08}")
+}
+
+fn device_and_kind(cfg: &TrainConfig) -> Result<(tch::Device, tch::Kind)> {
+    let device = asearcher_torch::parse_device(&cfg.model.device)
+        .map_err(|e| TrainError::config("model.device", e.to_string()))?;
+    let kind = asearcher_torch::parse_dtype(&cfg.model.dtype)
+        .map_err(|e| TrainError::config("model.dtype", e.to_string()))?;
+    Ok((device, kind))
+}
+
+fn read_snapshot(dir: &Path) -> Result<EngineSnapshot> {
+    let path = dir.join(SNAPSHOT_FILE);
+    let text = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
+    serde_json::from_slice(&text)
+        .map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))
+}
+
+/// The backend, the weight sync and (embedded) the generator, which starts with the learner's
+/// weights as version `step`.
+async fn start_inference(
+    cfg: &TrainConfig,
+    learner: &Learner,
+    step: u64,
+) -> Result<(Arc<dyn LlmBackend>, WeightSync, Option<GeneratorHandle>)> {
+    let inf = &cfg.inference;
+    match inf.backend {
+        InferenceBackend::Embedded => {
+            let (device, kind) = device_and_kind(cfg)?;
+            let model = QwenModel::load(&cfg.model.path, device, kind)?;
+            let detok = Tokenizer::from_dir(cfg.tokenizer_dir())
+                .map_err(|e| TrainError::config("model.tokenizer", e.to_string()))?;
+            let options = GeneratorOptions {
+                max_running: inf.max_running,
+                max_context: inf.max_context,
+                detokenizer: Some(Arc::new(TokenizerDetok::new(Arc::new(detok)))),
+                initial_version: step,
+                ..GeneratorOptions::default()
+            };
+            let handle = spawn(model, options)?;
+            let sync = WeightSync::Embedded {
+                generator: handle.clone(),
+                interrupt: inf.interrupt,
+            };
+            if step > 0 {
+                sync.push(learner.model(), step).await?;
+            }
+            let backend = Arc::new(EmbeddedBackend::new(handle.clone()));
+            Ok((backend, sync, Some(handle)))
+        }
+        InferenceBackend::Sglang => {
+            let pool_cfg = PoolConfig {
+                request_timeout_secs: inf.timeout_s,
+                ..PoolConfig::default()
+            };
+            let pool = Arc::new(ServerPool::sglang(&inf.servers, pool_cfg)?);
+            pool.set_version(step);
+            let dir = inf
+                .weights_dir
+                .clone()
+                .unwrap_or_else(|| cfg.run.out_dir.join("weights"));
+            let timeout = Duration::from_secs_f64(inf.timeout_s);
+            let sync = WeightSync::servers(&inf.servers, pool.clone(), dir, inf.keep_weights, timeout)?;
+            if step > 0 {
+                sync.push(learner.model(), step).await?;
+            }
+            Ok((pool, sync, None))
+        }
+    }
+}
+
+fn toolbox_of(cfg: &TrainConfig, parts: &TrainParts) -> Result<Option<Toolbox>> {
+    if let Some(tb) = &parts.toolbox {
+        return Ok(Some(tb.clone()));
+    }
+    let Some(index) = &cfg.tools.index else {
+        return Ok(None);
+    };
+    let local = Arc::new(LocalIndex::open(index).map_err(|e| {
+        TrainError::config("tools.index", format!("{}: {e}", index.display()))
+    })?);
+    let tb_cfg = ToolboxConfig {
+        top_k: cfg.tools.top_k,
+        ..ToolboxConfig::default()
+    };
+    let search: Arc<dyn SearchBackend> = Arc::new(local.clone());
+    let pages: Arc<dyn PageSource> = Arc::new(local);
+    Ok(Some(Toolbox::new(search, Some(pages), None, tb_cfg)))
+}
+
+fn agent_factory(cfg: &TrainConfig, tokenizer: Arc<Tokenizer>) -> AgentFactory {
+    let agent = cfg.agent.clone();
+    Arc::new(move |q: &Question, _sample: u32| {
+        build_agent(&agent, tokenizer.clone(), &q.question).map_err(|e| e.to_string())
+    })
+}
+
+fn start_engine(
+    cfg: &TrainConfig,
+    parts: &TrainParts,
+    backend: Arc<dyn LlmBackend>,
+    tokenizer: Arc<Tokenizer>,
+    snapshot: Option<EngineSnapshot>,
+    step: u64,
+) -> Result<RolloutEngine> {
+    let questions = read_questions(&cfg.data.train)?;
+    if questions.is_empty() {
+        return Err(TrainError::config(
+            "data.train",
+            format!("{} has no questions", cfg.data.train.display()),
+        ));
+    }
+    let shuffle = cfg.data.shuffle.then_some(cfg.rollout.seed);
+    let source = QuestionSource::epochs(questions, Some(cfg.data.epochs), shuffle);
+    let scorer = parts
+        .scorer
+        .clone()
+        .unwrap_or_else(|| Arc::new(RewardPipeline::new(RuleScorer::new(cfg.reward))));
+    let engine_parts = EngineParts {
+        backend,
+        toolbox: toolbox_of(cfg, parts)?,
+        tokenizer: tokenizer.clone(),
+        agents: agent_factory(cfg, tokenizer),
+        scorer,
+    };
+    let rollout = engine_config(cfg);
+    let engine = match snapshot {
+        Some(s) => RolloutEngine::resume(rollout, engine_parts, source, s)?,
+        None => RolloutEngine::start(rollout, engine_parts, source)?,
+    };
+    engine.set_version(step);
+    Ok(engine)
+}
+
+/// The engine's config: zero-variance groups are filtered in the engine when the learner asks
+/// for it, so they free their admission slots instead of stalling the staleness gate.
+fn engine_config(cfg: &TrainConfig) -> RolloutConfig {
+    let mut rollout = cfg.rollout.clone();
+    rollout.filter_zero_variance |=
+        cfg.learner.filter_zero_variance && cfg.rollout.group_size >= 2;
+    rollout
+}
+
+fn mean_of(batch: &[Group], f: impl Fn(&Trajectory) -> Option<f64>) -> f64 {
+    let values: Vec<f64> = batch
+        .iter()
+        .flat_map(|g| g.trajectories.iter())
+        .filter_map(f)
+        .collect();
+    if values.is_empty() {
+        0.0
+    } else {
+        values.iter().sum::<f64>() / values.len() as f64
+    }
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
+    std::fs::write(path, text).map_err(|e| TrainError::io(path, e))
+}
+
+pub(crate) fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<()> {
+    for name in asearcher_torch::train::checkpoint::TOKENIZER_FILES {
+        let src = from.join(name);
+        if src.is_file() {
+            let dst = to.join(name);
+            std::fs::copy(&src, &dst).map_err(|e| TrainError::io(&dst, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The run's jsonl outputs. On resume each is cut back to the steps of the checkpoint (lines of
+/// later steps, written before a crash, are dropped; so is a torn last line).
+struct Outputs {
+    metrics: std::fs::File,
+    batches: std::fs::File,
+    trajectories: std::fs::File,
+}
+
+impl Outputs {
+    fn open(dir: &Path, step: u64) -> Result<Self> {
+        let open = |name: &str, step_of: fn(&Value) -> Option<u64>| -> Result<std::fs::File> {
+            let path = dir.join(name);
+            truncate_to_step(&path, step, step_of)?;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| TrainError::io(&path, e))
+        };
+        Ok(Self {
+            metrics: open("metrics.jsonl", |v| v.get("step")?.as_u64())?,
+            batches: open("batches.jsonl", |v| v.get("step")?.as_u64())?,
+            trajectories: open("trajectories.jsonl", |v| {
+                v.get("metadata")?.get("train_step")?.as_u64()
+            })?,
+        })
+    }
+
+    fn write_metrics(&mut self, record: &StepRecord) -> Result<()> {
+        append_line(&mut self.metrics, record)
+    }
+
+    fn write_batch(&mut self, step: u64, batch: &[Group], with_trajectories: bool) -> Result<()> {
+        let groups: Vec<Value> = batch
+            .iter()
+            .map(|g| {
+                json!({
+                    "index": g.index,
+                    "question_id": g.question.id,
+                    "epoch": g.epoch,
+                    "admitted_version": g.admitted_version,
+                    "samples": g.trajectories.iter().map(|t| t.sample).collect::<Vec<_>>(),
+                    "rewards": g.rewards(),
+                })
+            })
+            .collect();
+        if with_trajectories {
+            for t in batch.iter().flat_map(|g| g.trajectories.iter()) {
+                append_line(&mut self.trajectories, t)?;
+            }
+        }
+        append_line(&mut self.batches, &json!({"step": step, "groups": groups}))
+    }
+}
+
+fn append_line(file: &mut std::fs::File, value: &impl Serialize) -> Result<()> {
+    let mut line = serde_json::to_vec(value).map_err(|e| TrainError::Data(e.to_string()))?;
+    line.push(b'\n');
+    file.write_all(&line)
+        .map_err(|e| TrainError::io(PathBuf::from("<run output>"), e))
+}
+
+/// Keeps the lines of `path` whose step is at most `step` (rewritten atomically).
+fn truncate_to_step(path: &Path, step: u64, step_of: fn(&Value) -> Option<u64>) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let mut kept = String::with_capacity(text.len());
+    let mut dropped = 0usize;
+    for line in text.lines() {
+        let keep = serde_json::from_str::<Value>(line)
+            .ok()
+            .and_then(|v| step_of(&v))
+            .is_some_and(|s| s <= step);
+        if keep {
+            kept.push_str(line);
+            kept.push('\n');
+        } else {
+            dropped += 1;
+        }
+    }
+    if dropped == 0 {
+        return Ok(());
+    }
+    tracing::info!(file = %path.display(), dropped, step, "dropped output lines of steps after the checkpoint");
+    let tmp = path.with_extension("jsonl.tmp");
+    std::fs::write(&tmp, kept).map_err(|e| TrainError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_keeps_only_checkpointed_steps_and_drops_torn_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        std::fs::write(
+            &path,
+            "{\"step\":1}\n{\"step\":2}\n{\"step\":3}\n{\"step\":4,\"x\":",
+        )
+        .unwrap();
+        truncate_to_step(&path, 2, |v| v.get("step")?.as_u64()).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "{\"step\":1}\n{\"step\":2}\n");
+        truncate_to_step(&path, 0, |v| v.get("step")?.as_u64()).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+    }
+}

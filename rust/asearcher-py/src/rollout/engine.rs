@@ -76,6 +76,16 @@ fn scorer_from_py(
     plugins: &[Bound<'_, PyAny>],
 ) -> PyResult<Arc<RewardPipeline>> {
     let (rule, primary) = reward_from_py(reward)?;
+    build_scorer(py, rule, primary, plugins)
+}
+
+/// Rule rewards with `rule`, then each plugin; `primary` (if given) must name a recorded score.
+pub fn build_scorer(
+    py: Python<'_>,
+    rule: RuleRewardConfig,
+    primary: Option<String>,
+    plugins: &[Bound<'_, PyAny>],
+) -> PyResult<Arc<RewardPipeline>> {
     let mut pipeline = RewardPipeline::new(RuleScorer::new(rule));
     let mut names: Vec<String> = ["f1", "em", "cem"].map(String::from).to_vec();
     for obj in plugins {

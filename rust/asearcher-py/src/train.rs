@@ -1,0 +1,277 @@
+//! Training in Python: `Trainer` (the asynchronous RL loop) and `warm_start` (supervised
+//! fine-tuning on demonstrations). The Rust work runs on its own OS thread; Python polls its
+//! events (step records as JSON) with the GIL released, so callbacks, progress bars and Ctrl-C
+//! run on the caller's thread. A stop request ends the run after the step in progress, which is
+//! checkpointed.
+
+use crate::errors::{config_err, io_err, rollout_err, torch_err};
+use crate::rollout::engine::build_scorer;
+use crate::rollout::{json_of, py_of_json, toolbox_from_py};
+use crate::runtime::runtime;
+use asearcher_train::config::TrainConfig;
+use asearcher_train::trainer::{Control, TrainParts, Trainer};
+use asearcher_train::warm_start::{warm_start as run_warm_start, WarmStartConfig};
+use asearcher_train::TrainError;
+use pyo3::prelude::*;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+mod py {
+    pyo3::import_exception!(asearcher.exceptions, TrainingError);
+    pyo3::import_exception!(asearcher.exceptions, TrainingDataError);
+    pyo3::import_exception!(asearcher.exceptions, WeightSyncError);
+    pyo3::import_exception!(asearcher.exceptions, ConfigError);
+}
+
+/// Trainer errors onto the exception hierarchy (torch and rollout errors keep their classes).
+pub fn train_err(e: TrainError) -> PyErr {
+    let msg = e.to_string();
+    match e {
+        TrainError::Config { .. } => py::ConfigError::new_err(msg),
+        TrainError::Torch(t) => torch_err(t),
+        TrainError::Rollout(r) => rollout_err(r),
+        TrainError::Io { .. } => io_err(msg),
+        TrainError::Data(_) => py::TrainingDataError::new_err(msg),
+        TrainError::WeightSync { .. } => py::WeightSyncError::new_err(msg),
+        TrainError::Stopped(_) => py::TrainingError::new_err(msg),
+    }
+}
+
+/// What the worker thread reports.
+enum Event {
+    Step(String),
+    Done(Result<String, TrainError>),
+}
+
+enum Phase {
+    Ready(Box<Trainer>),
+    Running {
+        events: Arc<Mutex<Receiver<Event>>>,
+        join: Option<JoinHandle<()>>,
+    },
+    Finished,
+}
+
+/// A config given as a path (TOML/YAML/JSON) or a dict.
+fn train_config_from_py(obj: &Bound<'_, PyAny>) -> PyResult<TrainConfig> {
+    if let Ok(path) = obj.extract::<PathBuf>() {
+        return obj
+            .py()
+            .detach(|| TrainConfig::from_path(&path))
+            .map_err(train_err);
+    }
+    TrainConfig::from_value(json_of(obj, "config")?).map_err(train_err)
+}
+
+/// The asynchronous RL trainer.
+#[pyclass(name = "Trainer", module = "asearcher._core", frozen)]
+pub struct PyTrainer {
+    phase: Mutex<Phase>,
+    stop: Arc<AtomicBool>,
+    config: serde_json::Value,
+    resumed_step: u64,
+}
+
+#[pymethods]
+impl PyTrainer {
+    #[new]
+    #[pyo3(signature = (config, *, toolbox = None, plugins = Vec::new(), primary = None))]
+    fn new(
+        py: Python<'_>,
+        config: &Bound<'_, PyAny>,
+        toolbox: Option<&Bound<'_, PyAny>>,
+        plugins: Vec<Bound<'_, PyAny>>,
+        primary: Option<String>,
+    ) -> PyResult<Self> {
+        let cfg = train_config_from_py(config)?;
+        let scorer = if plugins.is_empty() && primary.is_none() {
+            None
+        } else {
+            Some(build_scorer(py, cfg.reward, primary, &plugins)? as _)
+        };
+        let parts = TrainParts {
+            toolbox: toolbox_from_py(toolbox)?,
+            scorer,
+        };
+        let config = serde_json::to_value(&cfg).map_err(|e| config_err("config", e))?;
+        let handle = runtime().handle().clone();
+        let trainer = py
+            .detach(move || Trainer::new(cfg, parts, handle))
+            .map_err(train_err)?;
+        Ok(Self {
+            stop: trainer.stop_flag(),
+            resumed_step: trainer.step(),
+            phase: Mutex::new(Phase::Ready(Box::new(trainer))),
+            config,
+        })
+    }
+
+    /// The config in effect, every default filled in.
+    #[getter]
+    fn config(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        py_of_json(py, &self.config)
+    }
+
+    /// Steps already taken when this trainer was built (the checkpoint it resumed from).
+    #[getter]
+    fn resumed_step(&self) -> u64 {
+        self.resumed_step
+    }
+
+    /// Starts training on a background thread; events come from `poll`.
+    fn start(&self) -> PyResult<()> {
+        let mut phase = self.phase.lock().expect("trainer lock");
+        let Phase::Ready(_) = &*phase else {
+            return Err(py::TrainingError::new_err("the trainer was already started"));
+        };
+        let Phase::Ready(mut trainer) = std::mem::replace(&mut *phase, Phase::Finished) else {
+            unreachable!()
+        };
+        let (tx, rx) = mpsc::channel();
+        let join = std::thread::Builder::new()
+            .name("asearcher-trainer".into())
+            .spawn(move || {
+                let step_tx = tx.clone();
+                let result = trainer.fit(&mut |record| {
+                    let line = serde_json::to_string(record).unwrap_or_default();
+                    match step_tx.send(Event::Step(line)) {
+                        Ok(()) => Control::Continue,
+                        Err(_) => Control::Stop,
+                    }
+                });
+                let done = result.map(|s| serde_json::to_string(&s).unwrap_or_default());
+                drop(trainer);
+                let _ = tx.send(Event::Done(done));
+            })
+            .map_err(|e| py::TrainingError::new_err(format!("cannot start the trainer thread: {e}")))?;
+        *phase = Phase::Running {
+            events: Arc::new(Mutex::new(rx)),
+            join: Some(join),
+        };
+        Ok(())
+    }
+
+    /// The next event within `timeout_s`: `("step", json)`, `("idle", None)` or
+    /// `("done", summary_json)`; a failed run raises its error.
+    fn poll(&self, py: Python<'_>, timeout_s: f64) -> PyResult<(String, Option<String>)> {
+        let mut phase = self.phase.lock().expect("trainer lock");
+        let Phase::Running { events, join } = &mut *phase else {
+            return Err(py::TrainingError::new_err(
+                "the trainer is not running (call start() once)",
+            ));
+        };
+        let timeout = Duration::from_secs_f64(timeout_s.max(0.0));
+        let rx = events.clone();
+        let event = py.detach(move || rx.lock().expect("events lock").recv_timeout(timeout));
+        match event {
+            Ok(Event::Step(line)) => Ok(("step".into(), Some(line))),
+            Err(RecvTimeoutError::Timeout) => Ok(("idle".into(), None)),
+            Ok(Event::Done(result)) => {
+                if let Some(j) = join.take() {
+                    py.detach(|| j.join()).ok();
+                }
+                *phase = Phase::Finished;
+                result
+                    .map(|s| ("done".into(), Some(s)))
+                    .map_err(train_err)
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                *phase = Phase::Finished;
+                Err(py::TrainingError::new_err(
+                    "the trainer thread ended without a result (it panicked; see the log)",
+                ))
+            }
+        }
+    }
+
+    /// Asks the run to stop after the step in progress (it is checkpointed).
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    fn __repr__(&self) -> String {
+        let out = self
+            .config
+            .pointer("/run/out_dir")
+            .and_then(|v| v.as_str())
+            .unwrap_or("?");
+        format!("Trainer(out_dir={out:?}, resumed_step={})", self.resumed_step)
+    }
+}
+
+/// Fine-tunes a model on demonstration trajectories; `callback(step, total, stats_json)` runs
+/// on the caller's thread after every optimizer step and may return False to stop early.
+/// Returns the summary as JSON.
+#[pyfunction]
+#[pyo3(signature = (config, callback = None))]
+fn warm_start(
+    py: Python<'_>,
+    config: &Bound<'_, PyAny>,
+    callback: Option<Bound<'_, PyAny>>,
+) -> PyResult<String> {
+    let cfg = WarmStartConfig::from_value(json_of(config, "config")?).map_err(train_err)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel::<(u64, u64, String)>();
+    let worker_stop = stop.clone();
+    let join = std::thread::Builder::new()
+        .name("asearcher-warm-start".into())
+        .spawn(move || {
+            run_warm_start(&cfg, &mut |step, total, stats| {
+                let line = serde_json::to_string(stats).unwrap_or_default();
+                let _ = tx.send((step, total, line));
+                !worker_stop.load(Ordering::Relaxed)
+            })
+        })
+        .map_err(|e| py::TrainingError::new_err(format!("cannot start the warm-start thread: {e}")))?;
+    let rx = Mutex::new(rx);
+    let mut interrupted: Option<PyErr> = None;
+    loop {
+        match py.detach(|| {
+            rx.lock()
+                .expect("events lock")
+                .recv_timeout(Duration::from_millis(100))
+        }) {
+            Ok((step, total, line)) => {
+                if let (Some(cb), None) = (&callback, &interrupted) {
+                    match cb.call1((step, total, line)) {
+                        Ok(r) if r.is_instance_of::<pyo3::types::PyBool>() && !r.is_truthy()? => {
+                            stop.store(true, Ordering::Relaxed)
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            stop.store(true, Ordering::Relaxed);
+                            interrupted = Some(e);
+                        }
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if interrupted.is_none() {
+                    if let Err(e) = py.check_signals() {
+                        stop.store(true, Ordering::Relaxed);
+                        interrupted = Some(e);
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let result = py
+        .detach(|| join.join())
+        .map_err(|_| py::TrainingError::new_err("the warm-start thread panicked"))?;
+    if let Some(e) = interrupted {
+        return Err(e);
+    }
+    let summary = result.map_err(train_err)?;
+    serde_json::to_string(&summary).map_err(|e| py::TrainingError::new_err(e.to_string()))
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyTrainer>()?;
+    m.add_function(wrap_pyfunction!(warm_start, m)?)?;
+    Ok(())
+}

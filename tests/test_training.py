@@ -1,0 +1,202 @@
+"""The training loop end to end on real parts: a tiny random Qwen model with real gradients, the
+embedded generator, the sample BM25 index, questions from the sample file. Covers the Python
+API (callbacks, stop and resume, plot), synchronous mode, config errors, weight sync to our
+model server over HTTP, and kill -9 at random moments followed by resume: no step repeated or
+skipped, no question lost or trained on twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import asearcher
+import pytest
+import torch
+from asearcher.data import sample_questions_path
+from asearcher.exceptions import ConfigError
+from asearcher.tools import LocalSearch
+
+from tiny_models import make_tiny_qwen
+
+N_QUESTIONS = 16
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_qwen(tmp_path_factory.mktemp("model") / "m", hidden_size=32, intermediate_size=64)
+
+
+@pytest.fixture(scope="module")
+def questions_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("q") / "train.jsonl"
+    lines = sample_questions_path().read_text(encoding="utf-8").splitlines()[:N_QUESTIONS]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def make_config(model_dir: Path, questions: Path, index: LocalSearch, out: Path, **over) -> dict:
+    cfg = {
+        "model": {"path": str(model_dir)},
+        "data": {"train": str(questions), "epochs": 1},
+        "tools": {"index": str(index.path), "top_k": 2},
+        "agent": {"kind": "search_r1", "max_turns": 2, "max_new_tokens": 12},
+        "rollout": {"group_size": 2, "batch_size": 2, "max_staleness": 2, "max_concurrent": 8},
+        "inference": {"max_running": 8, "max_context": 2048},
+        "learner": {
+            "filter_zero_variance": False,
+            "micro_batch_tokens": 2048,
+            "schedule": {"kind": "constant", "lr": 1e-3},
+        },
+        "run": {"out_dir": str(out), "checkpoint_every": 1, "keep_last": 2},
+    }
+    for section, values in over.items():
+        cfg.setdefault(section, {}).update(values)
+    return cfg
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def question_ids(questions: Path) -> list[str]:
+    return [q.get("id", str(i)) for i, q in enumerate(read_jsonl(questions))]
+
+
+def test_fit_trains_checkpoints_plots_and_resumes(tmp_path, model_dir, questions_file, sample_index):
+    out = tmp_path / "run"
+    cfg = make_config(model_dir, questions_file, sample_index, out, run={"steps": 3})
+    seen: list[dict] = []
+    trainer = asearcher.Trainer(cfg)
+    assert trainer.resumed_step == 0
+    result = trainer.fit(callbacks=[seen.append, asearcher.callbacks.PlotCallback()], progress=False)
+    assert result.ended_by == "steps" and result.steps == 3
+    assert [r["step"] for r in seen] == [1, 2, 3]
+    assert [r["version"] for r in seen] == [1, 2, 3]
+    for r in seen:
+        assert r["groups"] == 2 and r["trajectories"] == 4
+        assert r["learner"]["loss_tokens"] > 0
+        assert 0 <= r["learner"]["staleness_max"] <= 2
+        assert r["rollout"]["version"] == r["version"]
+    assert (out / "training.svg").read_text().startswith("<svg")
+    assert [r["step"] for r in asearcher.read_metrics(out)] == [1, 2, 3]
+    # Trained weights differ from the initial ones.
+    before = asearcher.QwenModel.load(model_dir)
+    after = asearcher.QwenModel.load(result.final_dir)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    assert (before.logits(ids) - after.logits(ids)).abs().max().item() > 1e-4
+    # The same config resumes after the last step and stops early from a callback.
+    cfg["run"]["steps"] = 6
+    again = asearcher.Trainer(cfg)
+    assert again.resumed_step == 3
+    result = again.fit(callbacks=[lambda r: r["step"] < 5], progress=False)
+    assert result.ended_by == "stopped" and result.steps == 5 and result.resumed_from == 3
+    assert [r["step"] for r in asearcher.read_metrics(out)] == [1, 2, 3, 4, 5]
+
+
+def test_synchronous_mode_trains_only_on_current_policy_tokens(tmp_path, model_dir, questions_file, sample_index):
+    cfg = make_config(
+        model_dir, questions_file, sample_index, tmp_path / "sync",
+        rollout={"max_staleness": 0}, run={"steps": 3},
+    )
+    result = asearcher.Trainer(cfg).fit(progress=False)
+    assert result.steps == 3
+    for r in result.history:
+        assert r["learner"]["staleness_max"] == 0
+        assert r["learner"]["behav_weight_max"] == pytest.approx(1.0, abs=1e-2)
+
+
+def test_config_errors_name_the_key(tmp_path, model_dir, questions_file, sample_index):
+    cfg = make_config(model_dir, questions_file, sample_index, tmp_path / "bad")
+    cfg["learner"]["ppo"] = {"eps_clipp": 0.3}
+    with pytest.raises(ConfigError, match=r"learner\.ppo.*eps_clipp"):
+        asearcher.Trainer(cfg)
+    cfg = make_config(model_dir, questions_file, sample_index, tmp_path / "bad", rollout={"group_size": 0})
+    with pytest.raises(ConfigError, match=r"rollout\.group_size"):
+        asearcher.Trainer(cfg)
+    toml = tmp_path / "bad.toml"
+    toml.write_text(f'[model]\npath = "{model_dir}"\n[data]\ntrain = "{questions_file}"\n[run]\nstepz = 1\n')
+    with pytest.raises(ConfigError, match=r"stepz"):
+        asearcher.Trainer(toml)
+
+
+def test_weights_reach_our_model_server_through_disk(tmp_path, model_dir, questions_file, sample_index):
+    with asearcher.start_model_server(model_dir, max_running=8) as server:
+        cfg = make_config(
+            model_dir, questions_file, sample_index, tmp_path / "srv",
+            inference={"backend": "sglang", "servers": [server.url], "max_running": 8},
+            run={"steps": 3},
+        )
+        result = asearcher.Trainer(cfg).fit(progress=False)
+        assert result.steps == 3
+    weights = sorted(p.name for p in (tmp_path / "srv" / "weights").iterdir())
+    assert weights == ["v00000002", "v00000003"]  # keep_weights = 2
+    versions = {
+        v
+        for t in asearcher.load_trajectories(tmp_path / "srv" / "trajectories.jsonl")
+        for turn in t.turns
+        for v in turn["output_versions"]
+    }
+    assert versions and max(versions) >= 1, versions
+
+
+def _train_cmd(config: Path) -> list[str]:
+    return [sys.executable, "-m", "asearcher.cli", "train", str(config), "--quiet"]
+
+
+def _latest_step(out: Path) -> int:
+    latest = out / "checkpoints" / "latest"
+    try:
+        return int(latest.read_text().strip().removeprefix("step-"))
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def test_kill_9_at_any_moment_then_resume_is_exact(tmp_path, model_dir, questions_file, sample_index):
+    out = tmp_path / "killed"
+    cfg = make_config(model_dir, questions_file, sample_index, out)
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps(cfg))
+    total_steps = N_QUESTIONS // 2
+    env = {**os.environ, "ASEARCHER_PROGRESS": "0", "PYTHONPATH": os.pathsep.join(sys.path)}
+    kills, mid_run_kills, resumed_with_pending = 0, 0, 0
+    rng = __import__("random").Random(7)
+    while kills < 4:
+        before = _latest_step(out)
+        if before >= total_steps:
+            break
+        proc = subprocess.Popen(_train_cmd(config), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # Wait for this run to checkpoint a new step, then kill it a random moment later, in the
+        # middle of whatever it is doing (training, saving, generating).
+        deadline = time.monotonic() + 120
+        while _latest_step(out) <= before and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.3))
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+            reached = _latest_step(out)
+            mid_run_kills += 0 < reached < total_steps
+            state = json.loads((out / "checkpoints" / f"step-{reached:08d}" / "trainer_state.json").read_text())
+            resumed_with_pending += state["user"]["pending_groups"] > 0
+        proc.communicate(timeout=60)
+    final = subprocess.run(_train_cmd(config), env=env, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stdout + final.stderr
+    assert mid_run_kills >= 1 and resumed_with_pending >= 1, (kills, mid_run_kills, resumed_with_pending)
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == list(range(1, total_steps + 1))
+    batches = read_jsonl(out / "batches.jsonl")
+    assert [b["step"] for b in batches] == list(range(1, total_steps + 1))
+    trained = Counter(g["question_id"] for b in batches for g in b["groups"])
+    assert sorted(trained) == sorted(question_ids(questions_file))
+    assert set(trained.values()) == {1}, trained
+    for b in batches:
+        for g in b["groups"]:
+            assert sorted(g["samples"]) == [0, 1]
+    trajectories = asearcher.load_trajectories(out / "trajectories.jsonl")
+    assert Counter(t.question_id for t in trajectories) == Counter({q: 2 for q in trained})
