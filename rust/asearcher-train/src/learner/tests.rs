@@ -16,6 +16,8 @@ use tch::{Device, Kind, Tensor};
 const VOCAB: i64 = 24;
 
 fn tiny_model(seed: u64) -> QwenModel {
+    // One intra-op thread: the models are tiny and tests run in parallel on few cores.
+    tch::set_num_threads(1);
     let json = serde_json::json!({
         "model_type": "qwen2", "vocab_size": VOCAB, "hidden_size": 16, "intermediate_size": 24,
         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
