@@ -125,7 +125,7 @@ fn trajectory_sequences(
     let mut seqs = traj
         .to_sequences()
         .map_err(|e| TrainError::Data(format!("trajectory `{}`: {e}", traj.id)))?;
-    let versions: BTreeSet<u64> = seqs.iter().flat_map(|s| generated_versions(s)).collect();
+    let versions: BTreeSet<u64> = seqs.iter().flat_map(generated_versions).collect();
     stats.version_spread_max = stats.version_spread_max.max(versions.len());
     if let Some(k) = cfg.version_spread.max_versions {
         if versions.len() > k as usize {

@@ -54,8 +54,8 @@ fn model_logprobs(model: &QwenModel, ids: &[u32]) -> Vec<f32> {
         .log_softmax(-1, Kind::Float)
         .squeeze_dim(0);
     let mut out = vec![0.0];
-    for k in 1..ids.len() {
-        out.push(logp.double_value(&[k as i64 - 1, ids[k] as i64]) as f32);
+    for (k, &id) in ids.iter().enumerate().skip(1) {
+        out.push(logp.double_value(&[k as i64 - 1, id as i64]) as f32);
     }
     out
 }
