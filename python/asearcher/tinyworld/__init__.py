@@ -1,0 +1,30 @@
+"""tinyworld: a small synthetic world (made-up entities, typed relations, a corpus and multi-hop
+questions with a train / held-out split by entity), its word-level tokenizer, a tiny random
+Qwen2, the agent setup, and a scripted, deliberately imperfect demonstrator served over SGLang's
+/generate, so the embedded main job can train a search agent end to end in minutes on a CPU.
+See docs/tinyworld.md.
+"""
+
+from __future__ import annotations
+
+from .build import TOP_K, BuiltWorld, agent_config, build, model_config, toolbox
+from .demonstrator import Demonstrator, Imperfections
+from .runs import DemonstrationStats, heldout_accuracy, make_demonstrations
+from .world import QUESTION_KINDS, RELATIONS, World
+
+__all__ = [
+    "QUESTION_KINDS",
+    "RELATIONS",
+    "TOP_K",
+    "BuiltWorld",
+    "DemonstrationStats",
+    "Demonstrator",
+    "Imperfections",
+    "World",
+    "agent_config",
+    "build",
+    "heldout_accuracy",
+    "make_demonstrations",
+    "model_config",
+    "toolbox",
+]

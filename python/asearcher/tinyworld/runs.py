@@ -1,0 +1,149 @@
+"""Runs over a built tinyworld with the real engine: demonstrations for the warm start
+(``make_demonstrations``: the demonstrator served over /generate, the rollout engine, saved
+trajectories) and accuracy on held-out or train questions (``heldout_accuracy``: ``evaluate``
+with a model directory, a served policy's URL, or any backend).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .build import BuiltWorld, agent_config
+from .demonstrator import Demonstrator, Imperfections
+
+
+@dataclass(frozen=True)
+class DemonstrationStats:
+    """What ``make_demonstrations`` saved: trajectory count, mean F1 / EM of their answers, the
+    share that searched at least once, and the file."""
+
+    trajectories: int
+    f1: float
+    em: float
+    searched: float
+    path: Path
+
+
+def make_demonstrations(
+    world: BuiltWorld,
+    n_per_question: int,
+    out_path: str | os.PathLike[str],
+    seed: int = 0,
+    imperfections: Imperfections | None = None,
+    max_questions: int | None = None,
+) -> DemonstrationStats:
+    """Runs the demonstrator through ``asearcher.RolloutEngine`` on the world's train questions
+    (``n_per_question`` trajectories each, the tinyworld agent and toolbox) and saves the
+    trajectories to ``out_path`` (replaced)."""
+    import asearcher
+
+    if n_per_question < 1:
+        raise ValueError(f"n_per_question: {n_per_question} must be at least 1")
+    questions = world.world.train[:max_questions] if max_questions else world.world.train
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)
+    trajectories = []
+    with Demonstrator(world.world, world.tokenizer, imperfections, seed) as demo:
+        pool = asearcher.InferencePool([demo.url])
+        engine = asearcher.RolloutEngine(
+            [_rollout_question(q) for q in questions],
+            pool,
+            asearcher.Tokenizer(world.tokenizer),
+            toolbox=world.toolbox(),
+            agent=agent_config(world.world.size),
+            config={
+                "group_size": n_per_question,
+                "batch_size": 16,
+                "max_staleness": None,
+                "max_concurrent": 16 * n_per_question,
+                "seed": seed,
+            },
+            reward={"metric": "f1"},
+        )
+        with engine:
+            while (batch := engine.next_batch(16)) is not None:
+                trajectories.extend(t for g in batch for t in g.trajectories)
+    asearcher.save_trajectories(out, trajectories, append=False)
+    n = max(1, len(trajectories))
+    return DemonstrationStats(
+        trajectories=len(trajectories),
+        f1=sum(t.rewards["f1"] for t in trajectories) / n,
+        em=sum(t.rewards["em"] for t in trajectories) / n,
+        searched=sum(t.tool_calls > 0 for t in trajectories) / n,
+        path=out,
+    )
+
+
+def _rollout_question(q: dict) -> dict:
+    return {"id": q["id"], "question": q["question"], "answer": q["answer"]}
+
+
+def heldout_accuracy(
+    model: str | os.PathLike[str] | Any,
+    world: BuiltWorld,
+    *,
+    split: str = "heldout",
+    k: int = 1,
+    temperature: float = 0.0,
+    max_questions: int | None = None,
+    output_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Avg F1 / EM (over ``k`` samples per question) of a policy on the world's ``heldout`` or
+    ``train`` questions with the tinyworld agent and toolbox. ``model``: a model directory (run
+    by an embedded ``asearcher.Generator``), an ``http://`` URL of an SGLang-compatible server
+    (e.g. a ``Demonstrator``), or a backend ``evaluate`` takes. Greedy by default."""
+    import asearcher
+
+    if split not in ("heldout", "train"):
+        raise ValueError(f"split: {split!r} is not 'heldout' or 'train'")
+    data_dir = world.data_dir if split == "heldout" else _train_layout(world)
+    agent = agent_config(world.world.size, temperature=temperature)
+    out = output_dir or tempfile.mkdtemp(prefix="tinyworld-eval-")
+    backend, close = _backend(model)
+    try:
+        report = asearcher.evaluate(
+            data_dir,
+            backend,
+            asearcher.Tokenizer(world.tokenizer),
+            benchmarks=[split],
+            toolbox=world.toolbox(),
+            k=k,
+            output_dir=out,
+            agent=agent,
+            config={"max_concurrent": 32},
+            max_questions=max_questions,
+            progress=False,
+        )
+    finally:
+        close()
+    bench = report[split]
+    return {
+        "f1": bench["metrics"]["f1"]["avg_at_k"],
+        "em": bench["metrics"]["em"]["avg_at_k"],
+        "questions": bench["questions"],
+        "mean_turns": bench["mean_turns"],
+        "report": report,
+    }
+
+
+def _backend(model: Any) -> tuple[Any, Any]:
+    import asearcher
+
+    if isinstance(model, str) and model.startswith(("http://", "https://")):
+        return asearcher.InferencePool([model]), lambda: None
+    if isinstance(model, (str, os.PathLike)):
+        gen = asearcher.Generator(model, max_running=32)
+        return gen, gen.close
+    return model, lambda: None
+
+
+def _train_layout(world: BuiltWorld) -> Path:
+    """``{root}/eval-train/train/test.jsonl``: the train questions in the evaluation layout."""
+    data_dir = world.root / "eval-train"
+    world.world.write_questions(data_dir / "train" / "test.jsonl", world.world.train)
+    return data_dir

@@ -1,0 +1,207 @@
+"""tinyworld: the synthetic world (determinism, the split by entity, BM25 findability), its
+tokenizer (one token per entity, tags kept), the tiny model, the demonstrator over real HTTP
+through the real rollout engine, and held-out accuracy of a random model and of the demonstrator.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import asearcher
+import pytest
+from asearcher.tinyworld import (
+    RELATIONS,
+    TOP_K,
+    BuiltWorld,
+    Demonstrator,
+    Imperfections,
+    World,
+    agent_config,
+    build,
+    heldout_accuracy,
+    make_demonstrations,
+)
+from asearcher.tools import LocalSearch
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> BuiltWorld:
+    return build(tmp_path_factory.mktemp("tinyworld"), seed=0, size="small")
+
+
+@pytest.fixture(scope="module")
+def tok(built: BuiltWorld) -> asearcher.Tokenizer:
+    return asearcher.Tokenizer(built.tokenizer)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    names = ["corpus.jsonl", "train.jsonl", "heldout/test.jsonl", "tokenizer/tokenizer.json"]
+    names += ["model-init/config.json", "model-init/model.safetensors"]
+    return {n: (root / n).read_bytes() for n in names}
+
+
+def test_build_is_deterministic_for_a_seed(built: BuiltWorld, tmp_path: Path):
+    again = build(tmp_path / "again", seed=0, size="small")
+    assert _files(again.root) == _files(built.root)
+    other = World.generate(seed=1, size="small")
+    assert other.types != built.world.types
+
+
+def test_sizes_and_bad_input():
+    small, default = World.generate(0, "small"), World.generate(0, "default")
+    assert 40 <= len(small.types) < len(default.types)
+    assert 200 <= len(default.types) <= 400
+    with pytest.raises(ValueError, match="size: unknown world size 'huge'"):
+        World.generate(0, "huge")
+    with pytest.raises(ValueError, match="heldout_fraction"):
+        World.generate(0, "small", heldout_fraction=1.5)
+    with pytest.raises(ValueError, match="size"):
+        agent_config("huge")
+
+
+def test_questions_are_in_the_rollout_format(built: BuiltWorld):
+    lines = built.heldout.read_text().splitlines()
+    assert len(lines) == len(built.world.heldout) > 0
+    for q in map(json.loads, lines):
+        assert q["question"].endswith("?") and q["subject"] in q["question"]
+        assert q["answer"] == [q["path"][-1]]
+        assert built.world.follow(q["subject"], tuple(q["chain"])) == q["path"]
+    hops = {len(q["chain"]) for q in built.world.heldout}
+    assert hops == {1, 2, 3}
+
+
+def test_split_by_entity_keeps_heldout_subjects_out_of_train(built: BuiltWorld):
+    world = built.world
+    heldout_subjects = {q["subject"] for q in world.heldout}
+    assert heldout_subjects == set(world.heldout_subjects)
+    for q in world.train:
+        assert not heldout_subjects.intersection(q["path"][:-1]), q["id"]
+    assert len(world.train) > 2 * len(world.heldout)
+
+
+def test_every_hop_is_found_by_its_expert_query(built: BuiltWorld):
+    index = LocalSearch(built.index)
+    for q in built.world.all_questions():
+        for i, rel in enumerate(q["chain"]):
+            entity, nxt = q["path"][i], q["path"][i + 1]
+            docs = index.search(f"{entity} {RELATIONS[rel].query}", k=TOP_K)
+            hits = [d.contents for d in docs if d.contents.startswith(f'"{entity}"\n')]
+            assert hits, f"{q['id']} hop {i}: no passage of {entity} in the top {TOP_K}"
+            assert nxt in hits[0].split("\n", 1)[1]
+
+
+def test_every_entity_name_is_one_known_token(built: BuiltWorld, tok: asearcher.Tokenizer):
+    unk = tok.token_to_id("<unk>")
+    for name in built.world.types:
+        ids = tok.encode(name, False)
+        assert len(ids) == 1 and ids[0] != unk, name
+        assert tok.encode(name.lower(), False) == ids
+
+
+def test_tokenizer_round_trip_keeps_tags_and_words(tok: asearcher.Tokenizer, built: BuiltWorld):
+    name = next(iter(built.world.types)).lower()
+    text = (
+        f"<think> x </think> <search> {name} born </search>\n\n<information>\n1. (Title: {name})"
+        f" </information> <answer> {name} </answer><|im_end|>"
+    )
+    ids = tok.encode(text, False)
+    assert tok.token_to_id("<unk>") not in ids
+    for tag in ("<search>", "</search>", "<answer>", "</answer>", "<information>", "<think>"):
+        assert tok.token_to_id(tag) in ids
+    decoded = tok.decode(ids, False)
+    assert f"<search> {name} born </search>" in decoded
+    assert decoded.endswith(f"<answer> {name} </answer> <|im_end|>")
+    assert tok.encode("zzqqx", False) == [tok.token_to_id("<unk>")]
+    assert tok.eos_token_ids == [tok.token_to_id("<|im_end|>")]
+
+
+def test_model_init_matches_the_tokenizer(built: BuiltWorld, tok: asearcher.Tokenizer):
+    model = asearcher.QwenModel.load(built.model_init)
+    assert model.config["vocab_size"] == tok.vocab_size
+    assert model.config["eos_token_id"] == tok.token_to_id("<|im_end|>")
+    assert model.config["tie_word_embeddings"] is True
+
+
+def _post(url: str, body: dict) -> tuple[int, dict]:
+    req = urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_demonstrator_speaks_sglang_generate(built: BuiltWorld, tok: asearcher.Tokenizer):
+    q = next(q for q in built.world.train if len(q["chain"]) == 2)
+    prompt = agent_config()["prompts"]["prompt"].replace("{{ question }}", q["question"])
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+    )
+    perfect = Imperfections(guess_rate=0.0, early_stop_rate=0.0)
+    with Demonstrator(built.world, built.tokenizer, perfect) as demo:
+        status, out = _post(demo.url + "/generate", {"input_ids": ids, "rid": "q#0-0"})
+        assert status == 200
+        text = tok.decode(out["output_ids"], False)
+        assert text == f"<search> {q['subject'].lower()} {RELATIONS[q['chain'][0]].query} </search>"
+        meta = out["meta_info"]
+        assert [e[1] for e in meta["output_token_logprobs"]] == out["output_ids"]
+        assert meta["finish_reason"]["type"] == "stop"
+        status, out = _post(
+            demo.url + "/generate",
+            {"input_ids": ids, "rid": "q#0-0", "sampling_params": {"max_new_tokens": 2}},
+        )
+        assert len(out["output_ids"]) == 2 and out["meta_info"]["finish_reason"]["type"] == "length"
+        status, out = _post(demo.url + "/generate", {"input_ids": []})
+        assert status == 400 and "input_ids" in out["error"]
+        other = tok.encode("question : who is nobody ? <|im_end|>", False)
+        status, out = _post(demo.url + "/generate", {"input_ids": other})
+        assert status == 400 and "no question" in out["error"]
+
+
+def test_perfect_demonstrations_answer_everything(built: BuiltWorld, tmp_path: Path):
+    perfect = Imperfections(guess_rate=0.0, early_stop_rate=0.0)
+    stats = make_demonstrations(built, 1, tmp_path / "d.jsonl", imperfections=perfect)
+    assert stats.trajectories == len(built.world.train)
+    assert stats.f1 == 1.0 and stats.searched == 1.0
+    for t in asearcher.load_trajectories(stats.path):
+        q = next(q for q in built.world.train if q["id"] == t.question_id)
+        assert t.tool_calls == len(q["chain"]) and t.num_turns == len(q["chain"]) + 1
+
+
+def test_imperfect_demonstrations_and_their_loss_masks(
+    built: BuiltWorld, tok: asearcher.Tokenizer, tmp_path: Path
+):
+    stats = make_demonstrations(built, 4, tmp_path / "d.jsonl", seed=0)
+    assert stats.trajectories == 4 * len(built.world.train)
+    # 40% guess without searching, 15% of multi-hop chains stop at a bridge: ~0.55 correct.
+    assert 0.4 < stats.f1 < 0.7
+    assert 0.45 < stats.searched < 0.75
+    trajs = asearcher.load_trajectories(stats.path)
+    assert len({t.answer for t in trajs if t.reward == 0.0}) > 5
+    for t in trajs[:40]:
+        (seq,) = t.sequences()
+        generated = [i for i, m in zip(seq["input_ids"], seq["loss_mask"], strict=True) if m]
+        outputs = [i for turn in t.turns for i in turn["output_ids"]]
+        assert generated == outputs
+        text = tok.decode(generated, False)
+        assert text.count("<search>") == t.tool_calls and text.endswith("</answer>")
+        assert len(seq["input_ids"]) < 400
+
+
+def test_random_model_scores_about_zero_and_the_demonstrator_its_rate(built: BuiltWorld):
+    random_model = heldout_accuracy(built.model_init, built, max_questions=12)
+    assert random_model["questions"] == 12
+    assert random_model["f1"] < 0.05
+    perfect = Imperfections(guess_rate=0.0, early_stop_rate=0.0)
+    with Demonstrator(built.world, built.tokenizer, perfect) as demo:
+        assert heldout_accuracy(demo.url, built)["f1"] == 1.0
+        train = heldout_accuracy(demo.url, built, split="train", max_questions=20)
+        assert train["f1"] == 1.0 and train["questions"] == 20
+    with Demonstrator(built.world, built.tokenizer, seed=3) as demo:
+        imperfect = heldout_accuracy(demo.url, built, k=4)
+    assert 0.3 < imperfect["f1"] < 0.8
