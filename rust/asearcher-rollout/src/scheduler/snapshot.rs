@@ -277,3 +277,6 @@ fn check(cfg: &RolloutConfig, snapshot: &EngineSnapshot) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
