@@ -481,3 +481,57 @@ async fn a_snapshot_that_does_not_fit_the_config_is_refused_by_name() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_trajectories_in_flight_snapshot_and_resume() {
+    let mut first = SimBackend::new(Duration::from_millis(5), |c| {
+        if c.observations >= 1 {
+            SimReply::Hang
+        } else {
+            SimReply::Say(format!("<search>{}</search>", c.question))
+        }
+    });
+    first.record_rids = false;
+    let config = cfg(8, 250, 2000, None);
+    let engine = RolloutEngine::start(
+        config.clone(),
+        parts(Arc::new(first)),
+        QuestionSource::once(questions(250)),
+    )
+    .unwrap();
+    until("2000 samples one turn in", || {
+        waiting_with_turns(&engine.snapshot(), 1) == 2000
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let snapshot = engine.snapshot();
+    let took = started.elapsed();
+    let json = serde_json::to_vec(&snapshot).unwrap();
+    println!(
+        "snapshot of 2000 in-flight samples (1 turn + observation each): {:.2} ms, {} KiB of JSON",
+        took.as_secs_f64() * 1e3,
+        json.len() / 1024
+    );
+    engine.shutdown().await;
+    let mut second = SimBackend::search_then_answer(Duration::from_millis(5), 1, "Paris");
+    second.record_rids = false;
+    let resumed = RolloutEngine::resume(
+        config,
+        parts(Arc::new(second)),
+        QuestionSource::once(questions(250)),
+        serde_json::from_slice(&json).unwrap(),
+    )
+    .unwrap();
+    let groups = all_groups(&resumed).await;
+    assert_eq!(groups.len(), 250);
+    assert!(groups
+        .iter()
+        .flat_map(|g| &g.trajectories)
+        .all(|t| t.turns.len() == 2 && t.answer.as_deref() == Some("Paris")));
+    let s = resumed.stats();
+    assert_eq!(
+        (s.resumed_samples, s.replayed_turns, s.replay_restarts),
+        (2000, 2000, 0)
+    );
+    assert_resumed_quiescent(&s);
+}
