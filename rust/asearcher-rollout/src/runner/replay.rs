@@ -144,3 +144,6 @@ async fn ask_tool(ctx: &RunContext, call: &asearcher_agent::agent::ToolCall) -> 
         },
     }
 }
+
+#[cfg(test)]
+mod tests;
