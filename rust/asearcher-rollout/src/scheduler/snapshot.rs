@@ -168,8 +168,13 @@ fn pending_sample(slot: &SampleSlot) -> PendingSample {
     let finished = slot.finished.load(SeqCst);
     let attempts = slot.attempt.load(SeqCst);
     let live = lock_live(&slot.live);
+    let mut trajectory = live.trajectory.clone();
+    if !finished {
+        // The time run so far, so that a resumed run adds its own to it.
+        trajectory.elapsed_s = (unix_now() - trajectory.started_at).max(0.0);
+    }
     PendingSample {
-        trajectory: live.trajectory.clone(),
+        trajectory,
         finished,
         attempts,
         observations: if finished {
@@ -178,6 +183,12 @@ fn pending_sample(slot: &SampleSlot) -> PendingSample {
             live.observations.clone()
         },
     }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn scored_group(g: PendingGroup) -> Group {

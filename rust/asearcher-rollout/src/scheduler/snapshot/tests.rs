@@ -205,6 +205,12 @@ async fn resume_continues_in_flight_samples_and_loses_or_repeats_no_question() {
             continue;
         }
         continued += 1;
+        let ran_before = old.trajectory.elapsed_s;
+        assert!(
+            ran_before > 0.0 && t.elapsed_s > ran_before,
+            "{}: time adds up",
+            t.id
+        );
         assert_eq!(t.turns.len(), 3, "{}", t.id);
         let first_turn = &old.trajectory.turns[0];
         assert_eq!(
