@@ -3,6 +3,10 @@
 //! back and records every turn on the [`Trajectory`]. Owns the per-trajectory wall-clock limit and
 //! the tool error policy. Model output and tool failures never panic here: they end up as turns,
 //! protocol issues and [`TrajectoryError`]s.
+//!
+//! The record of a run in progress lives in a [`LiveRun`] behind a mutex, so a snapshot can copy
+//! it between turns (a turn being generated is not in it yet); [`replay`] brings a rebuilt agent
+//! back to the state of a recorded run so that [`run_live`] can continue it.
 
 use crate::client::{FinishReason, GenOutput, GenRequest, LlmBackend, SamplingParams};
 use crate::questions::Question;
@@ -16,8 +20,11 @@ use asearcher_tools::{Document, ToolOutput, Toolbox};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+mod replay;
+pub use replay::{replay, Divergence, Replayed};
 
 /// What a failed tool call does to its trajectory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -98,30 +105,111 @@ pub fn empty_trajectory(spec: &RunSpec, agent: &str) -> Trajectory {
     t
 }
 
+/// A tool observation as the agent was shown it, kept so that a resumed run can replay the call
+/// without asking the tool again (a live web search may answer differently).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct RecordedObservation {
+    pub text: String,
+    #[serde(default)]
+    pub docs: Vec<ObservedDoc>,
+    #[serde(default)]
+    pub chunks: Vec<String>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+impl From<ToolObservation> for RecordedObservation {
+    fn from(o: ToolObservation) -> Self {
+        Self {
+            text: o.text,
+            docs: o.docs,
+            chunks: o.chunks,
+            error: o.error,
+        }
+    }
+}
+
+impl From<RecordedObservation> for ToolObservation {
+    fn from(o: RecordedObservation) -> Self {
+        Self {
+            text: o.text,
+            docs: o.docs,
+            chunks: o.chunks,
+            error: o.error,
+        }
+    }
+}
+
+/// The record of a run in progress: the trajectory with its complete turns so far, and the
+/// observation of each turn's tool call (aligned with the turns; `None` where there was none).
+#[derive(Debug, Clone)]
+pub struct LiveRun {
+    pub trajectory: Trajectory,
+    pub observations: Vec<Option<RecordedObservation>>,
+}
+
+impl LiveRun {
+    pub fn new(trajectory: Trajectory) -> Self {
+        Self {
+            trajectory,
+            observations: Vec::new(),
+        }
+    }
+}
+
+/// Locks a live run (a poisoned lock still holds a consistent record: it is only held for
+/// plain field updates).
+pub fn lock_live(live: &Mutex<LiveRun>) -> MutexGuard<'_, LiveRun> {
+    live.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Runs one trajectory to its end and returns its record. Never fails: inference errors,
 /// failed tools (under [`ToolErrorPolicy::Fail`]) and the wall-clock limit end the trajectory
 /// with the turns done so far, a stop reason and a recorded error. The backend's routing state
 /// for the trajectory is released on every exit, cancellation included.
 pub async fn run_trajectory(ctx: &RunContext, agent: Box<dyn Agent>, spec: RunSpec) -> Trajectory {
+    let live = Mutex::new(LiveRun::new(empty_trajectory(&spec, agent.name())));
+    run_live(ctx, agent, spec, &live, None).await;
+    live.into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .trajectory
+}
+
+/// Runs one trajectory to its end, recording into `live` as it goes (see [`run_trajectory`]).
+/// `from`: where a [`replay`] left the agent (`live` then holds the replayed turns); `None`: the
+/// agent is fresh and `live` holds an empty trajectory.
+pub async fn run_live(
+    ctx: &RunContext,
+    agent: Box<dyn Agent>,
+    spec: RunSpec,
+    live: &Mutex<LiveRun>,
+    from: Option<Replayed>,
+) {
     let started = Instant::now();
     let _release = ReleaseOnDrop {
         backend: ctx.backend.clone(),
         affinity: spec.affinity(),
     };
+    let prior_s = {
+        let mut l = lock_live(live);
+        l.trajectory.agent = agent.name().to_string();
+        l.trajectory.elapsed_s
+    };
     let mut run = Run {
-        traj: empty_trajectory(&spec, agent.name()),
+        live,
         ctx,
         agent,
         spec,
         deadline: ctx.limits.timeout.map(|t| started + t),
-        previous: None,
+        previous: from.and_then(|r| r.previous),
         timeout: ctx.limits.timeout,
     };
     let stop = run.drive().await;
-    run.traj.stop_reason = stop;
-    run.traj.answer = run.agent.answer();
-    run.traj.elapsed_s = started.elapsed().as_secs_f64();
-    run.traj
+    let answer = run.agent.answer();
+    let mut l = lock_live(live);
+    l.trajectory.stop_reason = stop;
+    l.trajectory.answer = answer;
+    l.trajectory.elapsed_s = prior_s + started.elapsed().as_secs_f64();
 }
 
 struct ReleaseOnDrop {
@@ -142,7 +230,7 @@ struct Run<'a> {
     ctx: &'a RunContext,
     agent: Box<dyn Agent>,
     spec: RunSpec,
-    traj: Trajectory,
+    live: &'a Mutex<LiveRun>,
     deadline: Option<Instant>,
     timeout: Option<Duration>,
     /// The previous turn's prompt and output (what the next prompt may extend).
@@ -150,6 +238,10 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    fn turns(&self) -> usize {
+        lock_live(self.live).trajectory.turns.len()
+    }
+
     async fn drive(&mut self) -> StopReason {
         loop {
             let step = match self.agent.next_step() {
@@ -176,7 +268,7 @@ impl Run<'_> {
                     "timeout",
                     format!(
                         "the trajectory ran past its wall-clock limit of {secs:.1}s after {} turns",
-                        self.traj.turns.len()
+                        self.turns()
                     ),
                 );
                 Err(Stopped(StopReason::Timeout))
@@ -185,9 +277,10 @@ impl Run<'_> {
     }
 
     fn fail(&mut self, kind: &str, message: String) {
-        let turn = self.traj.turns.len().checked_sub(1);
+        let mut live = lock_live(self.live);
+        let turn = live.trajectory.turns.len().checked_sub(1);
         tracing::debug!(trajectory = %self.spec.id, kind, %message, "trajectory error");
-        self.traj.errors.push(TrajectoryError {
+        live.trajectory.errors.push(TrajectoryError {
             kind: kind.into(),
             message,
             traceback: None,
@@ -203,7 +296,7 @@ impl Run<'_> {
             }
         }
         GenRequest {
-            rid: self.spec.rid(self.traj.turns.len()),
+            rid: self.spec.rid(self.turns()),
             affinity: Some(self.spec.affinity()),
             input_ids: call.prompt_ids.clone(),
             sampling: SamplingParams {
@@ -255,7 +348,7 @@ impl Run<'_> {
         };
         let reading = self.agent.on_generation(&call, &generation);
         let prefix = self.shared_prefix(&call.prompt_ids);
-        self.traj.turns.push(TurnRecord {
+        let turn = TurnRecord {
             role: call.role,
             prompt_prefix_len: prefix,
             prompt_ids: call.prompt_ids[prefix..].to_vec(),
@@ -270,7 +363,12 @@ impl Run<'_> {
             server: Some(out.server),
             resends: out.resends,
             gen_latency_ms: latency_ms,
-        });
+        };
+        {
+            let mut live = lock_live(self.live);
+            live.trajectory.turns.push(turn);
+            live.observations.push(None);
+        }
         self.previous = Some((call.prompt_ids, generation.output_ids));
         Ok(())
     }
@@ -325,7 +423,7 @@ impl Run<'_> {
                     ..ToolObservation::default()
                 };
                 if self.ctx.limits.tool_errors == ToolErrorPolicy::Fail {
-                    self.attach_tool(record);
+                    self.attach_tool(record, None);
                     self.fail(
                         "tool",
                         format!("{} `{}` failed: {message}", call.kind.name(), call.argument),
@@ -335,28 +433,47 @@ impl Run<'_> {
                 (observation, record)
             }
         };
-        self.attach_tool(record);
         self.agent.on_tool(&call, &observation);
+        self.attach_tool(record, Some(observation.into()));
         Ok(())
     }
 
     /// Records a tool call on the last turn (an agent that calls a tool before generating, or
     /// twice after one turn, breaks the agent contract: that is recorded as an "agent" error).
-    fn attach_tool(&mut self, record: ToolCallRecord) {
-        match self.traj.turns.last_mut() {
-            Some(turn) if turn.tool.is_none() => turn.tool = Some(record),
-            _ => self.fail(
+    fn attach_tool(&mut self, record: ToolCallRecord, observation: Option<RecordedObservation>) {
+        let unattached = {
+            let mut live = lock_live(self.live);
+            let LiveRun {
+                trajectory,
+                observations,
+            } = &mut *live;
+            match trajectory.turns.last_mut() {
+                Some(turn) if turn.tool.is_none() => {
+                    turn.tool = Some(record);
+                    if let Some(last) = observations.last_mut() {
+                        *last = observation;
+                    }
+                    None
+                }
+                _ => Some(record),
+            }
+        };
+        if let Some(record) = unattached {
+            self.fail(
                 "agent",
                 format!(
                     "tool call `{}` without a turn of its own to record it on",
                     record.input
                 ),
-            ),
+            );
         }
     }
 }
 
-async fn call_tool(toolbox: Option<Toolbox>, call: &ToolCall) -> Result<ToolOutput, String> {
+pub(crate) async fn call_tool(
+    toolbox: Option<Toolbox>,
+    call: &ToolCall,
+) -> Result<ToolOutput, String> {
     let Some(toolbox) = toolbox else {
         return Err("no search tools are configured for this run".into());
     };
@@ -367,7 +484,11 @@ async fn call_tool(toolbox: Option<Toolbox>, call: &ToolCall) -> Result<ToolOutp
     out.map_err(|e| e.to_string())
 }
 
-fn observe(call: &ToolCall, out: ToolOutput, latency_ms: f64) -> (ToolObservation, ToolCallRecord) {
+pub(crate) fn observe(
+    call: &ToolCall,
+    out: ToolOutput,
+    latency_ms: f64,
+) -> (ToolObservation, ToolCallRecord) {
     let record = tool_record(call, latency_ms, out.cached, None, out.text.chars().count());
     let observation = ToolObservation {
         docs: out.docs.into_iter().map(observed_doc).collect(),

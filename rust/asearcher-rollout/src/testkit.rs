@@ -75,6 +75,8 @@ pub struct TestAgent {
     done: Option<StopReason>,
     answer: Option<String>,
     pub panic_on_turn: Option<usize>,
+    /// Characters of each observation shown to the model (300).
+    pub info_chars: usize,
 }
 
 impl TestAgent {
@@ -93,6 +95,7 @@ impl TestAgent {
             done: None,
             answer: None,
             panic_on_turn: None,
+            info_chars: 300,
         }
     }
 }
@@ -165,7 +168,7 @@ impl Agent for TestAgent {
     fn on_tool(&mut self, _call: &ToolCall, obs: &ToolObservation) {
         let text = match &obs.error {
             Some(e) => format!("Error: {e}"),
-            None => obs.text.chars().take(300).collect(),
+            None => obs.text.chars().take(self.info_chars).collect(),
         };
         let ids = self
             .tok

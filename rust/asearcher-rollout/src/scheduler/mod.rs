@@ -7,12 +7,18 @@
 //! Concurrency: all gate state sits in one mutex held for a few instructions per event; counters
 //! are atomics; nothing scans the live trajectories, so tens of thousands of them cost a tokio
 //! task each.
+//!
+//! Every admitted group stays registered in the gate until it is ready (or dropped), and each of
+//! its samples records its run in a shared slot, so [`RolloutEngine::snapshot`] can list all work
+//! admitted and not consumed and [`RolloutEngine::resume`] can continue it (see `snapshot.rs`).
 
 mod config;
+mod snapshot;
 mod source;
 mod stats;
 
 pub use config::{admission_capacity, OnError, RolloutConfig};
+pub use snapshot::{EngineSnapshot, PendingGroup, PendingSample};
 pub use source::{NextQuestion, QuestionSource};
 pub use stats::{Percentiles, RolloutStats, Staleness};
 
@@ -20,7 +26,8 @@ use crate::client::LlmBackend;
 use crate::questions::Question;
 use crate::reward::Scorer;
 use crate::runner::{
-    empty_trajectory, is_failure, run_trajectory, RunContext, RunLimits, RunSpec, StatsSink,
+    empty_trajectory, is_failure, lock_live, replay, run_live, LiveRun, RunContext, RunLimits,
+    RunSpec, StatsSink,
 };
 use crate::{Result, RolloutError};
 use asearcher_agent::agent::{Agent, StopReason};
@@ -30,9 +37,10 @@ use asearcher_tools::Toolbox;
 use futures::FutureExt;
 use serde::Serialize;
 use stats::Collector;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -95,6 +103,39 @@ struct Gate {
     closed: bool,
     stopped: bool,
     next_index: u64,
+    /// Admitted groups not yet ready or dropped, by index (what a snapshot lists as in flight).
+    admitted: BTreeMap<u64, Arc<AdmittedGroup>>,
+}
+
+/// One sample of an admitted group: the record of its current run and where it stands.
+struct SampleSlot {
+    live: Mutex<LiveRun>,
+    /// Its run ended and it is kept (the record is final).
+    finished: AtomicBool,
+    /// It failed and was dropped (a snapshot leaves it out).
+    dropped: AtomicBool,
+    /// The run it is on (1 for the first).
+    attempt: AtomicU32,
+}
+
+impl SampleSlot {
+    fn new(live: LiveRun, finished: bool, attempt: u32) -> Arc<Self> {
+        Arc::new(Self {
+            live: Mutex::new(live),
+            finished: AtomicBool::new(finished),
+            dropped: AtomicBool::new(false),
+            attempt: AtomicU32::new(attempt),
+        })
+    }
+}
+
+/// A group from admission until it is ready or dropped.
+struct AdmittedGroup {
+    index: u64,
+    question: Arc<Question>,
+    epoch: u32,
+    version: u64,
+    samples: Vec<Arc<SampleSlot>>,
 }
 
 struct Inner {
@@ -127,14 +168,31 @@ impl RolloutEngine {
     /// Checks `cfg` and starts admitting groups from `source`. Must be called inside a tokio
     /// runtime (the engine's tasks run on it).
     pub fn start(cfg: RolloutConfig, parts: EngineParts, source: QuestionSource) -> Result<Self> {
+        Self::launch(
+            cfg,
+            parts,
+            source,
+            Gate::default(),
+            Arc::new(Collector::new()),
+        )
+    }
+
+    /// Starts the engine's tasks: the admitted groups of `gate` (a resumed engine's) first, then
+    /// the admission loop.
+    fn launch(
+        cfg: RolloutConfig,
+        parts: EngineParts,
+        source: QuestionSource,
+        gate: Gate,
+        stats: Arc<Collector>,
+    ) -> Result<Self> {
         cfg.validate()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             RolloutError::config(
                 "runtime",
-                "RolloutEngine::start must be called inside a tokio runtime",
+                "the rollout engine must be started inside a tokio runtime",
             )
         })?;
-        let stats = Arc::new(Collector::new());
         let run = RunContext {
             backend: parts.backend,
             toolbox: parts.toolbox,
@@ -145,12 +203,13 @@ impl RolloutEngine {
             },
             stats: Some(stats.clone() as Arc<dyn StatsSink>),
         };
+        let resumed: Vec<Arc<AdmittedGroup>> = gate.admitted.values().cloned().collect();
         let inner = Arc::new(Inner {
             cfg,
             run,
             agents: parts.agents,
             scorer: parts.scorer,
-            gate: Mutex::default(),
+            gate: Mutex::new(gate),
             source: Mutex::new(source),
             stats,
             admit: Notify::new(),
@@ -158,6 +217,10 @@ impl RolloutEngine {
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
+        for group in resumed {
+            let this = inner.clone();
+            inner.tasks.spawn_on(this.run_group(group), &runtime);
+        }
         let admission = inner.clone();
         inner.tasks.spawn_on(admission.admission_loop(), &runtime);
         Ok(Self { inner })
@@ -290,9 +353,9 @@ impl Drop for RolloutEngine {
     }
 }
 
-/// How one sample ended.
+/// How one sample ended (a kept sample's record is final in its slot).
 enum SampleEnd {
-    Kept(Box<Trajectory>, u32),
+    Kept,
     Dropped,
     Cancelled,
 }
@@ -320,9 +383,9 @@ impl Inner {
         let n = self.cfg.group_size as usize;
         loop {
             match self.try_admit(n) {
-                Admission::Admitted(next, index, version) => {
+                Admission::Admitted(group) => {
                     let this = self.clone();
-                    self.tasks.spawn(this.run_group(next, index, version));
+                    self.tasks.spawn(this.run_group(group));
                 }
                 Admission::Wait => {
                     tokio::select! {
@@ -368,97 +431,162 @@ impl Inner {
         let index = gate.next_index;
         gate.next_index += 1;
         self.stats.admitted.fetch_add(n as u64, Relaxed);
-        Admission::Admitted(next, index, gate.version)
+        let group = Arc::new(admitted_group(next, index, gate.version, n as u32));
+        gate.admitted.insert(index, group.clone());
+        Admission::Admitted(group)
     }
 
-    async fn run_group(self: Arc<Self>, next: NextQuestion, index: u64, version: u64) {
-        let n = self.cfg.group_size;
-        let handles: Vec<_> = (0..n)
-            .map(|sample| {
-                let spec = RunSpec {
-                    id: trajectory_id(&next, sample),
-                    question: next.question.clone(),
-                    sample,
-                    attempt: 1,
-                };
-                self.tasks.spawn(self.clone().run_sample(spec))
+    /// Runs the unfinished samples of a group, then scores and queues it.
+    async fn run_group(self: Arc<Self>, group: Arc<AdmittedGroup>) {
+        let handles: Vec<_> = group
+            .samples
+            .iter()
+            .map(|slot| {
+                (!slot.finished.load(SeqCst)).then(|| {
+                    let spec = sample_spec(&group, slot);
+                    self.tasks
+                        .spawn(self.clone().run_sample(spec, slot.clone()))
+                })
             })
             .collect();
         let (mut trajectories, mut attempts) = (Vec::new(), Vec::new());
-        for handle in handles {
-            match handle.await {
-                Ok(SampleEnd::Kept(t, a)) => {
-                    trajectories.push(*t);
-                    attempts.push(a);
+        for (slot, handle) in group.samples.iter().zip(handles) {
+            if let Some(handle) = handle {
+                match handle.await {
+                    Ok(SampleEnd::Kept) => {}
+                    Ok(SampleEnd::Dropped) => continue,
+                    Ok(SampleEnd::Cancelled) | Err(_) => return,
                 }
-                Ok(SampleEnd::Dropped) => {}
-                Ok(SampleEnd::Cancelled) | Err(_) => return,
             }
+            trajectories.push(lock_live(&slot.live).trajectory.clone());
+            attempts.push(slot.attempt.load(SeqCst));
         }
-        let group = Group {
-            index,
-            question: next.question,
-            epoch: next.epoch,
-            admitted_version: version,
+        let done = Group {
+            index: group.index,
+            question: group.question.clone(),
+            epoch: group.epoch,
+            admitted_version: group.version,
             trajectories,
             attempts,
         };
-        self.finish_group(group).await;
+        self.finish_group(done).await;
     }
 
-    /// Runs one sample, retrying failed runs as configured.
-    async fn run_sample(self: Arc<Self>, mut spec: RunSpec) -> SampleEnd {
+    /// Runs one sample, retrying failed runs as configured. A sample whose slot holds recorded
+    /// turns (a resumed one) continues from them.
+    async fn run_sample(self: Arc<Self>, mut spec: RunSpec, slot: Arc<SampleSlot>) -> SampleEnd {
+        let mut resume = !lock_live(&slot.live).trajectory.turns.is_empty();
         loop {
             self.stats.running.fetch_add(1, Relaxed);
-            let run = tokio::select! {
-                _ = self.cancel.cancelled() => None,
-                t = self.attempt(&spec) => Some(t),
+            let ran = tokio::select! {
+                _ = self.cancel.cancelled() => false,
+                _ = self.attempt(&spec, &slot, resume) => true,
             };
+            resume = false;
             self.stats.running.fetch_sub(1, Relaxed);
-            let Some(traj) = run else {
+            if !ran {
                 self.stats.cancelled.fetch_add(1, Relaxed);
                 return SampleEnd::Cancelled;
+            }
+            let (failed, stop, errors) = {
+                let live = lock_live(&slot.live);
+                let t = &live.trajectory;
+                (is_failure(t), t.stop_reason, t.errors.clone())
             };
-            if !is_failure(&traj) {
+            if !failed {
                 self.stats.finished.fetch_add(1, Relaxed);
-                self.stats.stop_reason(traj.stop_reason);
-                return SampleEnd::Kept(Box::new(traj), spec.attempt);
+                self.stats.stop_reason(stop);
+                slot.finished.store(true, SeqCst);
+                return SampleEnd::Kept;
             }
             let retry = self.cfg.on_error == OnError::Retry && spec.attempt < self.cfg.max_attempts;
-            tracing::debug!(trajectory = %spec.id, attempt = spec.attempt, retry, errors = ?traj.errors, "trajectory failed");
+            tracing::debug!(trajectory = %spec.id, attempt = spec.attempt, retry, ?errors, "trajectory failed");
             if retry {
                 self.stats.retried.fetch_add(1, Relaxed);
                 spec.attempt += 1;
+                slot.attempt.store(spec.attempt, SeqCst);
                 continue;
             }
             self.stats.failed.fetch_add(1, Relaxed);
-            self.stats.stop_reason(traj.stop_reason);
+            self.stats.stop_reason(stop);
             if self.cfg.on_error == OnError::Keep {
-                return SampleEnd::Kept(Box::new(traj), spec.attempt);
+                slot.finished.store(true, SeqCst);
+                return SampleEnd::Kept;
             }
-            tracing::warn!(trajectory = %spec.id, attempts = spec.attempt, errors = ?traj.errors, "dropping a failed trajectory");
+            tracing::warn!(trajectory = %spec.id, attempts = spec.attempt, ?errors, "dropping a failed trajectory");
             self.stats.dropped.fetch_add(1, Relaxed);
+            slot.dropped.store(true, SeqCst);
             self.release(1);
             return SampleEnd::Dropped;
         }
     }
 
-    /// One run of a sample; an agent that cannot be built or panics gives a failed trajectory.
-    async fn attempt(&self, spec: &RunSpec) -> Trajectory {
-        let agent = match (self.agents)(&spec.question, spec.sample) {
-            Ok(agent) => agent,
-            Err(message) => {
-                return agent_failure(spec, format!("cannot build the agent: {message}"))
-            }
-        };
-        let run = run_trajectory(&self.run, agent, spec.clone());
-        match AssertUnwindSafe(run).catch_unwind().await {
-            Ok(t) => t,
-            Err(panic) => agent_failure(
-                spec,
-                format!("the agent panicked: {}", panic_message(&panic)),
-            ),
+    /// One run of a sample into its slot: from its recorded turns when `resume` (after a replay;
+    /// a replay that diverges restarts the sample), from scratch otherwise. An agent that cannot
+    /// be built or panics leaves a failed trajectory.
+    async fn attempt(&self, spec: &RunSpec, slot: &SampleSlot, resume: bool) {
+        if !resume {
+            *lock_live(&slot.live) = LiveRun::new(empty_trajectory(spec, "unknown"));
         }
+        let Some(mut agent) = self.build_agent(spec, slot) else {
+            return;
+        };
+        let mut from = None;
+        if resume {
+            match self.replay(spec, slot, agent.as_mut()).await {
+                Some(replayed) => from = Some(replayed),
+                None => {
+                    *lock_live(&slot.live) = LiveRun::new(empty_trajectory(spec, "unknown"));
+                    let Some(fresh) = self.build_agent(spec, slot) else {
+                        return;
+                    };
+                    agent = fresh;
+                }
+            }
+        }
+        let run = run_live(&self.run, agent, spec.clone(), &slot.live, from);
+        if let Err(panic) = AssertUnwindSafe(run).catch_unwind().await {
+            let message = format!("the agent panicked: {}", panic_message(&panic));
+            lock_live(&slot.live).trajectory = agent_failure(spec, message);
+        }
+    }
+
+    /// The sample's agent from the factory; `None` (with a failed trajectory in the slot) when it
+    /// cannot be built.
+    fn build_agent(&self, spec: &RunSpec, slot: &SampleSlot) -> Option<Box<dyn Agent>> {
+        match (self.agents)(&spec.question, spec.sample) {
+            Ok(agent) => Some(agent),
+            Err(message) => {
+                let failure = agent_failure(spec, format!("cannot build the agent: {message}"));
+                lock_live(&slot.live).trajectory = failure;
+                None
+            }
+        }
+    }
+
+    /// Replays the slot's recorded turns into `agent`; `None` (counted) when it diverges.
+    async fn replay(
+        &self,
+        spec: &RunSpec,
+        slot: &SampleSlot,
+        agent: &mut dyn Agent,
+    ) -> Option<crate::runner::Replayed> {
+        let replayed = AssertUnwindSafe(replay(&self.run, agent, &slot.live))
+            .catch_unwind()
+            .await;
+        let why = match replayed {
+            Ok(Ok(replayed)) => {
+                self.stats
+                    .replayed_turns
+                    .fetch_add(replayed.turns as u64, Relaxed);
+                return Some(replayed);
+            }
+            Ok(Err(divergence)) => divergence.to_string(),
+            Err(panic) => format!("the agent panicked in replay: {}", panic_message(&panic)),
+        };
+        tracing::warn!(trajectory = %spec.id, %why, "restarting a resumed sample from scratch");
+        self.stats.replay_restarts.fetch_add(1, Relaxed);
+        None
     }
 
     /// Frees `k` in-flight slots without accepting them (dropped or filtered).
@@ -468,12 +596,23 @@ impl Inner {
         self.ready.notify_waiters();
     }
 
+    /// Forgets a group that will never be ready (dropped or filtered), freeing `k` slots.
+    fn forget_group(&self, index: u64, k: usize) {
+        {
+            let mut gate = lock(&self.gate);
+            gate.admitted.remove(&index);
+            gate.in_flight -= k;
+        }
+        self.admit.notify_one();
+        self.ready.notify_waiters();
+    }
+
     /// Scores a complete group, filters it, and queues it for the consumer.
     async fn finish_group(&self, mut group: Group) {
         let kept = group.trajectories.len();
         if kept == 0 {
             self.stats.dropped_groups.fetch_add(1, Relaxed);
-            self.ready.notify_waiters();
+            self.forget_group(group.index, 0);
             return;
         }
         self.stats.pending_rewards.fetch_add(1, Relaxed);
@@ -487,11 +626,12 @@ impl Inner {
         }
         if self.cfg.filter_zero_variance && zero_variance(&group.trajectories) {
             self.stats.filtered_groups.fetch_add(1, Relaxed);
-            self.release(kept);
+            self.forget_group(group.index, kept);
             return;
         }
         {
             let mut gate = lock(&self.gate);
+            gate.admitted.remove(&group.index);
             gate.in_flight -= kept;
             gate.accepted += kept as u64;
             gate.ready.push_back(group);
@@ -520,9 +660,42 @@ impl Inner {
 }
 
 enum Admission {
-    Admitted(NextQuestion, u64, u64),
+    Admitted(Arc<AdmittedGroup>),
     Wait,
     Closed,
+}
+
+/// A new group of `n` samples with empty records.
+fn admitted_group(next: NextQuestion, index: u64, version: u64, n: u32) -> AdmittedGroup {
+    let samples = (0..n)
+        .map(|sample| {
+            let spec = RunSpec {
+                id: trajectory_id(&next, sample),
+                question: next.question.clone(),
+                sample,
+                attempt: 1,
+            };
+            SampleSlot::new(LiveRun::new(empty_trajectory(&spec, "unknown")), false, 1)
+        })
+        .collect();
+    AdmittedGroup {
+        index,
+        question: next.question,
+        epoch: next.epoch,
+        version,
+        samples,
+    }
+}
+
+/// The run spec of a sample slot (its id and sample index are on its record).
+fn sample_spec(group: &AdmittedGroup, slot: &SampleSlot) -> RunSpec {
+    let live = lock_live(&slot.live);
+    RunSpec {
+        id: live.trajectory.id.clone(),
+        question: group.question.clone(),
+        sample: live.trajectory.sample,
+        attempt: slot.attempt.load(SeqCst),
+    }
 }
 
 /// `"{question_id}#{sample}"`, with `@{epoch}` after the question id from the second epoch on.

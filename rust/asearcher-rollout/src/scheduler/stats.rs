@@ -148,6 +148,12 @@ pub struct RolloutStats {
     pub filtered_groups: u64,
     /// Samples cancelled by a shutdown.
     pub cancelled: u64,
+    /// Unfinished samples of a snapshot that this engine continued ([`super::RolloutEngine::resume`]).
+    pub resumed_samples: u64,
+    /// Recorded turns replayed into rebuilt agents.
+    pub replayed_turns: u64,
+    /// Resumed samples restarted from scratch because their replay diverged.
+    pub replay_restarts: u64,
     pub ready_groups: usize,
     /// Trajectories handed to the consumer or waiting in the ready queue.
     pub accepted: u64,
@@ -181,6 +187,9 @@ pub(crate) struct Collector {
     pub dropped_groups: AtomicU64,
     pub filtered_groups: AtomicU64,
     pub cancelled: AtomicU64,
+    pub resumed_samples: AtomicU64,
+    pub replayed_turns: AtomicU64,
+    pub replay_restarts: AtomicU64,
     pub pending_rewards: AtomicUsize,
     turns: AtomicU64,
     output_tokens: AtomicU64,
@@ -209,6 +218,9 @@ impl Collector {
             dropped_groups: AtomicU64::new(0),
             filtered_groups: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
+            resumed_samples: AtomicU64::new(0),
+            replayed_turns: AtomicU64::new(0),
+            replay_restarts: AtomicU64::new(0),
             pending_rewards: AtomicUsize::new(0),
             turns: AtomicU64::new(0),
             output_tokens: AtomicU64::new(0),
@@ -250,6 +262,9 @@ impl Collector {
         out.dropped_groups = self.dropped_groups.load(Relaxed);
         out.filtered_groups = self.filtered_groups.load(Relaxed);
         out.cancelled = self.cancelled.load(Relaxed);
+        out.resumed_samples = self.resumed_samples.load(Relaxed);
+        out.replayed_turns = self.replayed_turns.load(Relaxed);
+        out.replay_restarts = self.replay_restarts.load(Relaxed);
         out.pending_rewards = self.pending_rewards.load(Relaxed);
         out.turns = self.turns.load(Relaxed);
         out.output_tokens = self.output_tokens.load(Relaxed);

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::Instant;
 
-fn questions(n: usize) -> Vec<Question> {
+pub(super) fn questions(n: usize) -> Vec<Question> {
     (0..n)
         .map(|i| {
             question(
@@ -18,7 +18,7 @@ fn questions(n: usize) -> Vec<Question> {
         .collect()
 }
 
-fn parts(backend: Arc<SimBackend>) -> EngineParts {
+pub(super) fn parts(backend: Arc<SimBackend>) -> EngineParts {
     let tok = tokenizer();
     EngineParts {
         backend,
@@ -31,7 +31,7 @@ fn parts(backend: Arc<SimBackend>) -> EngineParts {
     }
 }
 
-fn cfg(
+pub(super) fn cfg(
     group_size: u32,
     batch_size: usize,
     max_concurrent: usize,
@@ -46,7 +46,7 @@ fn cfg(
     }
 }
 
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+pub(super) async fn until(what: &str, mut cond: impl FnMut() -> bool) {
     let started = Instant::now();
     while !cond() {
         assert!(
@@ -57,7 +57,7 @@ async fn until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-async fn all_groups(engine: &RolloutEngine) -> Vec<Group> {
+pub(super) async fn all_groups(engine: &RolloutEngine) -> Vec<Group> {
     let mut out = Vec::new();
     while let Some(batch) = engine.next_batch(3).await {
         out.extend(batch);
@@ -66,7 +66,7 @@ async fn all_groups(engine: &RolloutEngine) -> Vec<Group> {
 }
 
 /// finished + failed + running == admitted, and nothing is left in flight.
-fn assert_quiescent(s: &RolloutStats) {
+pub(super) fn assert_quiescent(s: &RolloutStats) {
     assert_eq!(s.running, 0, "{s:?}");
     assert_eq!(s.in_flight, 0, "{s:?}");
     assert_eq!(s.finished + s.failed, s.admitted, "{s:?}");
