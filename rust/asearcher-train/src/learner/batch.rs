@@ -40,6 +40,12 @@ pub(super) fn prepare_ppo_batch(
             .filter_map(|t| t.reward.map(|r| (t, r)))
             .collect();
         stats.trajectories_no_reward += group.trajectories.len() - scored.len();
+        if let Some((t, r)) = scored.iter().find(|(_, r)| !r.is_finite()) {
+            return Err(TrainError::Data(format!(
+                "trajectory `{}` has a non-finite reward {r}",
+                t.id
+            )));
+        }
         if scored.is_empty() {
             continue;
         }

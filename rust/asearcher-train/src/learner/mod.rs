@@ -69,28 +69,33 @@ pub struct StepStats {
     pub loss_tokens: usize,
     /// Tokens forwarded (prompts included).
     pub total_tokens: usize,
-    /// Mean and std of all rewards given (before filtering).
+    /// Mean of all rewards given (before filtering).
     pub reward_mean: f64,
+    /// Population std of all rewards given (before filtering).
     pub reward_std: f64,
     /// Mean |advantage| over loss tokens (after token normalisation).
     pub adv_abs_mean: f64,
     /// Fraction of loss tokens where the clipped term was active.
     pub clip_frac: f64,
-    /// Behaviour importance weight `exp(prox - behav)` before capping: mean, max, fraction capped.
+    /// Mean behaviour importance weight `exp(prox - behav)` before capping (1 for plain PPO).
     pub behav_weight_mean: f64,
+    /// Largest behaviour importance weight.
     pub behav_weight_max: f64,
+    /// Fraction of loss tokens whose weight was above the cap (masked or clamped).
     pub behav_weight_capped_frac: f64,
     /// k3 estimate of KL(proximal || current).
     pub approx_kl: f64,
     /// Mean entropy of the current policy over loss tokens.
     pub entropy_mean: f64,
-    /// Policy version minus token version over the trained generated tokens.
+    /// Mean of policy version minus token version over the trained generated tokens.
     pub staleness_mean: f64,
+    /// Largest policy version minus token version over the trained generated tokens.
     pub staleness_max: u64,
     /// Most distinct versions in one trajectory (before the cap).
     pub version_spread_max: usize,
-    /// Seconds of the proximal pass and of the training passes (forward, backward, optimizer).
+    /// Seconds of packing and the proximal pass.
     pub seconds_prox: f64,
+    /// Seconds of the training passes (forward, backward, clipping, optimizer).
     pub seconds_train: f64,
     /// True when no optimizer update was taken (nothing to train on, or no finite gradient norm).
     pub skipped: bool,

@@ -4,7 +4,8 @@
 //! The NLL uses the chunked LM-head kernels rather than a `[tokens, vocab]` log-softmax: the
 //! target logprobs come from `token_logprobs` (no grad), their gradient `-mask / n` is pushed
 //! through the LM head chunk by chunk by `token_logprobs_backward_into`, and `attach_gradients`
-//! routes it into the model graph and the LM head weight.
+//! routes it into the model graph and the LM head weight. Logprobs are at temperature 1 (the
+//! plain likelihood; `ppo.temperature` only concerns sampled data).
 
 use super::batch::{shift_for_training, TARGET};
 use super::Learner;
@@ -86,7 +87,7 @@ impl Learner {
             hidden: &h,
             weight: &w,
             targets: &targets,
-            temperature: self.cfg.ppo.temperature,
+            temperature: 1.0,
         };
         let mask = row.loss_mask.reshape([-1]).to_kind(Kind::Float);
         let n = mask.sum(Kind::Float).clamp_min(1.0);

@@ -284,6 +284,32 @@ fn on_policy_step_has_unit_weights_and_no_clipping() {
     assert_eq!(learner.steps(), 1);
 }
 
+#[test]
+fn minibatches_update_against_the_pre_step_proximal_policy() {
+    let model = tiny_model(3);
+    let groups = sampled_groups(&model, 2, 4, |i| 2 + i % 4, |out| out.len() as f64);
+    let mut cfg = config(5e-2);
+    cfg.ppo.minibatches = 2;
+    let mut learner = Learner::new(model, cfg).unwrap();
+    let stats = learner.ppo_step(&groups, 0).unwrap();
+    assert_eq!(learner.steps(), 2, "one update per minibatch");
+    assert_eq!(stats.micro_batches, 2);
+    // Behaviour = proximal for both minibatches: the proximal pass ran before the first update.
+    assert!((stats.behav_weight_mean - 1.0).abs() < 1e-4, "{stats:?}");
+    // The second minibatch sees a policy that moved away from the proximal one.
+    assert!(stats.approx_kl > 1e-7, "{stats:?}");
+
+    let mut plain = config(1e-3);
+    plain.ppo.decoupled = false;
+    let mut learner = Learner::new(tiny_model(3), plain).unwrap();
+    let stats = learner.ppo_step(&groups, 0).unwrap();
+    assert_eq!(stats.behav_weight_mean, 1.0);
+    assert!(
+        stats.approx_kl.abs() < 1e-7,
+        "on-policy data: ratio to behaviour is 1"
+    );
+}
+
 /// The batch of the filter/cap tests: a zero-variance group, a group with an unscored
 /// trajectory, and a group whose first trajectory spans versions 0, 1 and 2.
 fn filter_groups() -> Vec<Group> {
@@ -397,6 +423,10 @@ fn misaligned_trajectory_is_named() {
         err.contains("b#0") && err.contains("output_logprobs"),
         "{err}"
     );
+    let mut groups = filter_groups();
+    groups[2].trajectories[1].reward = Some(f64::NAN);
+    let err = learner.ppo_step(&groups, 2).unwrap_err().to_string();
+    assert!(err.contains("c#1") && err.contains("non-finite"), "{err}");
 }
 
 #[test]
