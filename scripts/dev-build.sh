@@ -16,5 +16,5 @@ cd "$ROOT"
 mkdir -p "$CARGO_TARGET_DIR"
 flock "$CARGO_TARGET_DIR/.dev-build.lock" bash -c '
   cargo build -p asearcher-py --features pyo3/extension-module "${@:3}" &&
-  cp "$CARGO_TARGET_DIR/$1/lib_core.so" "$2"' _ "$profile" "$ROOT/python/asearcher/_core.abi3.so" "${args[@]}"
+  cp "$CARGO_TARGET_DIR/$1/lib_core.so" "$2.tmp" && mv -f "$2.tmp" "$2"' _ "$profile" "$ROOT/python/asearcher/_core.abi3.so" "${args[@]}"
 echo "built $ROOT/python/asearcher/_core.abi3.so ($profile); use PYTHONPATH=$ROOT/python" >&2

@@ -43,7 +43,9 @@ pub fn train_err(e: TrainError) -> PyErr {
 
 /// What the worker thread reports.
 enum Event {
-    Step(String),
+    /// A step record and where to say whether the run goes on (the loop waits for it, so a
+    /// callback's stop takes effect before the next step).
+    Step(String, mpsc::SyncSender<bool>),
     Done(Result<String, TrainError>),
 }
 
@@ -71,6 +73,8 @@ fn train_config_from_py(obj: &Bound<'_, PyAny>) -> PyResult<TrainConfig> {
 #[pyclass(name = "Trainer", module = "asearcher._core", frozen)]
 pub struct PyTrainer {
     phase: Mutex<Phase>,
+    /// The answer the loop waits for after the last step record.
+    pending_ack: Mutex<Option<mpsc::SyncSender<bool>>>,
     stop: Arc<AtomicBool>,
     config: serde_json::Value,
     resumed_step: u64,
@@ -106,6 +110,7 @@ impl PyTrainer {
             stop: trainer.stop_flag(),
             resumed_step: trainer.step(),
             phase: Mutex::new(Phase::Ready(Box::new(trainer))),
+            pending_ack: Mutex::new(None),
             config,
         })
     }
@@ -138,9 +143,13 @@ impl PyTrainer {
                 let step_tx = tx.clone();
                 let result = trainer.fit(&mut |record| {
                     let line = serde_json::to_string(record).unwrap_or_default();
-                    match step_tx.send(Event::Step(line)) {
-                        Ok(()) => Control::Continue,
-                        Err(_) => Control::Stop,
+                    let (ack_tx, ack_rx) = mpsc::sync_channel(1);
+                    if step_tx.send(Event::Step(line, ack_tx)).is_err() {
+                        return Control::Stop;
+                    }
+                    match ack_rx.recv() {
+                        Ok(true) => Control::Continue,
+                        _ => Control::Stop,
                     }
                 });
                 let done = result.map(|s| serde_json::to_string(&s).unwrap_or_default());
@@ -156,8 +165,10 @@ impl PyTrainer {
     }
 
     /// The next event within `timeout_s`: `("step", json)`, `("idle", None)` or
-    /// `("done", summary_json)`; a failed run raises its error.
+    /// `("done", summary_json)`; a failed run raises its error. The loop waits after each step
+    /// record until the next `poll` (or `stop`), so callbacks can stop it before the next step.
     fn poll(&self, py: Python<'_>, timeout_s: f64) -> PyResult<(String, Option<String>)> {
+        self.answer_pending(!self.stop.load(Ordering::Relaxed));
         let mut phase = self.phase.lock().expect("trainer lock");
         let Phase::Running { events, join } = &mut *phase else {
             return Err(py::TrainingError::new_err(
@@ -168,7 +179,10 @@ impl PyTrainer {
         let rx = events.clone();
         let event = py.detach(move || rx.lock().expect("events lock").recv_timeout(timeout));
         match event {
-            Ok(Event::Step(line)) => Ok(("step".into(), Some(line))),
+            Ok(Event::Step(line, ack)) => {
+                *self.pending_ack.lock().expect("ack lock") = Some(ack);
+                Ok(("step".into(), Some(line)))
+            }
             Err(RecvTimeoutError::Timeout) => Ok(("idle".into(), None)),
             Ok(Event::Done(result)) => {
                 if let Some(j) = join.take() {
@@ -191,6 +205,7 @@ impl PyTrainer {
     /// Asks the run to stop after the step in progress (it is checkpointed).
     fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.answer_pending(false);
     }
 
     fn __repr__(&self) -> String {
@@ -200,6 +215,14 @@ impl PyTrainer {
             .and_then(|v| v.as_str())
             .unwrap_or("?");
         format!("Trainer(out_dir={out:?}, resumed_step={})", self.resumed_step)
+    }
+}
+
+impl PyTrainer {
+    fn answer_pending(&self, go_on: bool) {
+        if let Some(ack) = self.pending_ack.lock().expect("ack lock").take() {
+            let _ = ack.send(go_on);
+        }
     }
 }
 
