@@ -240,6 +240,7 @@ def train(eta: int, workload: list[dict], index, servers: list[PolicyServer], ar
         "wall_s": wall,
         "gen_span_s": gen_span,
         "train_s": train_s,
+        "gen_ideal_s": gen_tokens / capacity,
         "trajectories_per_s": len(trajs) / wall,
         "generated_tokens": gen_tokens,
         "trajectory_output_tokens": sum(t.output_tokens for t in trajs),
@@ -274,8 +275,9 @@ def table(runs: list[dict]) -> str:
     sync = next((r for r in runs if r["eta"] == 0), runs[0])
     lines = [
         "| eta | Wall s | Trajectories/s | Util (gen window) | Util (wall) | Speed-up vs sync "
-        "| Trainer waits s | Aborted requests | Mean staleness | Client CPU % |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| Trainer waits s | Train s | Gen at 100% s | Aborted requests | Mean staleness "
+        "| Client CPU % |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
         name = "0 (sync)" if r["eta"] == 0 else str(r["eta"])
@@ -283,7 +285,8 @@ def table(runs: list[dict]) -> str:
             f"| {name} | {r['wall_s']:.1f} | {r['trajectories_per_s']:.2f} "
             f"| {100 * r['util_gen']:.1f}% | {100 * r['util_wall']:.1f}% "
             f"| {sync['wall_s'] / r['wall_s']:.2f}x "
-            f"| {r['trainer_wait_s']:.1f} | {r['aborted_requests']:,} "
+            f"| {r['trainer_wait_s']:.1f} | {r['train_s']:.1f} | {r['gen_ideal_s']:.1f} "
+            f"| {r['aborted_requests']:,} "
             f"| {r['staleness'].get('mean', 0):.2f} | {r['client_cpu_pct']:.0f} |"
         )
     return "\n".join(lines)
@@ -337,7 +340,9 @@ per trajectory min {tt["min"]:,}, median {tt["p50"]:,}, max {tt["max"]:,}.
   the start to the moment the trainer received the last batch (generation cannot continue after
   it); *wall*: the whole run including the final training step. 100% is the limit.
 - Speed-up = sync wall time / wall time for the same trajectories and steps. Trainer waits:
-  time the trainer spent in `next_batch`. Client CPU %: this process's CPU time (engine, BM25,
+  time the trainer spent in `next_batch`. Train s: simulated training time, summed. Gen at
+  100% s: the tokens generated / the servers' total throughput (the least time generation can
+  take). Client CPU %: this process's CPU time (engine, BM25,
   HTTP, tokenisation, trainer loop) / wall; the servers used
   {result["runs"][0]["server_cpu_s"]:.0f} s CPU in the sync run.
 """
@@ -361,15 +366,15 @@ def parse_args(argv=None):
     p.add_argument("--etas", default="0,1,2,4,8")
     p.add_argument("--servers", type=int, default=2)
     p.add_argument("--server-tps", type=float, default=40000.0, help="tokens/s per server")
-    p.add_argument("--ms-per-token", type=float, default=0.1, help="per-request decode speed")
+    p.add_argument("--ms-per-token", type=float, default=0.25, help="per-request decode speed")
     p.add_argument("--latency-ms", type=float, default=0.5, help="per-request overhead")
     p.add_argument("--think", default="2,200", help="think filler tokens per turn MIN,MAX")
     p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--batch", type=int, default=8, help="groups per training step (B)")
+    p.add_argument("--batch", type=int, default=4, help="groups per training step (B)")
     p.add_argument("--group", type=int, default=4, help="trajectories per group")
-    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--steps", type=int, default=24)
     p.add_argument("--max-concurrent", type=int, default=64)
-    p.add_argument("--train-ratio", type=float, default=1.1,
+    p.add_argument("--train-ratio", type=float, default=1.5,
                    help="trainer tokens/s as a multiple of the servers' total")  # fmt: skip
     p.add_argument("--top-k", type=int, default=1)
     p.add_argument("--doc-chars", type=int, default=200)
