@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -153,6 +154,43 @@ class PolicyServer:
         self.proc.wait(timeout=10)
 
 
+class TokenSampler:
+    """Samples the servers' generated-token counters every 0.25 s: utilisation over time."""
+
+    def __init__(self, servers: list[PolicyServer]) -> None:
+        self.servers, self.samples = servers, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            total = sum(s.generated_tokens() for s in self.servers)
+            self.samples.append((time.perf_counter(), total))
+            if self._stop.wait(0.25):
+                return
+
+    def __enter__(self) -> TokenSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def tokens_between(self, a: float, b: float) -> float:
+        """Tokens generated between times a and b (linear between samples)."""
+        return self._at(b) - self._at(a)
+
+    def _at(self, t: float) -> float:
+        prev = self.samples[0]
+        for cur in self.samples:
+            if cur[0] >= t:
+                span = cur[0] - prev[0]
+                return prev[1] + (cur[1] - prev[1]) * ((t - prev[0]) / span if span else 1.0)
+            prev = cur
+        return prev[1]
+
+
 def push_weights(servers: list[PolicyServer], version: int) -> None:
     """The trainer's weight update: every server aborts in-flight requests and moves on."""
     body = {"model_path": f"/sim/step-{version}", "weight_version": version}
@@ -178,6 +216,29 @@ def run_mode(eta: int, workload: list[dict], index: LocalSearch, work: Path, arg
             s.stop()
 
 
+def trainer_loop(engine, servers: list[PolicyServer], args):
+    """The simulated trainer: B groups per step, training time by tokens, then a weight update."""
+    steps, trajs, train_s = [], [], 0.0
+    version, gen_end = 0, time.perf_counter()
+    while True:
+        wait0 = time.perf_counter()
+        batch = engine.next_batch(args.batch)
+        if batch is None:
+            return steps, trajs, train_s, gen_end
+        got = gen_end = time.perf_counter()
+        tokens = training_tokens(batch)
+        step_train = tokens / args.train_tps
+        time.sleep(max(0.0, step_train - (time.perf_counter() - got)))
+        train_s += step_train
+        version += 1
+        push0 = time.perf_counter()
+        push_weights(servers, version)
+        engine.set_version(version)
+        push_s = time.perf_counter() - push0
+        steps.append({"wait_s": got - wait0, "train_tokens": tokens, "push_s": push_s})
+        trajs.extend(t for g in batch for t in g.trajectories)
+
+
 def train(eta: int, workload: list[dict], index, servers: list[PolicyServer], args) -> dict:
     pool = asearcher.InferencePool([s.url for s in servers])
     agent = {
@@ -196,38 +257,15 @@ def train(eta: int, workload: list[dict], index, servers: list[PolicyServer], ar
     toolbox = Toolbox(index, index, top_k=args.top_k, doc_chars=args.doc_chars)
     gen0 = sum(s.generated_tokens() for s in servers)
     srv_cpu0 = sum(s.cpu_s() for s in servers)
-    steps, trajs, train_s = [], [], 0.0
     cpu0, t0 = time.process_time(), time.perf_counter()
-    with asearcher.RolloutEngine(
-        qs, pool, sample_tokenizer_path(), toolbox=toolbox, agent=agent, config=config
-    ) as engine:
-        version, gen_end = 0, t0
-        while True:
-            wait0 = time.perf_counter()
-            batch = engine.next_batch(args.batch)
-            if batch is None:
-                break
-            got = time.perf_counter()
-            gen_end = got
-            tokens = training_tokens(batch)
-            step_train = tokens / args.train_tps
-            time.sleep(max(0.0, step_train - (time.perf_counter() - got)))
-            train_s += step_train
-            version += 1
-            push0 = time.perf_counter()
-            push_weights(servers, version)
-            engine.set_version(version)
-            steps.append(
-                {
-                    "wait_s": got - wait0,
-                    "train_tokens": tokens,
-                    "push_s": time.perf_counter() - push0,
-                }
-            )
-            trajs.extend(t for g in batch for t in g.trajectories)
-        stats = engine.stats()
-    wall = time.perf_counter() - t0
-    cpu = time.process_time() - cpu0
+    with TokenSampler(servers) as sampler:
+        with asearcher.RolloutEngine(
+            qs, pool, sample_tokenizer_path(), toolbox=toolbox, agent=agent, config=config
+        ) as engine:
+            steps, trajs, train_s, gen_end = trainer_loop(engine, servers, args)
+            stats = engine.stats()
+        wall = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
     infos = [s.info() for s in servers]
     gen_tokens = sum(int(i["generated_tokens"]) for i in infos) - gen0
     capacity = args.servers * args.server_tps
@@ -246,6 +284,10 @@ def train(eta: int, workload: list[dict], index, servers: list[PolicyServer], ar
         "trajectory_output_tokens": sum(t.output_tokens for t in trajs),
         "util_gen": gen_tokens / (capacity * gen_span),
         "util_wall": gen_tokens / (capacity * wall),
+        "util_middle": sampler.tokens_between(t0 + gen_span / 4, t0 + 3 * gen_span / 4)
+        / (capacity * gen_span / 2),
+        "util_last_quarter": sampler.tokens_between(t0 + 3 * gen_span / 4, gen_end)
+        / (capacity * gen_span / 4),
         "trainer_wait_s": sum(s["wait_s"] for s in steps),
         "push_s": sum(s["push_s"] for s in steps),
         "client_cpu_s": cpu,
@@ -274,16 +316,18 @@ def turn_summary(xs: list[int]) -> dict:
 def table(runs: list[dict]) -> str:
     sync = next((r for r in runs if r["eta"] == 0), runs[0])
     lines = [
-        "| eta | Wall s | Trajectories/s | Util (gen window) | Util (wall) | Speed-up vs sync "
+        "| eta | Wall s | Trajectories/s | Util (gen window) | Util (middle half) "
+        "| Util (last quarter) | Util (wall) | Speed-up vs sync "
         "| Trainer waits s | Train s | Gen at 100% s | Aborted requests | Mean staleness "
         "| Client CPU % |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
         name = "0 (sync)" if r["eta"] == 0 else str(r["eta"])
         lines.append(
             f"| {name} | {r['wall_s']:.1f} | {r['trajectories_per_s']:.2f} "
-            f"| {100 * r['util_gen']:.1f}% | {100 * r['util_wall']:.1f}% "
+            f"| {100 * r['util_gen']:.1f}% | {100 * r['util_middle']:.1f}% "
+            f"| {100 * r['util_last_quarter']:.1f}% | {100 * r['util_wall']:.1f}% "
             f"| {sync['wall_s'] / r['wall_s']:.2f}x "
             f"| {r['trainer_wait_s']:.1f} | {r['train_s']:.1f} | {r['gen_ideal_s']:.1f} "
             f"| {r['aborted_requests']:,} "
@@ -338,7 +382,9 @@ per trajectory min {tt["min"]:,}, median {tt["p50"]:,}, max {tt["max"]:,}.
 - Utilisation = tokens generated by all servers (partial outputs of aborted requests included,
   re-sent remainders counted once) / (servers x `tokens_per_s_total` x time). *Gen window*: from
   the start to the moment the trainer received the last batch (generation cannot continue after
-  it); *wall*: the whole run including the final training step. 100% is the limit.
+  it); *middle half* / *last quarter*: the same over 25-75% / 75-100% of that window (from the
+  servers' counters sampled every 0.25 s); *wall*: the whole run including the final training
+  step. 100% is the limit.
 - Speed-up = sync wall time / wall time for the same trajectories and steps. Trainer waits:
   time the trainer spent in `next_batch`. Train s: simulated training time, summed. Gen at
   100% s: the tokens generated / the servers' total throughput (the least time generation can
