@@ -408,7 +408,7 @@ def write_docs(text: str) -> None:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="fewer steps, smaller batches")
+    p.add_argument("--quick", action="store_true", help="4 steps, eta 0 and 4 only")
     p.add_argument("--etas", default="0,1,2,4,8")
     p.add_argument("--servers", type=int, default=2)
     p.add_argument("--server-tps", type=float, default=40000.0, help="tokens/s per server")
