@@ -83,6 +83,8 @@ def test_tracing_events_reach_python_logging(caplog):
     [
         [],
         ["demo"],
+        ["train"],
+        ["eval"],
         ["index"],
         ["index", "build"],
         ["search"],

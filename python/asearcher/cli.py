@@ -195,9 +195,25 @@ def cmd_serve_scripted_policy(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    if args.tools:
+        from .demo import run_demo
 
-    return run_demo(workdir=args.workdir, questions=args.questions)
+        return run_demo(workdir=args.workdir, questions=args.questions)
+    from .tinyworld.job import JobSettings, run_job
+
+    settings = JobSettings(size=args.size, seed=args.seed)
+    if args.rl_steps is not None:
+        settings.rl_steps = args.rl_steps
+    if args.warm_start_epochs is not None:
+        settings.warm_start_epochs = args.warm_start_epochs
+    workdir = args.workdir or Path("runs/tinyworld")
+    result = run_job(workdir, settings, progress=not args.quiet)
+    gain = result.heldout_f1_rl - result.heldout_f1_warm_start
+    print(
+        f"held-out F1: random {result.heldout_f1_random:.3f} -> warm start "
+        f"{result.heldout_f1_warm_start:.3f} -> RL {result.heldout_f1_rl:.3f} ({gain:+.3f})"
+    )
+    return 0
 
 
 def _add_index_parsers(sub: argparse._SubParsersAction) -> None:
@@ -395,8 +411,13 @@ def _read_config_file(path: Path) -> dict:
     """The config file as a dict, relative paths made absolute (as the trainer would)."""
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".toml":
-        import tomllib
-
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            try:
+                import tomli as tomllib
+            except ImportError:
+                raise AsearcherError(f"{path}: overriding a TOML config on Python 3.10 needs tomli") from None
         data = tomllib.loads(text)
     elif path.suffix in (".yaml", ".yml"):
         try:
@@ -442,9 +463,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default)")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="cmd")
-    d = sub.add_parser("demo", help="build an index over the sample corpus and run the tools")
-    d.add_argument("--workdir", type=Path, default=None, help="where to build (default: temp dir)")
-    d.add_argument("--questions", type=int, default=3, help="sample questions to walk through")
+    d = sub.add_parser(
+        "demo",
+        help="the main job: train a tiny search agent on tinyworld (warm start, then async RL)",
+    )
+    d.add_argument(
+        "--workdir", type=Path, default=None,
+        help="where to work (default: runs/tinyworld; with --tools a temp dir)",
+    )
+    d.add_argument("--size", default="default", choices=["small", "default"], help="tinyworld size")
+    d.add_argument("--seed", type=int, default=0, help="world and training seed")
+    d.add_argument("--rl-steps", type=int, default=None, help="RL steps (default 40)")
+    d.add_argument("--warm-start-epochs", type=int, default=None, help="warm-start epochs")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    d.add_argument(
+        "--tools", action="store_true",
+        help="instead: index the sample corpus and walk questions through the search tools",
+    )
+    d.add_argument("--questions", type=int, default=3, help="with --tools: questions to walk through")
     d.set_defaults(func=cmd_demo)
     _add_index_parsers(sub)
     _add_tool_parsers(sub)

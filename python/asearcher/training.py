@@ -193,7 +193,7 @@ def warm_start(
     lr: float = 1e-3,
     warmup_steps: int = 0,
     min_reward: float | None = None,
-    micro_batch_tokens: int = 8192,
+    micro_batch_tokens: int = 1024,
     grad_clip: float = 1.0,
     weight_decay: float = 0.0,
     seed: int = 0,

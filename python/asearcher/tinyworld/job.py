@@ -72,7 +72,7 @@ def rl_config(world: BuiltWorld, model_dir: Path, out_dir: Path, s: JobSettings)
         "inference": {"max_running": s.max_running, "max_context": 1024},
         "learner": {
             "filter_zero_variance": True,
-            "micro_batch_tokens": 8192,
+            "micro_batch_tokens": 1024,
             "schedule": {"kind": "constant", "lr": s.rl_lr},
             "optimizer": {"weight_decay": 0.0},
         },
@@ -132,6 +132,7 @@ def run_job(workdir: str | Path, settings: JobSettings | None = None, progress: 
         batch_size=s.warm_start_batch,
         lr=s.warm_start_lr,
         warmup_steps=10,
+        micro_batch_tokens=512,
         seed=s.seed,
         progress=progress,
     )
