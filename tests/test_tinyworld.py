@@ -104,7 +104,7 @@ def test_every_entity_name_is_one_known_token(built: BuiltWorld, tok: asearcher.
 def test_tokenizer_round_trip_keeps_tags_and_words(tok: asearcher.Tokenizer, built: BuiltWorld):
     name = next(iter(built.world.types)).lower()
     text = (
-        f"<think> x </think> <search> {name} born </search>\n\n<information>\n1. (Title: {name})"
+        f"<think> x </think> <search> {name} birthplace </search>\n\n<information>\n1. (Title: {name})"
         f" </information> <answer> {name} </answer><|im_end|>"
     )
     ids = tok.encode(text, False)
@@ -112,7 +112,7 @@ def test_tokenizer_round_trip_keeps_tags_and_words(tok: asearcher.Tokenizer, bui
     for tag in ("<search>", "</search>", "<answer>", "</answer>", "<information>", "<think>"):
         assert tok.token_to_id(tag) in ids
     decoded = tok.decode(ids, False)
-    assert f"<search> {name} born </search>" in decoded
+    assert f"<search> {name} birthplace </search>" in decoded
     assert decoded.endswith(f"<answer> {name} </answer> <|im_end|>")
     assert tok.encode("zzqqx", False) == [tok.token_to_id("<unk>")]
     assert tok.eos_token_ids == [tok.token_to_id("<|im_end|>")]
