@@ -104,8 +104,8 @@ def test_every_entity_name_is_one_known_token(built: BuiltWorld, tok: asearcher.
 def test_tokenizer_round_trip_keeps_tags_and_words(tok: asearcher.Tokenizer, built: BuiltWorld):
     name = next(iter(built.world.types)).lower()
     text = (
-        f"<think> x </think> <search> {name} birthplace </search>\n\n<information>\n1. (Title: {name})"
-        f" </information> <answer> {name} </answer><|im_end|>"
+        f"<think> x </think> <search> {name} birthplace </search>\n\n<information>\n"
+        f"1. (Title: {name}) </information> <answer> {name} </answer><|im_end|>"
     )
     ids = tok.encode(text, False)
     assert tok.token_to_id("<unk>") not in ids
