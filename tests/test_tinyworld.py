@@ -193,15 +193,24 @@ def test_imperfect_demonstrations_and_their_loss_masks(
         assert len(seq["input_ids"]) < 400
 
 
-def test_random_model_scores_about_zero_and_the_demonstrator_its_rate(built: BuiltWorld):
+def test_random_model_scores_about_zero_and_the_demonstrator_its_rate(
+    built: BuiltWorld, tmp_path: Path
+):
     random_model = heldout_accuracy(built.model_init, built, max_questions=12)
     assert random_model["questions"] == 12
     assert random_model["f1"] < 0.05
     perfect = Imperfections(guess_rate=0.0, early_stop_rate=0.0)
     with Demonstrator(built.world, built.tokenizer, perfect) as demo:
-        assert heldout_accuracy(demo.url, built)["f1"] == 1.0
+        assert heldout_accuracy(demo.url, built, output_dir=tmp_path)["f1"] == 1.0
+        saved = asearcher.load_trajectories(tmp_path / "heldout" / "trajectories.jsonl")
+        assert len(saved) == len(built.world.heldout)
         train = heldout_accuracy(demo.url, built, split="train", max_questions=20)
         assert train["f1"] == 1.0 and train["questions"] == 20
     with Demonstrator(built.world, built.tokenizer, seed=3) as demo:
         imperfect = heldout_accuracy(demo.url, built, k=4)
     assert 0.3 < imperfect["f1"] < 0.8
+
+
+def test_heldout_accuracy_names_a_bad_split(built: BuiltWorld):
+    with pytest.raises(ValueError, match="split: 'test'"):
+        heldout_accuracy(built.model_init, built, split="test")
