@@ -80,6 +80,9 @@ def test_split_by_entity_keeps_heldout_subjects_out_of_train(built: BuiltWorld):
     for q in world.train:
         assert not heldout_subjects.intersection(q["path"][:-1]), q["id"]
     assert len(world.train) > 2 * len(world.heldout)
+    # Guessing without search: at best about one in #countries for country questions.
+    assert 0.0 < world.majority_baseline() < 0.3
+    assert World.generate(0, "default").majority_baseline() < 0.12
 
 
 def test_every_hop_is_found_by_its_expert_query(built: BuiltWorld):

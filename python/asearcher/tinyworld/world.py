@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,6 +173,16 @@ class World:
                     }
                 )
         return out
+
+    def majority_baseline(self) -> float:
+        """Held-out accuracy of answering, without searching, the most common train answer of
+        each question kind: what a policy that never searches can reach."""
+        counts: dict[str, Counter[str]] = {}
+        for q in self.train:
+            counts.setdefault(q["kind"], Counter())[q["answer"][0]] += 1
+        best = {kind: c.most_common(1)[0][0] for kind, c in counts.items()}
+        hits = sum(best.get(q["kind"]) == q["answer"][0] for q in self.heldout)
+        return hits / len(self.heldout)
 
     def _split(self, rng: random.Random, fraction: float) -> None:
         subjects_by_type: dict[str, list[str]] = {}
