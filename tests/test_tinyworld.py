@@ -80,6 +80,9 @@ def test_split_by_entity_keeps_heldout_subjects_out_of_train(built: BuiltWorld):
     for q in world.train:
         assert not heldout_subjects.intersection(q["path"][:-1]), q["id"]
     assert len(world.train) > 2 * len(world.heldout)
+    # Guessing without search: at best about one in #countries for country questions.
+    assert 0.0 < world.majority_baseline() < 0.3
+    assert World.generate(0, "default").majority_baseline() < 0.12
 
 
 def test_every_hop_is_found_by_its_expert_query(built: BuiltWorld):
@@ -104,15 +107,15 @@ def test_every_entity_name_is_one_known_token(built: BuiltWorld, tok: asearcher.
 def test_tokenizer_round_trip_keeps_tags_and_words(tok: asearcher.Tokenizer, built: BuiltWorld):
     name = next(iter(built.world.types)).lower()
     text = (
-        f"<think> x </think> <search> {name} born </search>\n\n<information>\n1. (Title: {name})"
-        f" </information> <answer> {name} </answer><|im_end|>"
+        f"<think> x </think> <search> {name} birthplace </search>\n\n<information>\n"
+        f"1. (Title: {name}) </information> <answer> {name} </answer><|im_end|>"
     )
     ids = tok.encode(text, False)
     assert tok.token_to_id("<unk>") not in ids
     for tag in ("<search>", "</search>", "<answer>", "</answer>", "<information>", "<think>"):
         assert tok.token_to_id(tag) in ids
     decoded = tok.decode(ids, False)
-    assert f"<search> {name} born </search>" in decoded
+    assert f"<search> {name} birthplace </search>" in decoded
     assert decoded.endswith(f"<answer> {name} </answer> <|im_end|>")
     assert tok.encode("zzqqx", False) == [tok.token_to_id("<unk>")]
     assert tok.eos_token_ids == [tok.token_to_id("<|im_end|>")]
@@ -193,15 +196,24 @@ def test_imperfect_demonstrations_and_their_loss_masks(
         assert len(seq["input_ids"]) < 400
 
 
-def test_random_model_scores_about_zero_and_the_demonstrator_its_rate(built: BuiltWorld):
+def test_random_model_scores_about_zero_and_the_demonstrator_its_rate(
+    built: BuiltWorld, tmp_path: Path
+):
     random_model = heldout_accuracy(built.model_init, built, max_questions=12)
     assert random_model["questions"] == 12
     assert random_model["f1"] < 0.05
     perfect = Imperfections(guess_rate=0.0, early_stop_rate=0.0)
     with Demonstrator(built.world, built.tokenizer, perfect) as demo:
-        assert heldout_accuracy(demo.url, built)["f1"] == 1.0
+        assert heldout_accuracy(demo.url, built, output_dir=tmp_path)["f1"] == 1.0
+        saved = asearcher.load_trajectories(tmp_path / "heldout" / "trajectories.jsonl")
+        assert len(saved) == len(built.world.heldout)
         train = heldout_accuracy(demo.url, built, split="train", max_questions=20)
         assert train["f1"] == 1.0 and train["questions"] == 20
     with Demonstrator(built.world, built.tokenizer, seed=3) as demo:
         imperfect = heldout_accuracy(demo.url, built, k=4)
     assert 0.3 < imperfect["f1"] < 0.8
+
+
+def test_heldout_accuracy_names_a_bad_split(built: BuiltWorld):
+    with pytest.raises(ValueError, match="split: 'test'"):
+        heldout_accuracy(built.model_init, built, split="test")

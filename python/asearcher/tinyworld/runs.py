@@ -96,29 +96,30 @@ def heldout_accuracy(
     """Avg F1 / EM (over ``k`` samples per question) of a policy on the world's ``heldout`` or
     ``train`` questions with the tinyworld agent and toolbox. ``model``: a model directory (run
     by an embedded ``asearcher.Generator``), an ``http://`` URL of an SGLang-compatible server
-    (e.g. a ``Demonstrator``), or a backend ``evaluate`` takes. Greedy by default."""
+    (e.g. a ``Demonstrator``), or a backend ``evaluate`` takes. Greedy by default. Trajectories
+    are kept in ``output_dir`` when given (a later call there runs only what is missing)."""
     import asearcher
 
     if split not in ("heldout", "train"):
         raise ValueError(f"split: {split!r} is not 'heldout' or 'train'")
     data_dir = world.data_dir if split == "heldout" else _train_layout(world)
     agent = agent_config(world.world.size, temperature=temperature)
-    out = output_dir or tempfile.mkdtemp(prefix="tinyworld-eval-")
     backend, close = _backend(model)
     try:
-        report = asearcher.evaluate(
-            data_dir,
-            backend,
-            asearcher.Tokenizer(world.tokenizer),
-            benchmarks=[split],
-            toolbox=world.toolbox(),
-            k=k,
-            output_dir=out,
-            agent=agent,
-            config={"max_concurrent": 32},
-            max_questions=max_questions,
-            progress=False,
-        )
+        with tempfile.TemporaryDirectory(prefix="tinyworld-eval-") as scratch:
+            report = asearcher.evaluate(
+                data_dir,
+                backend,
+                asearcher.Tokenizer(world.tokenizer),
+                benchmarks=[split],
+                toolbox=world.toolbox(),
+                k=k,
+                output_dir=output_dir or scratch,
+                agent=agent,
+                config={"max_concurrent": 32},
+                max_questions=max_questions,
+                progress=False,
+            )
     finally:
         close()
     bench = report[split]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,67 +26,63 @@ _CODAS = ["", "", "n", "r", "l", "s", "k", "m"]
 
 @dataclass(frozen=True)
 class Relation:
-    """A typed relation: ``name`` from ``subject_type`` to ``object_type``; ``query`` is the word
-    an expert adds to the subject's name to search for it; ``sentence`` states one fact."""
+    """A typed relation: ``name`` from ``subject_type`` to ``object_type``. ``noun`` names it
+    everywhere: in questions (``the {noun} of X``), in the expert's query (``X {noun}``) and in the
+    passage sentence, right before the object (``X has {noun} Y.``), so the object to copy always
+    follows the word the agent searched for."""
 
     name: str
     subject_type: str
     object_type: str
-    query: str
-    sentence: str
+    noun: str
+
+    @property
+    def query(self) -> str:
+        return self.noun
+
+    def sentence(self, subject: str, obj: str) -> str:
+        return f"{subject} has {self.noun} {obj}."
 
 
 RELATIONS: dict[str, Relation] = {
     r.name: r
     for r in [
-        Relation("located_in", "city", "country", "country", "{s} is located in the country {o}."),
-        Relation("born_in", "person", "city", "born", "{s} was born in the city {o}."),
-        Relation("works_for", "person", "company", "works", "{s} works for the company {o}."),
-        Relation(
-            "headquartered_in", "company", "city", "headquartered", "{s} is headquartered in {o}."
-        ),
-        Relation("founded_by", "company", "person", "founded", "{s} was founded by {o}."),
+        Relation("located_in", "city", "country", "country"),
+        Relation("born_in", "person", "city", "birthplace"),
+        Relation("works_for", "person", "company", "employer"),
+        Relation("headquartered_in", "company", "city", "headquarters"),
+        Relation("founded_by", "company", "person", "founder"),
     ]
 }
 
 
 @dataclass(frozen=True)
 class QuestionKind:
-    """A question template over a chain of relations starting at the subject ``{x}``."""
+    """A question over a chain of relations starting at the subject: ``What is the country of
+    the birthplace of X?`` follows born_in, then located_in. The subject is always the last word,
+    next to the assistant's first output."""
 
     name: str
     chain: tuple[str, ...]
-    template: str
+
+    @property
+    def template(self) -> str:
+        nouns = " of the ".join(RELATIONS[r].noun for r in reversed(self.chain))
+        return f"What is the {nouns} of {{x}}?"
 
 
 QUESTION_KINDS: list[QuestionKind] = [
-    QuestionKind("birthplace", ("born_in",), "Where was {x} born?"),
-    QuestionKind("city_country", ("located_in",), "Which country is {x} in?"),
-    QuestionKind("founder", ("founded_by",), "Who founded {x}?"),
-    QuestionKind("headquarters", ("headquartered_in",), "Where is {x} headquartered?"),
-    QuestionKind("employer", ("works_for",), "Which company does {x} work for?"),
-    QuestionKind("birth_country", ("born_in", "located_in"), "In which country was {x} born?"),
-    QuestionKind(
-        "hq_country", ("headquartered_in", "located_in"), "In which country is {x} headquartered?"
-    ),
-    QuestionKind(
-        "founder_birthplace", ("founded_by", "born_in"), "Where was the founder of {x} born?"
-    ),
-    QuestionKind(
-        "employer_hq",
-        ("works_for", "headquartered_in"),
-        "Where is the employer of {x} headquartered?",
-    ),
-    QuestionKind(
-        "founder_country",
-        ("founded_by", "born_in", "located_in"),
-        "In which country was the founder of {x} born?",
-    ),
-    QuestionKind(
-        "employer_country",
-        ("works_for", "headquartered_in", "located_in"),
-        "In which country is the employer of {x} headquartered?",
-    ),
+    QuestionKind("birthplace", ("born_in",)),
+    QuestionKind("city_country", ("located_in",)),
+    QuestionKind("founder", ("founded_by",)),
+    QuestionKind("headquarters", ("headquartered_in",)),
+    QuestionKind("employer", ("works_for",)),
+    QuestionKind("birth_country", ("born_in", "located_in")),
+    QuestionKind("hq_country", ("headquartered_in", "located_in")),
+    QuestionKind("founder_birthplace", ("founded_by", "born_in")),
+    QuestionKind("employer_hq", ("works_for", "headquartered_in")),
+    QuestionKind("founder_country", ("founded_by", "born_in", "located_in")),
+    QuestionKind("employer_country", ("works_for", "headquartered_in", "located_in")),
 ]
 
 _TYPE_SENTENCE = {
@@ -143,7 +140,7 @@ class World:
         sentences = [_TYPE_SENTENCE[self.types[name]].format(s=name)]
         for rel in RELATIONS.values():
             if (name, rel.name) in self.facts:
-                sentences.append(rel.sentence.format(s=name, o=self.facts[(name, rel.name)]))
+                sentences.append(rel.sentence(name, self.facts[(name, rel.name)]))
         return " ".join(sentences)
 
     def corpus(self) -> list[dict]:
@@ -176,6 +173,16 @@ class World:
                     }
                 )
         return out
+
+    def majority_baseline(self) -> float:
+        """Held-out accuracy of answering, without searching, the most common train answer of
+        each question kind: what a policy that never searches can reach."""
+        counts: dict[str, Counter[str]] = {}
+        for q in self.train:
+            counts.setdefault(q["kind"], Counter())[q["answer"][0]] += 1
+        best = {kind: c.most_common(1)[0][0] for kind, c in counts.items()}
+        hits = sum(best.get(q["kind"]) == q["answer"][0] for q in self.heldout)
+        return hits / len(self.heldout)
 
     def _split(self, rng: random.Random, fraction: float) -> None:
         subjects_by_type: dict[str, list[str]] = {}
@@ -221,7 +228,7 @@ def _make_name(rng: random.Random) -> str:
 def _reserved_words() -> set[str]:
     """Words of the templates, which no entity may be named."""
     words: set[str] = set()
-    texts = [r.sentence for r in RELATIONS.values()] + list(_TYPE_SENTENCE.values())
+    texts = [r.sentence("", "") for r in RELATIONS.values()] + list(_TYPE_SENTENCE.values())
     texts += [k.template for k in QUESTION_KINDS]
     for text in texts:
         words.update(w.strip(".?{}").lower() for w in text.split())
