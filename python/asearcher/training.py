@@ -196,6 +196,7 @@ def warm_start(
     micro_batch_tokens: int = 1024,
     grad_clip: float = 1.0,
     weight_decay: float = 0.0,
+    frozen: Sequence[str] = (),
     seed: int = 0,
     device: str = "cpu",
     dtype: str = "float32",
@@ -204,7 +205,8 @@ def warm_start(
     """Supervised fine-tuning of ``model`` on recorded trajectories (loss on the tokens the
     agent generated, exactly as generated), written to ``out_dir`` in HF layout with the
     tokenizer files. ``min_reward`` keeps only trajectories scoring at least that (default: all,
-    mistakes included)."""
+    mistakes included). ``frozen`` names parameters to keep fixed (substrings of HF names, e.g.
+    ``["embed_tokens"]``)."""
     files = [trajectories] if isinstance(trajectories, (str, PathLike)) else list(trajectories)
     schedule: dict[str, Any] = {"kind": "warmup_constant" if warmup_steps else "constant", "lr": lr}
     if warmup_steps:
@@ -224,6 +226,7 @@ def warm_start(
             "grad_clip": grad_clip,
             "micro_batch_tokens": micro_batch_tokens,
             "optimizer": {"weight_decay": weight_decay},
+            "frozen": list(frozen),
         },
     }
     history: list[dict[str, Any]] = []

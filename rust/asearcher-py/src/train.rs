@@ -131,7 +131,9 @@ impl PyTrainer {
     fn start(&self) -> PyResult<()> {
         let mut phase = self.phase.lock().expect("trainer lock");
         let Phase::Ready(_) = &*phase else {
-            return Err(py::TrainingError::new_err("the trainer was already started"));
+            return Err(py::TrainingError::new_err(
+                "the trainer was already started",
+            ));
         };
         let Phase::Ready(mut trainer) = std::mem::replace(&mut *phase, Phase::Finished) else {
             unreachable!()
@@ -156,7 +158,9 @@ impl PyTrainer {
                 drop(trainer);
                 let _ = tx.send(Event::Done(done));
             })
-            .map_err(|e| py::TrainingError::new_err(format!("cannot start the trainer thread: {e}")))?;
+            .map_err(|e| {
+                py::TrainingError::new_err(format!("cannot start the trainer thread: {e}"))
+            })?;
         *phase = Phase::Running {
             events: Arc::new(Mutex::new(rx)),
             join: Some(join),
@@ -189,9 +193,7 @@ impl PyTrainer {
                     py.detach(|| j.join()).ok();
                 }
                 *phase = Phase::Finished;
-                result
-                    .map(|s| ("done".into(), Some(s)))
-                    .map_err(train_err)
+                result.map(|s| ("done".into(), Some(s))).map_err(train_err)
             }
             Err(RecvTimeoutError::Disconnected) => {
                 *phase = Phase::Finished;
@@ -214,7 +216,10 @@ impl PyTrainer {
             .pointer("/run/out_dir")
             .and_then(|v| v.as_str())
             .unwrap_or("?");
-        format!("Trainer(out_dir={out:?}, resumed_step={})", self.resumed_step)
+        format!(
+            "Trainer(out_dir={out:?}, resumed_step={})",
+            self.resumed_step
+        )
     }
 }
 
@@ -249,7 +254,9 @@ fn warm_start(
                 !worker_stop.load(Ordering::Relaxed)
             })
         })
-        .map_err(|e| py::TrainingError::new_err(format!("cannot start the warm-start thread: {e}")))?;
+        .map_err(|e| {
+            py::TrainingError::new_err(format!("cannot start the warm-start thread: {e}"))
+        })?;
     let rx = Mutex::new(rx);
     let mut interrupted: Option<PyErr> = None;
     loop {

@@ -359,7 +359,10 @@ mod tests {
         let mut v = minimal();
         v["rollout"] = json!({"max_concurent": 3});
         let err = TrainConfig::from_value(v).unwrap_err().to_string();
-        assert!(err.contains("rollout") && err.contains("max_concurent"), "{err}");
+        assert!(
+            err.contains("rollout") && err.contains("max_concurent"),
+            "{err}"
+        );
     }
 
     #[test]

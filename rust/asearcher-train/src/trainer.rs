@@ -25,8 +25,8 @@ use asearcher_rollout::client::LlmBackend;
 use asearcher_rollout::questions::{read_questions, Question};
 use asearcher_rollout::reward::{RewardPipeline, RuleScorer, Scorer};
 use asearcher_rollout::scheduler::{
-    AgentFactory, EngineParts, EngineSnapshot, Group, QuestionSource, RolloutConfig,
-    RolloutEngine, RolloutStats,
+    AgentFactory, EngineParts, EngineSnapshot, Group, QuestionSource, RolloutConfig, RolloutEngine,
+    RolloutStats,
 };
 use asearcher_tokenizer::Tokenizer;
 use asearcher_tools::{LocalIndex, PageSource, SearchBackend, Toolbox, ToolboxConfig};
@@ -237,14 +237,24 @@ impl Trainer {
             // its lines.
             let due = self.checkpoint_due();
             if due {
-                record.checkpoint = Some(self.ckpt.root().join(step_dir_name(self.step)).display().to_string());
+                record.checkpoint = Some(
+                    self.ckpt
+                        .root()
+                        .join(step_dir_name(self.step))
+                        .display()
+                        .to_string(),
+                );
             }
             record.step_s = step_started.elapsed().as_secs_f64();
             self.out.write_metrics(&record)?;
             if due {
                 let t = Instant::now();
                 self.save_checkpoint()?;
-                tracing::debug!(step = self.step, seconds = t.elapsed().as_secs_f64(), "checkpoint time");
+                tracing::debug!(
+                    step = self.step,
+                    seconds = t.elapsed().as_secs_f64(),
+                    "checkpoint time"
+                );
                 saved_at = self.step;
             }
             if on_step(&record) == Control::Stop || self.stop.load(Ordering::Relaxed) {
@@ -311,7 +321,8 @@ impl Trainer {
                 t.metadata.insert("train_step".into(), json!(self.step));
             }
         }
-        self.out.write_batch(self.step, &batch, self.cfg.run.save_trajectories)?;
+        self.out
+            .write_batch(self.step, &batch, self.cfg.run.save_trajectories)?;
         let rollout = self.engine.stats();
         let elapsed = step_started.elapsed().as_secs_f64().max(1e-9);
         Ok(StepRecord {
@@ -409,8 +420,7 @@ fn device_and_kind(cfg: &TrainConfig) -> Result<(tch::Device, tch::Kind)> {
 fn read_snapshot(dir: &Path) -> Result<EngineSnapshot> {
     let path = dir.join(SNAPSHOT_FILE);
     let text = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
-    serde_json::from_slice(&text)
-        .map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))
+    serde_json::from_slice(&text).map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))
 }
 
 /// The backend, the weight sync and (embedded) the generator, which starts with the learner's
@@ -457,7 +467,8 @@ async fn start_inference(
                 .clone()
                 .unwrap_or_else(|| cfg.run.out_dir.join("weights"));
             let timeout = Duration::from_secs_f64(inf.timeout_s);
-            let sync = WeightSync::servers(&inf.servers, pool.clone(), dir, inf.keep_weights, timeout)?;
+            let sync =
+                WeightSync::servers(&inf.servers, pool.clone(), dir, inf.keep_weights, timeout)?;
             if step > 0 {
                 sync.push(learner.model(), step).await?;
             }
@@ -473,9 +484,10 @@ fn toolbox_of(cfg: &TrainConfig, parts: &TrainParts) -> Result<Option<Toolbox>> 
     let Some(index) = &cfg.tools.index else {
         return Ok(None);
     };
-    let local = Arc::new(LocalIndex::open(index).map_err(|e| {
-        TrainError::config("tools.index", format!("{}: {e}", index.display()))
-    })?);
+    let local = Arc::new(
+        LocalIndex::open(index)
+            .map_err(|e| TrainError::config("tools.index", format!("{}: {e}", index.display())))?,
+    );
     let tb_cfg = ToolboxConfig {
         top_k: cfg.tools.top_k,
         ..ToolboxConfig::default()
@@ -533,8 +545,7 @@ fn start_engine(
 /// for it, so they free their admission slots instead of stalling the staleness gate.
 fn engine_config(cfg: &TrainConfig) -> RolloutConfig {
     let mut rollout = cfg.rollout.clone();
-    rollout.filter_zero_variance |=
-        cfg.learner.filter_zero_variance && cfg.rollout.group_size >= 2;
+    rollout.filter_zero_variance |= cfg.learner.filter_zero_variance && cfg.rollout.group_size >= 2;
     rollout
 }
 

@@ -70,7 +70,10 @@ impl WarmStartConfig {
 
     pub fn validate(&self) -> Result<()> {
         if self.model.as_os_str().is_empty() {
-            return Err(TrainError::config("model", "required: the HF model directory"));
+            return Err(TrainError::config(
+                "model",
+                "required: the HF model directory",
+            ));
         }
         if self.out_dir.as_os_str().is_empty() {
             return Err(TrainError::config("out_dir", "required"));

@@ -35,4 +35,3 @@ pub fn backend_from_py(obj: &Bound<'_, PyAny>) -> PyResult<Arc<dyn LlmBackend>> 
         ),
     ))
 }
-

@@ -29,6 +29,10 @@ pub struct LearnerConfig {
     pub micro_batch_tokens: usize,
     /// Tokens per chunk of the fused LM-head kernels (`None`: sized from a memory budget).
     pub chunk_tokens: Option<usize>,
+    /// Parameters left untrained: every parameter whose HF name contains one of these strings
+    /// (e.g. `["embed_tokens"]` keeps the (tied) embeddings fixed, so tokens that are never
+    /// targets keep their random embeddings instead of being pushed out of reach).
+    pub frozen: Vec<String>,
 }
 
 impl Default for LearnerConfig {
@@ -43,6 +47,7 @@ impl Default for LearnerConfig {
             grad_clip: 1.0,
             micro_batch_tokens: 4096,
             chunk_tokens: None,
+            frozen: Vec::new(),
         }
     }
 }

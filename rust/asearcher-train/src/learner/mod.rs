@@ -135,8 +135,14 @@ impl Learner {
         cfg.validate()?;
         model.set_requires_grad(true);
         let params = model.named_parameters();
+        freeze(&params, &cfg.frozen)?;
+        let trainable: Vec<(String, Tensor)> = params
+            .iter()
+            .filter(|(_, t)| t.requires_grad())
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect();
         let optimizer = AdamW::new(
-            &params,
+            &trainable,
             cfg.optimizer.clone(),
             no_decay_for_norms_and_biases,
         )?;
@@ -147,6 +153,15 @@ impl Learner {
             cfg,
             steps: 0,
         })
+    }
+
+    /// Names of the parameters that train (not frozen).
+    pub fn trainable(&self) -> Vec<String> {
+        self.params
+            .iter()
+            .filter(|(_, t)| t.requires_grad())
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     pub fn model(&self) -> &QwenModel {
@@ -378,4 +393,25 @@ impl DiagSums {
         stats.approx_kl = self.kl / n;
         stats.entropy_mean = self.entropy / n;
     }
+}
+
+/// Turns gradients off for the parameters matching `patterns` (shallow clones share the flag with
+/// the model's tensors); a pattern matching nothing is an error naming it.
+fn freeze(params: &[(String, Tensor)], patterns: &[String]) -> Result<()> {
+    for pattern in patterns {
+        let mut hits = 0;
+        for (name, t) in params {
+            if name.contains(pattern.as_str()) {
+                let _ = t.set_requires_grad(false);
+                hits += 1;
+            }
+        }
+        if hits == 0 {
+            return Err(crate::TrainError::config(
+                "learner.frozen",
+                format!("`{pattern}` matches no parameter name"),
+            ));
+        }
+    }
+    Ok(())
 }

@@ -595,3 +595,41 @@ fn shifted_sequence_predicts_the_next_token() {
         TokenValues::Float(vec![0.0, 2.0, 2.0, 0.0, 0.0])
     );
 }
+
+#[test]
+fn frozen_parameters_stay_fixed_while_the_rest_train() {
+    let batch = vec![
+        sft_sequence(&[1, 2], &[7, 8, 9], &[3]),
+        sft_sequence(&[6], &[12, 13, 14, 15], &[2, 2]),
+    ];
+    let cfg = LearnerConfig {
+        frozen: vec!["embed_tokens".into()],
+        ..config(1e-2)
+    };
+    let mut learner = Learner::new(tiny_model(7), cfg).unwrap();
+    let before: Vec<(String, Tensor)> = learner
+        .weights()
+        .iter()
+        .map(|(n, t)| (n.clone(), t.detach().copy()))
+        .collect();
+    assert!(!learner
+        .trainable()
+        .iter()
+        .any(|n| n.contains("embed_tokens")));
+    for _ in 0..3 {
+        learner.sft_step(&batch).unwrap();
+    }
+    for ((name, old), (_, new)) in before.iter().zip(learner.weights().iter()) {
+        let same = old.equal(&new.detach());
+        assert_eq!(same, name.contains("embed_tokens"), "{name}");
+    }
+    let bad = LearnerConfig {
+        frozen: vec!["no_such_weight".into()],
+        ..config(1e-2)
+    };
+    let err = Learner::new(tiny_model(7), bad).err().unwrap().to_string();
+    assert!(
+        err.contains("learner.frozen") && err.contains("no_such_weight"),
+        "{err}"
+    );
+}
