@@ -25,13 +25,13 @@ from .rollout import (
     load_trajectories,
     save_trajectories,
 )
-from .training import FitResult, Trainer, WarmStartResult, read_metrics, warm_start
 from .serving import (
     ScriptedPolicyHandle,
     Tokenizer,
     start_model_server,
     start_scripted_policy_server,
 )
+from .training import FitResult, Trainer, WarmStartResult, read_metrics, warm_start
 
 __version__: str = _core.__version__
 

@@ -6,6 +6,7 @@ needs nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -122,7 +123,8 @@ class WandbCallback(Callback):
             import wandb
         except ImportError as e:
             raise ConfigError(
-                "invalid setting `callbacks`: WandbCallback needs the `wandb` package (pip install wandb)"
+                "invalid setting `callbacks`: WandbCallback needs the `wandb` package "
+                "(pip install wandb)"
             ) from e
         self.wandb = wandb
         self.init_kwargs = init_kwargs
@@ -143,7 +145,9 @@ class PlotCallback(Callback):
     from ``metrics.jsonl``, at the end (and every ``every`` steps if given): SVG, and PNG too
     when matplotlib is installed. Default path ``<out_dir>/training.svg``."""
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, every: int | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str] | None = None, every: int | None = None
+    ) -> None:
         self.path = Path(path) if path is not None else None
         self.every = every
         self.saved: list[Path] = []
@@ -167,15 +171,11 @@ def default_callbacks() -> list[Callback]:
     """The plot, plus TensorBoard when ``tensorboard`` is installed and Weights & Biases when
     ``wandb`` is installed and ``WANDB_PROJECT`` is set."""
     cbs: list[Callback] = [PlotCallback()]
-    try:
+    with contextlib.suppress(ConfigError):
         cbs.append(TensorBoardCallback())
-    except ConfigError:
-        pass
     if os.environ.get("WANDB_PROJECT"):
-        try:
+        with contextlib.suppress(ConfigError):
             cbs.append(WandbCallback(project=os.environ["WANDB_PROJECT"]))
-        except ConfigError:
-            pass
     return cbs
 
 

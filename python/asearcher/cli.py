@@ -417,19 +417,29 @@ def _read_config_file(path: Path) -> dict:
             try:
                 import tomli as tomllib
             except ImportError:
-                raise AsearcherError(f"{path}: overriding a TOML config on Python 3.10 needs tomli") from None
+                raise AsearcherError(
+                    f"{path}: overriding a TOML config on Python 3.10 needs tomli"
+                ) from None
         data = tomllib.loads(text)
     elif path.suffix in (".yaml", ".yml"):
         try:
             import yaml
         except ImportError:
-            raise AsearcherError(f"{path}: overriding a YAML config from the command line needs PyYAML") from None
+            raise AsearcherError(
+                f"{path}: overriding a YAML config from the command line needs PyYAML"
+            ) from None
         data = yaml.safe_load(text)
     else:
         data = json.loads(text)
     base = path.resolve().parent
-    for section, key in (("model", "path"), ("model", "tokenizer"), ("data", "train"), ("tools", "index"),
-                         ("inference", "weights_dir"), ("run", "out_dir")):
+    for section, key in (
+        ("model", "path"),
+        ("model", "tokenizer"),
+        ("data", "train"),
+        ("tools", "index"),
+        ("inference", "weights_dir"),
+        ("run", "out_dir"),
+    ):
         value = data.get(section, {}).get(key)
         if isinstance(value, str) and value and not Path(value).is_absolute():
             data[section][key] = str(base / value)
@@ -448,7 +458,9 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         "train",
         help="asynchronous RL training from a TOML/YAML/JSON config (resumes from its checkpoints)",
     )
-    t.add_argument("config", type=Path, help="the run's config (docs/training.md lists every field)")
+    t.add_argument(
+        "config", type=Path, help="the run's config (docs/training.md lists every field)"
+    )
     t.add_argument("--steps", type=int, default=None, help="override run.steps")
     t.add_argument("--out", type=Path, default=None, help="override run.out_dir")
     t.add_argument("--no-resume", action="store_true", help="start fresh even if checkpoints exist")
@@ -468,7 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the main job: train a tiny search agent on tinyworld (warm start, then async RL)",
     )
     d.add_argument(
-        "--workdir", type=Path, default=None,
+        "--workdir",
+        type=Path,
+        default=None,
         help="where to work (default: runs/tinyworld; with --tools a temp dir)",
     )
     d.add_argument("--size", default="default", choices=["small", "default"], help="tinyworld size")
@@ -477,10 +491,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--warm-start-epochs", type=int, default=None, help="warm-start epochs")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.add_argument(
-        "--tools", action="store_true",
+        "--tools",
+        action="store_true",
         help="instead: index the sample corpus and walk questions through the search tools",
     )
-    d.add_argument("--questions", type=int, default=3, help="with --tools: questions to walk through")
+    d.add_argument(
+        "--questions", type=int, default=3, help="with --tools: questions to walk through"
+    )
     d.set_defaults(func=cmd_demo)
     _add_index_parsers(sub)
     _add_tool_parsers(sub)

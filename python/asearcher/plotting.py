@@ -22,7 +22,10 @@ PANELS: list[tuple[str, list[tuple[str, tuple[str, ...], str]]]] = [
     ),
     (
         "staleness (versions behind)",
-        [("mean", ("learner", "staleness_mean"), "#d62728"), ("max", ("learner", "staleness_max"), "#ff9896")],
+        [
+            ("mean", ("learner", "staleness_mean"), "#d62728"),
+            ("max", ("learner", "staleness_max"), "#ff9896"),
+        ],
     ),
     ("throughput (generated tokens/s)", [("tokens/s", ("gen_tokens_per_s",), "#9467bd")]),
 ]
@@ -89,7 +92,9 @@ def _panel_svg(
         f'<text x="{x0 + _W / 2}" y="{y0 + _H - 8}" text-anchor="middle" font-size="11">step</text>',
     ]
     for t in _ticks(ylo, yhi):
-        out.append(f'<line x1="{x0 + _PAD - 4}" x2="{x0 + _PAD}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#888"/>')
+        out.append(
+            f'<line x1="{x0 + _PAD - 4}" x2="{x0 + _PAD}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#888"/>'
+        )
         out.append(
             f'<text x="{x0 + _PAD - 6}" y="{sy(t) + 4:.1f}" text-anchor="end" font-size="10">{t:g}</text>'
         )
@@ -127,7 +132,9 @@ def training_svg(
     """The four panels as one SVG document. ``refs`` are labelled reference lines drawn on the
     accuracy panel (e.g. held-out F1 before and after warm start)."""
     ref_colours = ["#7f7f7f", "#ff7f0e", "#17becf", "#bcbd22"]
-    ref_lines = [(label, value, ref_colours[i % len(ref_colours)]) for i, (label, value) in enumerate(refs)]
+    ref_lines = [
+        (label, value, ref_colours[i % len(ref_colours)]) for i, (label, value) in enumerate(refs)
+    ]
     parts = []
     for i, (panel_title, specs) in enumerate(PANELS):
         x0, y0 = (i % 2) * _W, 24 + (i // 2) * _H
@@ -143,7 +150,9 @@ def training_svg(
     )
 
 
-def _png(records: Sequence[dict[str, Any]], refs: Sequence[tuple[str, float]], path: Path, title: str) -> bool:
+def _png(
+    records: Sequence[dict[str, Any]], refs: Sequence[tuple[str, float]], path: Path, title: str
+) -> bool:
     try:
         import matplotlib
 
@@ -152,7 +161,7 @@ def _png(records: Sequence[dict[str, Any]], refs: Sequence[tuple[str, float]], p
     except ImportError:
         return False
     fig, axes = plt.subplots(2, 2, figsize=(10, 6))
-    for ax, (panel_title, specs) in zip(axes.flat, PANELS):
+    for ax, (panel_title, specs) in zip(axes.flat, PANELS, strict=True):
         for label, p, colour in specs:
             s = _series(records, p)
             if s:

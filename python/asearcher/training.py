@@ -64,7 +64,9 @@ class Trainer:
     ) -> None:
         if isinstance(config, PathLike):
             config = os.fspath(config)
-        self._native = _core.Trainer(config, toolbox=toolbox, plugins=list(plugins), primary=primary)
+        self._native = _core.Trainer(
+            config, toolbox=toolbox, plugins=list(plugins), primary=primary
+        )
         self._started = False
 
     @property
@@ -124,7 +126,9 @@ class Trainer:
             cb.on_end(self, result)
         return result
 
-    def _poll_until_done(self, cbs: list[Callback], bar: Any, history: list[dict[str, Any]]) -> dict[str, Any]:
+    def _poll_until_done(
+        self, cbs: list[Callback], bar: Any, history: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         while True:
             kind, payload = self._native.poll(0.2)
             if kind == "idle":

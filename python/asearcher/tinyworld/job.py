@@ -26,11 +26,11 @@ class JobSettings:
     size: str = "default"
     seed: int = 0
     demos_per_question: int = 2
-    warm_start_epochs: int = 3
-    warm_start_lr: float = 2e-3
+    warm_start_epochs: int = 10
+    warm_start_lr: float = 3e-3
     warm_start_batch: int = 32
     rl_steps: int = 40
-    rl_lr: float = 2e-4
+    rl_lr: float = 3e-4
     group_size: int = 8
     batch_size: int = 8
     max_staleness: int = 2
@@ -90,7 +90,9 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def run_job(workdir: str | Path, settings: JobSettings | None = None, progress: bool = True) -> JobResult:
+def run_job(
+    workdir: str | Path, settings: JobSettings | None = None, progress: bool = True
+) -> JobResult:
     """Runs every stage in ``workdir`` (replacing an earlier run there) and prints the held-out
     accuracy after each; saves ``tinyworld.svg`` (and ``.png`` with matplotlib) and
     ``summary.json``."""
@@ -104,7 +106,8 @@ def run_job(workdir: str | Path, settings: JobSettings | None = None, progress: 
     world = build(root / "world", seed=s.seed, size=s.size)
     seconds["build"] = time.perf_counter() - t
     _say(
-        f"tinyworld '{s.size}': {len(world.world.train)} train / {len(world.world.heldout)} held-out "
+        f"tinyworld '{s.size}': {len(world.world.train)} train / "
+        f"{len(world.world.heldout)} held-out "
         f"questions, corpus {world.corpus}"
     )
 
@@ -138,7 +141,10 @@ def run_job(workdir: str | Path, settings: JobSettings | None = None, progress: 
     )
     seconds["warm_start"] = time.perf_counter() - t
     acc_warm = heldout(ws.out_dir)
-    _say(f"held-out F1, after warm start:  {acc_warm['f1']:.3f}  (loss {ws.first_loss:.3f} -> {ws.last_loss:.3f})")
+    _say(
+        f"held-out F1, after warm start:  {acc_warm['f1']:.3f}  "
+        f"(loss {ws.first_loss:.3f} -> {ws.last_loss:.3f})"
+    )
 
     t = time.perf_counter()
     rl_out = root / "rl"
@@ -146,7 +152,10 @@ def run_job(workdir: str | Path, settings: JobSettings | None = None, progress: 
     fit = trainer.fit(progress=progress)
     seconds["rl"] = time.perf_counter() - t
     acc_rl = heldout(fit.final_dir)
-    _say(f"held-out F1, after RL:          {acc_rl['f1']:.3f}  ({fit.steps} async RL steps, eta={s.max_staleness})")
+    _say(
+        f"held-out F1, after RL:          {acc_rl['f1']:.3f}  "
+        f"({fit.steps} async RL steps, eta={s.max_staleness})"
+    )
 
     plot = plot_training(
         read_metrics(rl_out),

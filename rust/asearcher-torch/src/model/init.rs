@@ -1,6 +1,8 @@
 //! Fresh, randomly initialised Qwen models (the tinyworld model, tests): HF-style initialisation,
 //! normal(0, initializer_range) for matrices and embeddings, ones for norms, zeros for biases,
-//! seeded so the same config and seed give the same weights.
+//! seeded so the same config and seed give the same weights. An optional
+//! `embedding_initializer_range` in config.json sets the embedding's (and LM head's) std apart:
+//! with tied embeddings, larger ones let a tiny model copy tokens it was never trained to emit.
 
 use super::config::QwenConfig;
 use super::qwen::QwenModel;
@@ -20,6 +22,11 @@ pub fn random_weights(config: &QwenConfig, seed: u64) -> Vec<(String, Tensor)> {
         .get("initializer_range")
         .and_then(|v| v.as_f64())
         .unwrap_or(DEFAULT_INIT_STD);
+    let embed_std = config
+        .raw
+        .get("embedding_initializer_range")
+        .and_then(|v| v.as_f64())
+        .unwrap_or(std);
     let _guard = tch::no_grad_guard();
     tch::manual_seed(seed as i64);
     expected_shapes(config)
@@ -30,6 +37,8 @@ pub fn random_weights(config: &QwenConfig, seed: u64) -> Vec<(String, Tensor)> {
                 Tensor::ones(&shape, opts)
             } else if name.ends_with(".bias") {
                 Tensor::zeros(&shape, opts)
+            } else if name.contains("embed_tokens") || name.starts_with("lm_head") {
+                Tensor::randn(&shape, opts) * embed_std
             } else {
                 Tensor::randn(&shape, opts) * std
             };
