@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .build import TOP_K, BuiltWorld, agent_config, build, model_config, toolbox
 from .demonstrator import Demonstrator, Imperfections
-from .runs import DemonstrationStats, heldout_accuracy, make_demonstrations
+from .runs import DemonstrationStats, heldout_accuracy, make_demonstrations, make_name_drills
 from .world import QUESTION_KINDS, RELATIONS, World
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "build",
     "heldout_accuracy",
     "make_demonstrations",
+    "make_name_drills",
     "model_config",
     "toolbox",
 ]

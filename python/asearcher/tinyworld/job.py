@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .build import TOP_K, BuiltWorld, agent_config, build
-from .runs import heldout_accuracy, make_demonstrations
+from .demonstrator import Imperfections
+from .runs import heldout_accuracy, make_demonstrations, make_name_drills
 
 
 @dataclass
@@ -26,6 +27,10 @@ class JobSettings:
     size: str = "default"
     seed: int = 0
     demos_per_question: int = 2
+    # The expert guesses without searching more often than not, so the warm-started policy's
+    # most likely first move is a guess: what RL has to unlearn.
+    guess_rate: float = 0.6
+    name_drill_repeats: int = 2
     warm_start_epochs: int = 10
     warm_start_lr: float = 3e-3
     warm_start_batch: int = 32
@@ -120,7 +125,14 @@ def run_job(
     _say(f"held-out F1, random model:      {acc_random['f1']:.3f}")
 
     t = time.perf_counter()
-    demos = make_demonstrations(world, s.demos_per_question, root / "demos.jsonl", seed=s.seed)
+    demos = make_demonstrations(
+        world,
+        s.demos_per_question,
+        root / "demos.jsonl",
+        seed=s.seed,
+        imperfections=Imperfections(guess_rate=s.guess_rate),
+    )
+    drills = make_name_drills(world, root / "name_drills.jsonl", repeats=s.name_drill_repeats)
     seconds["demonstrations"] = time.perf_counter() - t
     _say(
         f"demonstrations: {demos.trajectories} trajectories, F1 {demos.f1:.3f}, "
@@ -129,7 +141,7 @@ def run_job(
     t = time.perf_counter()
     ws = warm_start(
         world.model_init,
-        demos.path,
+        [demos.path, drills],
         root / "warm-start",
         epochs=s.warm_start_epochs,
         batch_size=s.warm_start_batch,

@@ -6,6 +6,7 @@ with a model directory, a served policy's URL, or any backend).
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -148,3 +149,84 @@ def _train_layout(world: BuiltWorld) -> Path:
     data_dir = world.root / "eval-train"
     world.world.write_questions(data_dir / "train" / "test.jsonl", world.world.train)
     return data_dir
+
+
+def make_name_drills(world: BuiltWorld, out_path: str | os.PathLike[str], repeats: int = 2) -> Path:
+    """Warm-start data that teaches a tiny model to emit and copy every name, without teaching
+    any fact: each corpus passage is read as context, and the loss is only on the *repeated
+    mentions of the passage's own subject* (its second, third... occurrence, which can only be
+    predicted by copying it from earlier in the passage). Facts (the objects of relations) are
+    never targets, so held-out answers still need a search. Written as trajectories (one
+    one-token "turn" per repeated mention) for :func:`asearcher.warm_start`; returns the path.
+
+    Why: a tiny model with tied embeddings cannot copy a name it has never produced (measured
+    in docs/tinyworld.md: held-out subjects never emitted in the demonstrations were never put
+    into a query)."""
+    import asearcher
+
+    tok = asearcher.Tokenizer(world.tokenizer)
+    bos = tok.encode("<|im_start|>", False)
+    lines = []
+    with open(world.corpus, encoding="utf-8") as f:
+        docs = [json.loads(line) for line in f if line.strip()]
+    for n, doc in enumerate(docs):
+        turns = _drill_turns(tok, bos, doc["contents"])
+        if turns:
+            lines.append(json.dumps(_drill_trajectory(f"names-{n}", turns)))
+    path = Path(out_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines * repeats), encoding="utf-8")
+    return path
+
+
+def _drill_turns(tok: Any, bos: list[int], contents: str) -> list[dict]:
+    title = contents.split("\n", 1)[0].strip('"')
+    ids = tok.encode(contents.replace('"', ""), False)
+    name_id = tok.encode(title, False)[0]
+    turns: list[dict] = []
+    context, start = list(bos), 0
+    for i, t in enumerate(ids):
+        if t != name_id or i == 0:
+            continue
+        new = ids[start:i]
+        turns.append(
+            {
+                "role": "drill",
+                "prompt_prefix_len": len(context) if turns else 0,
+                "prompt_ids": new if turns else bos + new,
+                "output_ids": [t],
+                "output_logprobs": [0.0],
+                "output_versions": [0],
+                "output_text": title.lower(),
+                "finish": "stop",
+                "action": None,
+                "issues": [],
+                "tool": None,
+                "server": None,
+                "resends": 0,
+                "gen_latency_ms": 0.0,
+            }
+        )
+        context = context + new + [t]
+        start = i + 1
+    return turns
+
+
+def _drill_trajectory(ident: str, turns: list[dict]) -> dict:
+    return {
+        "id": ident,
+        "question_id": ident,
+        "sample": 0,
+        "question": "",
+        "answers": [],
+        "agent": "name_drill",
+        "turns": turns,
+        "answer": None,
+        "stop_reason": "answered",
+        "rewards": {},
+        "reward": None,
+        "errors": [],
+        "started_at": 0.0,
+        "elapsed_s": 0.0,
+        "metadata": {},
+    }
