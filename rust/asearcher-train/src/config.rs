@@ -48,6 +48,13 @@ pub struct ModelConfig {
     pub dtype: String,
 }
 
+impl ModelConfig {
+    /// The parsed `device` and `dtype`; errors name `model.device` / `model.dtype`.
+    pub fn device_and_kind(&self) -> Result<(tch::Device, tch::Kind)> {
+        device_and_kind(&self.device, &self.dtype, "model.")
+    }
+}
+
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {
@@ -214,10 +221,7 @@ impl TrainConfig {
 
     /// Parses a JSON value; unknown keys and bad values are named by their dotted path.
     pub fn from_value(value: serde_json::Value) -> Result<Self> {
-        let cfg: TrainConfig = serde_path_to_error::deserialize(value).map_err(|e| {
-            let field = e.path().to_string();
-            TrainError::config(field, e.into_inner().to_string())
-        })?;
+        let cfg: TrainConfig = deserialize_named(value)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -267,10 +271,7 @@ impl TrainConfig {
             .validate()
             .map_err(|e| TrainError::config("agent", e.to_string()))?;
         self.learner.validate()?;
-        asearcher_torch::parse_device(&self.model.device)
-            .map_err(|e| TrainError::config("model.device", e.to_string()))?;
-        asearcher_torch::parse_dtype(&self.model.dtype)
-            .map_err(|e| TrainError::config("model.dtype", e.to_string()))?;
+        self.model.device_and_kind()?;
         self.validate_inference()?;
         if self.run.keep_last == 0 {
             return Err(TrainError::config("run.keep_last", "must be at least 1"));
@@ -318,6 +319,31 @@ impl TrainConfig {
     pub fn is_synchronous(&self) -> bool {
         self.rollout.max_staleness == Some(0)
     }
+}
+
+/// Deserialises a JSON value; an unknown key or a bad value is a config error naming its dotted
+/// path.
+pub(crate) fn deserialize_named<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+) -> Result<T> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        TrainError::config(field, e.into_inner().to_string())
+    })
+}
+
+/// Parses a device (`cpu`, `cuda:N`) and a dtype name; errors name `{prefix}device` /
+/// `{prefix}dtype`.
+pub(crate) fn device_and_kind(
+    device: &str,
+    dtype: &str,
+    prefix: &str,
+) -> Result<(tch::Device, tch::Kind)> {
+    let d = asearcher_torch::parse_device(device)
+        .map_err(|e| TrainError::config(format!("{prefix}device"), e.to_string()))?;
+    let k = asearcher_torch::parse_dtype(dtype)
+        .map_err(|e| TrainError::config(format!("{prefix}dtype"), e.to_string()))?;
+    Ok((d, k))
 }
 
 /// A section's error (`invalid rollout config `batch_size`: ...`) re-rooted at the section.

@@ -140,7 +140,7 @@ impl Trainer {
         } else {
             None
         };
-        let (device, kind) = device_and_kind(&cfg)?;
+        let (device, kind) = cfg.model.device_and_kind()?;
         let model = QwenModel::load(&cfg.model.path, device, kind)?;
         let mut learner = Learner::new(model, cfg.learner.clone())?;
         let mut rng = TrainRng::new(cfg.run.seed, RNG_STREAM);
@@ -409,14 +409,6 @@ fn step_dir_name(n: u64) -> String {
     format!("step-{n:08}")
 }
 
-fn device_and_kind(cfg: &TrainConfig) -> Result<(tch::Device, tch::Kind)> {
-    let device = asearcher_torch::parse_device(&cfg.model.device)
-        .map_err(|e| TrainError::config("model.device", e.to_string()))?;
-    let kind = asearcher_torch::parse_dtype(&cfg.model.dtype)
-        .map_err(|e| TrainError::config("model.dtype", e.to_string()))?;
-    Ok((device, kind))
-}
-
 fn read_snapshot(dir: &Path) -> Result<EngineSnapshot> {
     let path = dir.join(SNAPSHOT_FILE);
     let text = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
@@ -433,7 +425,7 @@ async fn start_inference(
     let inf = &cfg.inference;
     match inf.backend {
         InferenceBackend::Embedded => {
-            let (device, kind) = device_and_kind(cfg)?;
+            let (device, kind) = cfg.model.device_and_kind()?;
             let model = QwenModel::load(&cfg.model.path, device, kind)?;
             let detok = Tokenizer::from_dir(cfg.tokenizer_dir())
                 .map_err(|e| TrainError::config("model.tokenizer", e.to_string()))?;

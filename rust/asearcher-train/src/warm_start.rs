@@ -60,10 +60,7 @@ impl Default for WarmStartConfig {
 impl WarmStartConfig {
     /// Parses a JSON value; unknown keys and bad values are named by their dotted path.
     pub fn from_value(value: serde_json::Value) -> Result<Self> {
-        let cfg: WarmStartConfig = serde_path_to_error::deserialize(value).map_err(|e| {
-            let field = e.path().to_string();
-            TrainError::config(field, e.into_inner().to_string())
-        })?;
+        let cfg: WarmStartConfig = crate::config::deserialize_named(value)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -143,10 +140,7 @@ pub fn warm_start(
             "no trajectory with generated tokens to train on".into(),
         ));
     }
-    let device = asearcher_torch::parse_device(&cfg.device)
-        .map_err(|e| TrainError::config("device", e.to_string()))?;
-    let kind = asearcher_torch::parse_dtype(&cfg.dtype)
-        .map_err(|e| TrainError::config("dtype", e.to_string()))?;
+    let (device, kind) = crate::config::device_and_kind(&cfg.device, &cfg.dtype, "")?;
     let model = QwenModel::load(&cfg.model, device, kind)?;
     let mut learner = Learner::new(model, cfg.learner.clone())?;
     let mut rng = TrainRng::new(cfg.seed, 0);
