@@ -46,7 +46,7 @@ from asearcher.data import (  # noqa: E402
     sample_questions_path,
     sample_tokenizer_path,
 )
-from asearcher.serving import start_scripted_policy_server  # noqa: E402
+from asearcher.testing import start_scripted_policy_server  # noqa: E402
 from asearcher.tools import LocalSearch, Toolbox  # noqa: E402
 
 MAX_TURNS = 128

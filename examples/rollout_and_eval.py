@@ -15,7 +15,9 @@ import tempfile
 from pathlib import Path
 
 import asearcher
+from asearcher.config import AgentConfig, EvalConfig, JudgeConfig, RolloutConfig
 from asearcher.data import sample_corpus_path, sample_questions_path, sample_tokenizer_path
+from asearcher.testing import start_scripted_policy_server
 from asearcher.tools import LocalSearch, Toolbox
 
 
@@ -51,20 +53,21 @@ def main() -> None:
     index = LocalSearch(index_dir)
     toolbox = Toolbox(index, index, top_k=3)
 
-    policy = asearcher.start_scripted_policy_server(
+    policy = start_scripted_policy_server(
         answers=sample_questions_path(), searches=(1, 3), wrong_rate=0.3
     )
     with policy:
         pool = asearcher.InferencePool([policy.url])
         # Rollouts: groups of 4 samples per question, as an RL trainer would consume them.
         questions = load_questions()
+        agent = AgentConfig(kind="asearcher", max_turns=16)  # help(AgentConfig) lists every field
         with asearcher.RolloutEngine(
             questions[:6],
             pool,
             sample_tokenizer_path(),
             toolbox=toolbox,
-            agent={"kind": "asearcher", "max_turns": 16},
-            config={"group_size": 4, "batch_size": 2, "max_concurrent": 16, "max_staleness": 4},
+            agent=agent,
+            config=RolloutConfig(group_size=4, batch_size=2, max_concurrent=16, max_staleness=4),
             reward={"metric": "f1", "primary": "brevity"},
             plugins=[brevity],
         ) as engine:
@@ -79,16 +82,15 @@ def main() -> None:
         # Evaluation: k runs per question, Avg@k and Pass@k for every metric, resumable.
         data_dir = work / "benchmarks"
         write_benchmarks(data_dir)
-        report = asearcher.evaluate(
-            data_dir,
-            pool,
-            sample_tokenizer_path(),
-            toolbox=toolbox,
+        eval_config = EvalConfig(
+            data_dir=str(data_dir),
             k=4,
-            output_dir=work / "eval_out",
-            agent={"kind": "asearcher", "max_turns": 16},
-            judge={"url": policy.url, "model": "scripted-policy"},
-            progress=False,
+            output_dir=str(work / "eval_out"),
+            agent=agent,
+            judge=JudgeConfig(url=policy.url, model="scripted-policy"),
+        )
+        report = asearcher.evaluate(
+            eval_config, pool, sample_tokenizer_path(), toolbox=toolbox, progress=False
         )
         print(report.table())
         print(f"results and trajectories saved under {work / 'eval_out'}")

@@ -12,7 +12,8 @@ import asearcher
 import pytest
 from asearcher.cli import main
 from asearcher.data import sample_questions_path, sample_tokenizer_path
-from asearcher.exceptions import AsearcherIOError, ConfigError
+from asearcher.exceptions import BadLineError, ConfigError
+from asearcher.testing import start_scripted_policy_server
 from asearcher.tools import Toolbox
 
 # The default instructions end with `Question: {{ question }}` and the chat template puts
@@ -39,9 +40,7 @@ def agent() -> dict:
 
 @pytest.fixture(scope="module")
 def policy():
-    with asearcher.start_scripted_policy_server(
-        answers=sample_questions_path(), wrong_rate=0.5
-    ) as srv:
+    with start_scripted_policy_server(answers=sample_questions_path(), wrong_rate=0.5) as srv:
         yield srv
 
 
@@ -70,7 +69,7 @@ def test_evaluate_reports_avg_and_pass_at_k(data_dir, policy, toolbox, agent, tm
         k=3,
         output_dir=out,
         agent=agent,
-        config={"max_concurrent": 16},
+        rollout={"max_concurrent": 16},
         judge={"url": policy.url, "model": "scripted-policy"},
         progress=False,
     )
@@ -138,7 +137,7 @@ def test_bad_inputs_name_what_is_wrong(data_dir, policy, toolbox, tmp_path):
             data_dir,
             [policy.url],
             sample_tokenizer_path(),
-            config={"kk": 1},
+            rollout={"kk": 1},
             toolbox=toolbox,
             output_dir=tmp_path,
             progress=False,
@@ -146,7 +145,7 @@ def test_bad_inputs_name_what_is_wrong(data_dir, policy, toolbox, tmp_path):
     bad = tmp_path / "bad"
     (bad / "x").mkdir(parents=True)
     (bad / "x" / "test.jsonl").write_text('{"question": "q?"}\n')
-    with pytest.raises(AsearcherIOError, match=r"test.jsonl:1"):
+    with pytest.raises(BadLineError, match=r"test.jsonl:1"):
         asearcher.evaluate(
             bad,
             [policy.url],

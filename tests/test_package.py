@@ -10,7 +10,8 @@ from pathlib import Path
 
 import asearcher
 import pytest
-from asearcher import _core, exceptions
+from asearcher import exceptions
+from asearcher.testing import emit_test_event
 
 
 def test_imports_in_a_fresh_interpreter_from_the_installed_wheel():
@@ -70,8 +71,8 @@ def test_rust_errors_arrive_as_specific_exceptions(tmp_path):
 def test_tracing_events_reach_python_logging(caplog):
     with caplog.at_level(logging.INFO, logger="asearcher"):
         asearcher.set_log_level(logging.INFO)
-        _core.emit_test_event("info", "hello from rust")
-        _core.emit_test_event("debug", "too detailed")
+        emit_test_event("info", "hello from rust")
+        emit_test_event("debug", "too detailed")
     msgs = [r.getMessage() for r in caplog.records if r.name == "asearcher"]
     assert any("hello from rust" in m and "source=test" in m for m in msgs), msgs
     assert not any("too detailed" in m for m in msgs)

@@ -1,5 +1,5 @@
 """Python reward plugins scored through the engine's path (plugin thread, batching, PluginScorer)
-on the shared tokio runtime, via the test hook ``_core._test_score_with_plugins``."""
+on the shared tokio runtime, via the test hook ``asearcher.testing.score_with_plugins``."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import weakref
 
 import asearcher
 import pytest
-from asearcher import Trajectory, _core, reward_plugin
+from asearcher import Trajectory, reward_plugin
 from asearcher.exceptions import ConfigError
+from asearcher.testing import score_with_plugins
 
 
 def _records(sample_questions: list[dict], n: int) -> list[dict]:
@@ -45,7 +46,7 @@ def _records(sample_questions: list[dict], n: int) -> list[dict]:
 
 
 def score(plugins: list, records: list[dict], **kw):
-    return _core._test_score_with_plugins(plugins, [json.dumps(r) for r in records], **kw)
+    return score_with_plugins(plugins, [json.dumps(r) for r in records], **kw)
 
 
 def exact(trajectory: Trajectory, answers: list[str]) -> float:
@@ -261,7 +262,7 @@ def test_bad_plugins_are_named(sample_questions):
     with pytest.raises(ConfigError, match="unknown field `batch`"):
         score([odd], _records(sample_questions, 1))
     with pytest.raises(ConfigError, match=r"trajectories\[0\]: not a trajectory"):
-        _core._test_score_with_plugins([exact], ["{}"])
+        score_with_plugins([exact], ["{}"])
 
 
 def test_decorator_keeps_the_function_and_checks_options():

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import asearcher
 import pytest
+from asearcher.config import RewardConfig, RolloutConfig
 from asearcher.data import sample_questions_path, sample_tokenizer_path
 from asearcher.exceptions import ConfigError
+from asearcher.testing import start_scripted_policy_server
 from asearcher.tools import LocalSearch, RetrievalClient, Toolbox
 
 # The default template ends with the question, which the chat template puts on the line of
@@ -49,7 +51,7 @@ def questions(sample_questions: list[dict]) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def policy():
-    with asearcher.start_scripted_policy_server(answers=sample_questions_path()) as srv:
+    with start_scripted_policy_server(answers=sample_questions_path()) as srv:
         yield srv
 
 
@@ -471,3 +473,48 @@ def test_reward_plugins_run_in_the_engine_and_a_raising_one_is_isolated(policy, 
             assert failures and "picky refuses sample 1" in failures[0]["message"]
             assert "def picky" in failures[0]["traceback"] or "picky" in failures[0]["traceback"]
     assert any("picky" not in t.rewards for t in trajs if t.sample == 1)
+
+
+def test_reward_config_picks_any_score_and_a_hanging_plugin_only_marks_its_trajectories(
+    policy, toolbox, questions
+):
+    release = threading.Event()
+    active = []
+
+    @asearcher.reward_plugin(name="stuck")
+    def stuck(trajectory: asearcher.Trajectory, answers: list[str]) -> float:
+        active.append(1)
+        release.wait(30)  # hangs past the 0.3 s timeout until the test lets it go
+        active.pop()
+        return 1.0
+
+    pool = asearcher.InferencePool([policy.url])
+    cfg = RolloutConfig(group_size=2, max_concurrent=4, batch_size=1, max_staleness=None)
+    reward = RewardConfig(weights={"f1": 1.0, "format": 0.5}, plugin_timeout_s=0.3)
+    with asearcher.RolloutEngine(
+        questions[:2],
+        pool,
+        sample_tokenizer_path(),
+        toolbox=toolbox,
+        agent=AGENT,
+        config=cfg,
+        reward=reward,
+        plugins=[stuck],
+    ) as engine:
+        trajs = [t for g in run_all(engine, 1) for t in g.trajectories]
+    release.set()  # let the plugin thread finish before the interpreter does
+    deadline = time.monotonic() + 10
+    while active and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(trajs) == 4  # the run went on past the hung plugin
+    for t in trajs:
+        assert t.reward == pytest.approx(t.rewards["f1"] + 0.5 * t.rewards["format"])
+        assert "stuck" not in t.rewards
+        assert any("`stuck` failed: timed out" in e["message"] for e in t.errors), t.errors
+
+
+def test_a_misspelt_primary_lists_the_recorded_scores(policy, questions):
+    with pytest.raises(ConfigError, match=r"reward\.primary.*f1, em, cem, format"):
+        asearcher.RolloutEngine(
+            questions, [policy.url], sample_tokenizer_path(), reward={"primary": "f2"}
+        )

@@ -16,6 +16,7 @@ import asearcher
 import pytest
 from asearcher.data import sample_questions_path, sample_tokenizer_path
 from asearcher.exceptions import ConfigError
+from asearcher.testing import start_scripted_policy_server
 
 STOPS = ["</search>", "</access>", "</answer>"]
 QUESTION = "In which city was Grado Rith born?"
@@ -68,7 +69,7 @@ def generate(url: str, tok, text: str, rid: str | None = None, **sampling) -> di
 
 
 def test_fresh_prompt_searches_and_the_gold_is_answered_once_seen(tok):
-    with asearcher.start_scripted_policy_server(answers=sample_questions_path()) as srv:
+    with start_scripted_policy_server(answers=sample_questions_path()) as srv:
         assert srv.url == f"http://{srv.address}"
         out = generate(srv.url, tok, prompt(QUESTION), rid="r0")
         assert out["text"].endswith(f"<search>{QUESTION}</search>")
@@ -95,14 +96,14 @@ def test_searches_range_and_wrong_rate_are_deterministic(tok):
     seen = prompt(QUESTION, "<search>q</search>" + observation("Grado Rith", f"in {GOLD}"))
     runs = []
     for _ in range(2):
-        with asearcher.start_scripted_policy_server(answers=answers, wrong_rate=0.5, seed=3) as s:
+        with start_scripted_policy_server(answers=answers, wrong_rate=0.5, seed=3) as s:
             runs.append([generate(s.url, tok, seen, rid=f"g{i}")["text"] for i in range(40)])
     assert runs[0] == runs[1]
     wrong = sum(t.endswith("<answer>unknown</answer>") for t in runs[0])
     right = sum(t.endswith(f"<answer>{GOLD}</answer>") for t in runs[0])
     assert wrong + right == 40 and 8 <= wrong <= 32
 
-    with asearcher.start_scripted_policy_server(searches=(2, 4), seed=1) as s:
+    with start_scripted_policy_server(searches=(2, 4), seed=1) as s:
         text = prompt("Who founded Ovassa?")
         turns = 0
         while not text.rstrip().endswith("</answer>") and turns < 10:
@@ -113,21 +114,21 @@ def test_searches_range_and_wrong_rate_are_deterministic(tok):
 
 
 def test_garbage_and_think_padding(tok):
-    with asearcher.start_scripted_policy_server(garbage_rate=1.0) as s:
+    with start_scripted_policy_server(garbage_rate=1.0) as s:
         texts = [
             generate(s.url, tok, prompt("q?"), rid=f"x{i}", max_new_tokens=64)["text"]
             for i in range(20)
         ]
         assert not any(t.count("</search>") == 1 and "<access>" not in t for t in texts)
         assert s.stats()["garbage"] == 20
-    with asearcher.start_scripted_policy_server(think_tokens=(0, 500)) as s:
+    with start_scripted_policy_server(think_tokens=(0, 500)) as s:
         lengths = [
             len(generate(s.url, tok, prompt("q?"), rid=f"p{i}", max_new_tokens=4096)["output_ids"])
             for i in range(20)
         ]
         again = generate(s.url, tok, prompt("q?"), rid="p0", max_new_tokens=4096)
         base = len(again["output_ids"]) - lengths[0]
-    with asearcher.start_scripted_policy_server() as s:
+    with start_scripted_policy_server() as s:
         bare = len(generate(s.url, tok, prompt("q?"), rid="p0")["output_ids"])
     assert base == 0  # the padding depends on the rid only
     assert all(bare <= n <= bare + 2 * 500 for n in lengths)
@@ -136,11 +137,9 @@ def test_garbage_and_think_padding(tok):
 
 def test_abort_returns_partial_output_and_weight_updates_bump_versions(tok):
     text = prompt("Where is Koford?")
-    with asearcher.start_scripted_policy_server(think_tokens=150) as fast:
+    with start_scripted_policy_server(think_tokens=150) as fast:
         full = len(generate(fast.url, tok, text, rid="slow", max_new_tokens=4096)["output_ids"])
-    with asearcher.start_scripted_policy_server(
-        think_tokens=150, latency_ms=20, ms_per_token=10
-    ) as srv:
+    with start_scripted_policy_server(think_tokens=150, latency_ms=20, ms_per_token=10) as srv:
         result: dict = {}
         worker = threading.Thread(
             target=lambda: result.update(
@@ -170,7 +169,7 @@ def test_abort_returns_partial_output_and_weight_updates_bump_versions(tok):
 
 
 def test_pause_aborts_in_flight_and_holds_new_requests(tok):
-    with asearcher.start_scripted_policy_server(latency_ms=5000) as srv:
+    with start_scripted_policy_server(latency_ms=5000) as srv:
         first: dict = {}
         t1 = threading.Thread(target=lambda: first.update(generate(srv.url, tok, prompt("a?"))))
         t1.start()
@@ -179,7 +178,7 @@ def test_pause_aborts_in_flight_and_holds_new_requests(tok):
         t1.join(5)
         assert first["meta_info"]["finish_reason"]["type"] == "abort"
         assert first["output_ids"] == []  # still in its 5 s of "prefill"
-    with asearcher.start_scripted_policy_server() as srv:
+    with start_scripted_policy_server() as srv:
         post(srv.url, "/pause_generation", {})
         second: dict = {}
         t2 = threading.Thread(target=lambda: second.update(generate(srv.url, tok, prompt("b?"))))
@@ -192,7 +191,7 @@ def test_pause_aborts_in_flight_and_holds_new_requests(tok):
 
 
 def test_unknown_keys_are_400_naming_the_key(tok):
-    with asearcher.start_scripted_policy_server() as srv:
+    with start_scripted_policy_server() as srv:
         ids = tok.encode(prompt("q?"), add_special_tokens=False)
         status, err = post(
             srv.url, "/generate", {"input_ids": ids, "sampling_params": {"temprature": 0}}
@@ -201,13 +200,13 @@ def test_unknown_keys_are_400_naming_the_key(tok):
         status, err = post(srv.url, "/generate", {"input_ids": ids, "bogus": 1})
         assert status == 400 and "bogus" in err["error"]["message"]
     with pytest.raises(ConfigError, match="wrong_rate"):
-        asearcher.start_scripted_policy_server(wrong_rate=2.0)
+        start_scripted_policy_server(wrong_rate=2.0)
     with pytest.raises(ConfigError, match="searches"):
-        asearcher.start_scripted_policy_server(searches=(5, 2))
+        start_scripted_policy_server(searches=(5, 2))
 
 
 def test_token_budget_makes_concurrent_requests_share_capacity(tok):
-    with asearcher.start_scripted_policy_server(think_tokens=100, tokens_per_s_total=2000) as srv:
+    with start_scripted_policy_server(think_tokens=100, tokens_per_s_total=2000) as srv:
         outs: list[dict] = []
         start = time.monotonic()
         threads = [
@@ -247,7 +246,7 @@ def judge(url: str, truth: str, response: str) -> str:
 
 
 def test_judge_verdicts_and_garbage():
-    with asearcher.start_scripted_policy_server() as srv:
+    with start_scripted_policy_server() as srv:
         assert (
             json.loads(judge(srv.url, GOLD, f"The city is {GOLD.lower()}."))["judgement"]
             == "correct"
@@ -258,7 +257,7 @@ def test_judge_verdicts_and_garbage():
         )
         assert status == 400 and "Ground truth:" in err["error"]["message"]
     with (
-        asearcher.start_scripted_policy_server(judge_garbage_rate=1.0) as srv,
+        start_scripted_policy_server(judge_garbage_rate=1.0) as srv,
         pytest.raises(json.JSONDecodeError),
     ):
         json.loads(judge(srv.url, GOLD, GOLD))

@@ -47,10 +47,15 @@ def make_config(model_dir: Path, questions: Path, index: LocalSearch, out: Path,
         "data": {"train": str(questions), "epochs": 1},
         "tools": {"index": str(index.path), "top_k": 2},
         "agent": {"kind": "search_r1", "max_turns": 2, "sampling": {"max_new_tokens": 12}},
-        "rollout": {"group_size": 2, "batch_size": 2, "max_staleness": 2, "max_concurrent": 8},
-        "inference": {"max_running": 8, "max_context": 2048},
-        "learner": {
+        "rollout": {
+            "group_size": 2,
+            "batch_size": 2,
+            "max_staleness": 2,
+            "max_concurrent": 8,
             "filter_zero_variance": False,
+        },
+        "inference": {"max_context": 2048},
+        "learner": {
             "micro_batch_tokens": 2048,
             "schedule": {"kind": "constant", "lr": 1e-3},
         },

@@ -10,8 +10,9 @@ import logging as _logging
 
 import torch as _torch  # noqa: F401  (loads libtorch before the native module needs it)
 
-from . import _core
+from . import _core, config
 from ._plugins import reward_plugin
+from .config import EvalConfig, TrainConfig
 from .evaluation import EvalReport, aevaluate, evaluate
 from .exceptions import AsearcherError
 from .generation import GenerationOutput, Generator
@@ -25,12 +26,7 @@ from .rollout import (
     load_trajectories,
     save_trajectories,
 )
-from .serving import (
-    ScriptedPolicyHandle,
-    Tokenizer,
-    start_model_server,
-    start_scripted_policy_server,
-)
+from .serving import Tokenizer, start_model_server
 from .training import FitResult, Trainer, WarmStartResult, read_metrics, warm_start
 
 __version__: str = _core.__version__
@@ -46,6 +42,7 @@ def set_log_level(level: int | str) -> None:
 
 __all__ = [
     "AsearcherError",
+    "EvalConfig",
     "EvalReport",
     "FitResult",
     "GenerationOutput",
@@ -54,13 +51,14 @@ __all__ = [
     "InferencePool",
     "QwenModel",
     "RolloutEngine",
-    "ScriptedPolicyHandle",
     "Tokenizer",
+    "TrainConfig",
     "Trainer",
     "Trajectory",
     "WarmStartResult",
     "__version__",
     "aevaluate",
+    "config",
     "default_prompts",
     "evaluate",
     "load_trajectories",
@@ -69,6 +67,5 @@ __all__ = [
     "save_trajectories",
     "set_log_level",
     "start_model_server",
-    "start_scripted_policy_server",
     "warm_start",
 ]

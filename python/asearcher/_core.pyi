@@ -535,8 +535,9 @@ def _test_score_with_plugins(
 class Trainer:
     def __init__(
         self,
-        config: dict[str, Any] | str,
+        config: Any,
         *,
+        overrides: list[str] = ...,
         toolbox: Any = None,
         plugins: list[Any] = ...,
         primary: str | None = None,
@@ -552,3 +553,19 @@ class Trainer:
 def warm_start(
     config: dict[str, Any], callback: Callable[[int, int, str], bool | None] | None = None
 ) -> str: ...
+
+# The config schema (asearcher.config is generated from it; validation stays in Rust).
+def config_schema() -> str:
+    """``{"roots": [...], "schemas": {name: JSON schema}}`` of every root config, as JSON."""
+
+def config_defaults(name: str) -> dict[str, Any]:
+    """Rust's ``Default`` of a root config."""
+
+def load_config(name: str, path: str | PathLike[str], overrides: list[str] = ...) -> dict[str, Any]:
+    """A config file read, its paths resolved, overrides applied, validated."""
+
+def check_config(name: str, value: Any, overrides: list[str] = ...) -> dict[str, Any]:
+    """A dict or typed config validated (after overrides), every default filled in."""
+
+def apply_overrides(value: Any, overrides: list[str]) -> dict[str, Any]:
+    """``a.b.c=v`` overrides applied to a dict, without validation."""

@@ -1,15 +1,62 @@
-"""Progress bars that render well in terminals and notebooks (tqdm.auto), and stay quiet when
-output is not a terminal and ASEARCHER_PROGRESS=0."""
+"""Progress bars: tqdm (``tqdm.auto``) in terminals and notebooks; when stderr is neither (a log
+file, a pipe, a batch job), a plain line every ``ASEARCHER_PROGRESS_INTERVAL`` seconds (default
+10) instead of a stream of carriage returns. ``ASEARCHER_PROGRESS=0`` turns progress off."""
 
 from __future__ import annotations
 
+import io
 import os
+import sys
 from typing import Any
 
+from tqdm import tqdm as plain_tqdm
 from tqdm.auto import tqdm
+
+#: Seconds between progress lines when output is a log.
+DEFAULT_LOG_INTERVAL_S = 10.0
+_LOG_FORMAT = "{desc}: {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 
 
 def progress_bar(**kwargs: Any) -> tqdm:
-    """A tqdm bar; disabled by ``ASEARCHER_PROGRESS=0``."""
+    """A tqdm bar (disabled by ``ASEARCHER_PROGRESS=0``), as lines when stderr is a log."""
     disable = os.environ.get("ASEARCHER_PROGRESS", "1") == "0"
-    return tqdm(disable=disable, **kwargs)
+    if disable or _interactive():
+        return tqdm(disable=disable, **kwargs)
+    interval = float(os.environ.get("ASEARCHER_PROGRESS_INTERVAL", DEFAULT_LOG_INTERVAL_S))
+    return plain_tqdm(
+        file=_Lines(sys.stderr),
+        mininterval=interval,
+        maxinterval=max(interval, 10.0) * 10,
+        miniters=1,
+        bar_format=_LOG_FORMAT,
+        ascii=True,
+        dynamic_ncols=False,
+        **kwargs,
+    )
+
+
+def _interactive() -> bool:
+    """Whether a live bar renders: a terminal on stderr, or a Jupyter kernel."""
+    if "ipykernel" in sys.modules:
+        return True
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class _Lines(io.TextIOBase):
+    """A stream that turns tqdm's carriage-return redraws into one line per redraw."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, s: str) -> int:
+        text = s.replace("\r", "").replace("\x1b[A", "").strip()
+        if text:
+            self._stream.write(text + "\n")
+            self._stream.flush()
+        return len(s)
+
+    def flush(self) -> None:
+        self._stream.flush()

@@ -131,7 +131,7 @@ class WandbCallback(Callback):
         self.run: Any = None
 
     def on_start(self, trainer: Trainer) -> None:
-        self.run = self.wandb.init(config=trainer.config, **self.init_kwargs)
+        self.run = self.wandb.init(config=trainer.config.to_dict(), **self.init_kwargs)
 
     def on_step(self, trainer: Trainer, record: dict[str, Any]) -> None:
         self.run.log(scalars_of(record), step=record["step"])

@@ -164,7 +164,7 @@ def _spread_arg(text: str) -> int | tuple[int, int]:
 def cmd_serve_scripted_policy(args: argparse.Namespace) -> int:
     from . import _core
     from .data import sample_tokenizer_path
-    from .serving import scripted_policy_config
+    from .testing import scripted_policy_config
 
     cfg = scripted_policy_config(
         host=args.host,
@@ -332,7 +332,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     agent: dict = {"kind": args.agent}
     if args.max_turns is not None:
         agent["max_turns"] = args.max_turns
-    config = {"max_concurrent": args.max_concurrent} if args.max_concurrent else None
+    rollout = {"max_concurrent": args.max_concurrent} if args.max_concurrent else None
     report = evaluate(
         args.data_dir,
         _eval_backend(args),
@@ -342,7 +342,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         k=args.k,
         output_dir=args.output_dir,
         agent=agent,
-        config=config,
+        rollout=rollout,
         judge=judge,
         max_questions=args.max_questions,
         progress=not args.quiet,
@@ -380,11 +380,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .callbacks import default_callbacks
     from .training import Trainer
 
-    overrides = _train_overrides(args)
-    config: object = args.config
-    if overrides:
-        config = _merge(_read_config_file(args.config), overrides)
-    trainer = Trainer(config)
+    trainer = Trainer(args.config, overrides=_train_overrides(args))
     if trainer.resumed_step:
         print(f"resuming {trainer.out_dir} from step {trainer.resumed_step}")
     result = trainer.fit(callbacks=default_callbacks(), progress=not args.quiet)
@@ -396,61 +392,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_overrides(args: argparse.Namespace) -> dict:
-    run: dict = {}
+def _train_overrides(args: argparse.Namespace) -> list[str]:
+    """The ``a.b.c=v`` overrides, the shorthand flags last (they win)."""
+    overrides = list(args.overrides)
     if args.steps is not None:
-        run["steps"] = args.steps
+        overrides.append(f"run.steps={args.steps}")
     if args.out is not None:
-        run["out_dir"] = str(args.out.resolve())
+        overrides.append(f"run.out_dir={json.dumps(str(args.out.resolve()))}")
     if args.no_resume:
-        run["resume"] = False
-    return {"run": run} if run else {}
-
-
-def _read_config_file(path: Path) -> dict:
-    """The config file as a dict, relative paths made absolute (as the trainer would)."""
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".toml":
-        try:
-            import tomllib
-        except ImportError:  # Python 3.10
-            try:
-                import tomli as tomllib
-            except ImportError:
-                raise AsearcherError(
-                    f"{path}: overriding a TOML config on Python 3.10 needs tomli"
-                ) from None
-        data = tomllib.loads(text)
-    elif path.suffix in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise AsearcherError(
-                f"{path}: overriding a YAML config from the command line needs PyYAML"
-            ) from None
-        data = yaml.safe_load(text)
-    else:
-        data = json.loads(text)
-    base = path.resolve().parent
-    for section, key in (
-        ("model", "path"),
-        ("model", "tokenizer"),
-        ("data", "train"),
-        ("tools", "index"),
-        ("inference", "weights_dir"),
-        ("run", "out_dir"),
-    ):
-        value = data.get(section, {}).get(key)
-        if isinstance(value, str) and value and not Path(value).is_absolute():
-            data[section][key] = str(base / value)
-    return data
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out.get(k, {}), v) if isinstance(v, dict) else v
-    return out
+        overrides.append("run.resume=false")
+    return overrides
 
 
 def _add_train_parser(sub: argparse._SubParsersAction) -> None:
@@ -458,14 +409,57 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         "train",
         help="asynchronous RL training from a TOML/YAML/JSON config (resumes from its checkpoints)",
     )
+    t.add_argument("config", type=Path, help="the run's config (docs/config.md lists every key)")
     t.add_argument(
-        "config", type=Path, help="the run's config (docs/training.md lists every field)"
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="settings on top of the file, e.g. learner.ppo.eps_clip=0.3 rollout.group_size=4",
     )
     t.add_argument("--steps", type=int, default=None, help="override run.steps")
     t.add_argument("--out", type=Path, default=None, help="override run.out_dir")
     t.add_argument("--no-resume", action="store_true", help="start fresh even if checkpoints exist")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
+
+
+_CONFIG_KINDS = {
+    "train": "TrainConfig",
+    "eval": "EvalConfig",
+    "warm-start": "WarmStartConfig",
+    "rollout": "RolloutConfig",
+    "agent": "AgentConfig",
+    "pool": "PoolConfig",
+}
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from . import _core
+    from . import config as typed
+    from ._config import to_toml
+
+    cls = getattr(typed, _CONFIG_KINDS[args.kind])
+    file, overrides = args.file, list(args.overrides)
+    if file is not None and "=" in str(file) and not file.exists():
+        file, overrides = None, [str(file), *overrides]
+    if file is None:  # the defaults (not validated: required paths are still empty)
+        data = _core.apply_overrides(cls.defaults(), overrides)
+    else:
+        data = cls.from_file(file, *overrides).to_dict()
+    print(json.dumps(data, indent=2) if args.json else to_toml(data), end="")
+    return 0
+
+
+def _add_config_parser(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser(
+        "config",
+        help="show a config with every default filled in (validated), or the defaults",
+    )
+    c.add_argument("kind", choices=sorted(_CONFIG_KINDS), help="which config")
+    c.add_argument("file", nargs="?", type=Path, default=None, help="a TOML/YAML/JSON file")
+    c.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings on top")
+    c.add_argument("--json", action="store_true", help="print JSON instead of TOML")
+    c.set_defaults(func=cmd_config)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -504,12 +498,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve_parsers(sub)
     _add_eval_parser(sub)
     _add_train_parser(sub)
+    _add_config_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # `KEY=VALUE` overrides may come after options (`train run.toml --quiet a.b=1`).
+    if (
+        extra
+        and hasattr(args, "overrides")
+        and all("=" in e and not e.startswith("-") for e in extra)
+    ):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     import asearcher
 

@@ -13,13 +13,15 @@ import html
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from . import _core
+from ._config import as_config_dict
 from ._progress import progress_bar
+from .config import AgentConfig, EvalConfig, JudgeConfig, RewardConfig, RolloutConfig
 
-#: Keys of ``reward`` that matter for training only; evaluation ignores them.
-_TRAINING_ONLY_REWARD_KEYS = ("primary",)
+_CONFIG_SUFFIXES = (".toml", ".yaml", ".yml", ".json")
 
 
 class EvalReport:
@@ -97,35 +99,39 @@ class EvalReport:
 
 
 def _config_json(
-    data_dir: str | os.PathLike[str],
+    config: Any,
     *,
     benchmarks: Sequence[str] | str | None,
-    k: int,
-    output_dir: str | os.PathLike[str],
-    agent: dict[str, Any] | None,
-    config: dict[str, Any] | None,
-    reward: dict[str, Any] | None,
-    judge: dict[str, Any] | None,
+    k: int | None,
+    output_dir: str | os.PathLike[str] | None,
+    agent: Any,
+    rollout: Any,
+    reward: Any,
+    judge: Any,
     max_questions: int | None,
 ) -> str:
+    """The EvalConfig as JSON: ``config`` (an EvalConfig, a dict of one, a config file, or the
+    data directory) with the keyword arguments that were given on top."""
+    cfg: dict[str, Any]
+    if isinstance(config, (str, os.PathLike)) and Path(config).suffix in _CONFIG_SUFFIXES:
+        cfg = _core.load_config("EvalConfig", os.fspath(config))
+    elif isinstance(config, (str, os.PathLike)):
+        cfg = {"data_dir": os.fspath(config)}
+    else:
+        cfg = as_config_dict(config) or {}
     if isinstance(benchmarks, str):
         benchmarks = [b for b in benchmarks.split(",") if b]
-    cfg: dict[str, Any] = {
-        "data_dir": os.fspath(data_dir),
+    given = {
         "benchmarks": list(benchmarks) if benchmarks is not None else None,
         "k": k,
-        "output_dir": os.fspath(output_dir),
+        "output_dir": os.fspath(output_dir) if output_dir is not None else None,
         "max_questions": max_questions,
-        "judge": judge,
+        "judge": as_config_dict(judge),
+        "rollout": as_config_dict(rollout),
+        "agent": as_config_dict(agent),
+        "reward": as_config_dict(reward),
     }
-    if config:
-        cfg["rollout"] = dict(config)
-    if agent:
-        cfg["agent"] = dict(agent)
-    if reward:
-        cfg["reward"] = {
-            key: v for key, v in reward.items() if key not in _TRAINING_ONLY_REWARD_KEYS
-        }
+    cfg.update({key: v for key, v in given.items() if v is not None})
     return json.dumps(cfg)
 
 
@@ -158,37 +164,40 @@ def _plugins(plugins: Iterable[Callable[..., Any]]) -> list[Callable[..., Any]]:
 
 
 def evaluate(
-    data_dir: str | os.PathLike[str],
+    config: EvalConfig | dict[str, Any] | str | os.PathLike[str],
     backend: Any,
     tokenizer: Any,
     *,
     benchmarks: Sequence[str] | str | None = None,
     toolbox: Any = None,
-    k: int = 4,
-    output_dir: str | os.PathLike[str] = "eval_out",
-    agent: dict[str, Any] | None = None,
-    config: dict[str, Any] | None = None,
-    reward: dict[str, Any] | None = None,
-    judge: dict[str, Any] | None = None,
+    k: int | None = None,
+    output_dir: str | os.PathLike[str] | None = None,
+    agent: AgentConfig | dict[str, Any] | None = None,
+    rollout: RolloutConfig | dict[str, Any] | None = None,
+    reward: RewardConfig | dict[str, Any] | None = None,
+    judge: JudgeConfig | dict[str, Any] | None = None,
     plugins: Iterable[Callable[..., Any]] = (),
     max_questions: int | None = None,
     progress: bool = True,
 ) -> EvalReport:
     """Runs the agent ``k`` times on every question of the benchmarks and returns the report.
 
-    ``backend``: an ``InferencePool``, a ``Generator`` or a list of SGLang URLs; ``tokenizer``: a
-    directory or an ``asearcher.Tokenizer``; ``toolbox``: an ``asearcher.tools.Toolbox`` (none: the
-    agent cannot search); ``agent`` / ``config`` / ``reward``: AgentConfig, RolloutConfig and rule
-    reward fields; ``judge``: ``{"url", "model", "api_key_env"?, "max_retries"?, ...}``. Blocks
+    ``config``: an :class:`asearcher.config.EvalConfig` (or a dict of one, or a TOML/YAML/JSON
+    file of one), or just the data directory of ``{name}/test.jsonl`` benchmarks; the keyword
+    arguments that are given replace its fields. ``backend``: an ``InferencePool``, a
+    ``Generator`` or a list of SGLang URLs; ``tokenizer``: a directory or an
+    ``asearcher.Tokenizer``; ``toolbox``: an ``asearcher.tools.Toolbox`` (none: the agent cannot
+    search); ``agent`` / ``rollout`` / ``reward`` / ``judge``: an AgentConfig, RolloutConfig,
+    RewardConfig, JudgeConfig (or dicts of them). Blocks
     (Ctrl-C stops it; finished questions stay saved). In a notebook, ``await aevaluate(...)``.
     """
     cfg = _config_json(
-        data_dir,
+        config,
         benchmarks=benchmarks,
         k=k,
         output_dir=output_dir,
         agent=agent,
-        config=config,
+        rollout=rollout,
         reward=reward,
         judge=judge,
         max_questions=max_questions,
@@ -202,30 +211,30 @@ def evaluate(
 
 
 async def aevaluate(
-    data_dir: str | os.PathLike[str],
+    config: EvalConfig | dict[str, Any] | str | os.PathLike[str],
     backend: Any,
     tokenizer: Any,
     *,
     benchmarks: Sequence[str] | str | None = None,
     toolbox: Any = None,
-    k: int = 4,
-    output_dir: str | os.PathLike[str] = "eval_out",
-    agent: dict[str, Any] | None = None,
-    config: dict[str, Any] | None = None,
-    reward: dict[str, Any] | None = None,
-    judge: dict[str, Any] | None = None,
+    k: int | None = None,
+    output_dir: str | os.PathLike[str] | None = None,
+    agent: AgentConfig | dict[str, Any] | None = None,
+    rollout: RolloutConfig | dict[str, Any] | None = None,
+    reward: RewardConfig | dict[str, Any] | None = None,
+    judge: JudgeConfig | dict[str, Any] | None = None,
     plugins: Iterable[Callable[..., Any]] = (),
     max_questions: int | None = None,
     progress: bool = True,
 ) -> EvalReport:
     """``evaluate`` as a coroutine (the event loop keeps running while the agents work)."""
     cfg = _config_json(
-        data_dir,
+        config,
         benchmarks=benchmarks,
         k=k,
         output_dir=output_dir,
         agent=agent,
-        config=config,
+        rollout=rollout,
         reward=reward,
         judge=judge,
         max_questions=max_questions,

@@ -21,8 +21,9 @@ from typing import Any
 from . import _core
 from ._progress import progress_bar
 from .callbacks import Callback, as_callback
+from .config import TrainConfig
 
-ConfigLike = dict[str, Any] | str | PathLike[str]
+ConfigLike = TrainConfig | dict[str, Any] | str | PathLike[str]
 
 
 @dataclass
@@ -44,11 +45,14 @@ class FitResult:
 class Trainer:
     """Asynchronous RL training of a search agent.
 
-    ``config`` is a dict or a TOML/YAML/JSON file with the sections ``model``, ``data``,
-    ``tools``, ``agent``, ``reward``, ``rollout``, ``inference``, ``learner`` and ``run``
-    (``docs/training.md`` lists every field; unknown keys are refused by name). ``toolbox``
+    ``config`` is an :class:`asearcher.config.TrainConfig`, a dict of the same shape, or a
+    TOML/YAML/JSON file of one (sections ``model``, ``data``, ``tools``, ``agent``, ``reward``,
+    ``rollout``, ``inference``, ``learner`` and ``run``; ``docs/config.md`` lists every field;
+    unknown keys are refused by name). ``overrides`` are ``a.b.c=v`` settings applied on top
+    (``"learner.ppo.eps_clip=0.3"``), as on the command line. ``toolbox``
     replaces ``tools`` with any :class:`asearcher.tools.Toolbox`; ``plugins`` add reward
-    plugins (see :func:`asearcher.reward_plugin`) and ``primary`` picks the score trained on.
+    plugins (see :func:`asearcher.reward_plugin`); ``reward.primary`` (or ``reward.weights``)
+    in the config picks the score trained on, a plugin's name included.
 
     Building the trainer loads the model, starts the generator and the rollout engine, and
     resumes from the newest checkpoint of ``run.out_dir`` when there is one.
@@ -58,6 +62,7 @@ class Trainer:
         self,
         config: ConfigLike,
         *,
+        overrides: Sequence[str] = (),
         toolbox: Any = None,
         plugins: Sequence[Any] = (),
         primary: str | None = None,
@@ -65,18 +70,23 @@ class Trainer:
         if isinstance(config, PathLike):
             config = os.fspath(config)
         self._native = _core.Trainer(
-            config, toolbox=toolbox, plugins=list(plugins), primary=primary
+            config,
+            overrides=list(overrides),
+            toolbox=toolbox,
+            plugins=list(plugins),
+            primary=primary,
         )
+        self._config = TrainConfig.from_dict(self._native.config)
         self._started = False
 
     @property
-    def config(self) -> dict[str, Any]:
+    def config(self) -> TrainConfig:
         """The config in effect, every default filled in."""
-        return self._native.config
+        return self._config
 
     @property
     def out_dir(self) -> Path:
-        return Path(self.config["run"]["out_dir"])
+        return Path(self.config.run.out_dir)
 
     @property
     def resumed_step(self) -> int:
@@ -102,7 +112,7 @@ class Trainer:
         cbs = [as_callback(c) for c in callbacks]
         for cb in cbs:
             cb.on_start(self)
-        total = self.config["run"].get("steps")
+        total = self.config.run.steps
         bar = _bar(progress, total=total, initial=self.resumed_step, desc="train", unit="step")
         history: list[dict[str, Any]] = []
         self._native.start()

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import TrainConfig
 from .build import TOP_K, BuiltWorld, agent_config, build
 from .demonstrator import Imperfections
 from .runs import heldout_accuracy, make_demonstrations, make_name_drills
@@ -59,36 +60,38 @@ class JobResult:
     out_dir: str = ""
 
 
-def rl_config(world: BuiltWorld, model_dir: Path, out_dir: Path, s: JobSettings) -> dict[str, Any]:
-    """The trainer config of the RL stage."""
-    return {
-        "model": {"path": str(model_dir)},
-        "data": {"train": str(world.train), "epochs": 1000, "shuffle": True},
-        "tools": {"index": str(world.index), "top_k": TOP_K},
-        "agent": agent_config(world.world.size, temperature=1.0),
-        "reward": {"metric": "f1"},
-        "rollout": {
-            "group_size": s.group_size,
-            "batch_size": s.batch_size,
-            "max_staleness": s.max_staleness,
-            "max_concurrent": s.max_running,
-            "seed": s.seed,
-        },
-        "inference": {"max_running": s.max_running, "max_context": 1024},
-        "learner": {
-            "filter_zero_variance": True,
-            "micro_batch_tokens": 1024,
-            "schedule": {"kind": "constant", "lr": s.rl_lr},
-            "optimizer": {"weight_decay": 0.0},
-        },
-        "run": {
-            "out_dir": str(out_dir),
-            "steps": s.rl_steps,
-            "checkpoint_every": 10,
-            "resume": False,
-            "seed": s.seed,
-        },
-    }
+def rl_config(world: BuiltWorld, model_dir: Path, out_dir: Path, s: JobSettings) -> TrainConfig:
+    """The trainer config of the RL stage (validated by Rust; ``print`` it to see every
+    setting, defaults included)."""
+    return TrainConfig.from_dict(
+        {
+            "model": {"path": str(model_dir)},
+            "data": {"train": str(world.train), "epochs": 1000, "shuffle": True},
+            "tools": {"index": str(world.index), "top_k": TOP_K},
+            "agent": agent_config(world.world.size, temperature=1.0),
+            "reward": {"metric": "f1"},
+            "rollout": {
+                "group_size": s.group_size,
+                "batch_size": s.batch_size,
+                "max_staleness": s.max_staleness,
+                "max_concurrent": s.max_running,
+                "filter_zero_variance": True,
+            },
+            "inference": {"max_context": 1024},
+            "learner": {
+                "micro_batch_tokens": 1024,
+                "schedule": {"kind": "constant", "lr": s.rl_lr},
+                "optimizer": {"weight_decay": 0.0},
+            },
+            "run": {
+                "out_dir": str(out_dir),
+                "steps": s.rl_steps,
+                "checkpoint_every": 10,
+                "resume": False,
+                "seed": s.seed,
+            },
+        }
+    )
 
 
 def _say(msg: str) -> None:

@@ -62,7 +62,6 @@ def make_demonstrations(
                 "batch_size": 16,
                 "max_staleness": None,
                 "max_concurrent": 16 * n_per_question,
-                "seed": seed,
             },
             reward={"metric": "f1"},
         )

@@ -8,10 +8,13 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 /// Sampling of one generation (the runner adds the request id and affinity).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct SamplingConfig {
+    /// Sampling temperature (0: greedy).
     pub temperature: f32,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches `top_p`
+    /// (1: off).
     pub top_p: f32,
     /// `-1` disables top-k.
     pub top_k: i32,

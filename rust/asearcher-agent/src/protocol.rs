@@ -62,7 +62,9 @@ pub enum ProtocolIssue {
 }
 
 /// Which action wins when a turn holds several.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ActionPrecedence {
     /// The earliest complete action in the text.

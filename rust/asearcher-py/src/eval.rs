@@ -3,32 +3,16 @@
 //! unknown keys are errors that name them); backend, tokenizer, toolbox and reward plugins come
 //! as Python objects through the rollout helpers. The report comes back as JSON plus its table.
 
+use crate::errors::rollout_err;
 use crate::rollout::plugins::plugin_from_py;
 use crate::rollout::{backend_from_py, tokenizer_from_py, toolbox_from_py};
 use crate::runtime::{awaitable, wait_for_future};
 use asearcher_rollout::eval::{self, EvalConfig, EvalParts, EvalProgress, EvalReport};
-use asearcher_rollout::RolloutError;
 use pyo3::prelude::*;
 use std::sync::Arc;
 
 mod py {
-    pyo3::import_exception!(asearcher.exceptions, AsearcherIOError);
-    pyo3::import_exception!(asearcher.exceptions, ConfigError);
     pyo3::import_exception!(asearcher.exceptions, GenerationError);
-    pyo3::import_exception!(asearcher.exceptions, CancelledError);
-}
-
-/// The exception for an evaluation error (built lazily: safe on tokio workers).
-fn eval_err(e: RolloutError) -> PyErr {
-    let msg = e.to_string();
-    match e {
-        RolloutError::Config { .. } => py::ConfigError::new_err(msg),
-        RolloutError::Io { .. } | RolloutError::BadLine { .. } => {
-            py::AsearcherIOError::new_err(msg)
-        }
-        RolloutError::Stopped => py::CancelledError::new_err(msg),
-        _ => py::GenerationError::new_err(msg),
-    }
 }
 
 /// Everything a run needs, gathered while the GIL is held.
@@ -49,8 +33,10 @@ impl EvalCall {
         plugins: Vec<Bound<'_, PyAny>>,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
-        let config: EvalConfig = serde_json::from_str(config_json)
-            .map_err(|e| py::ConfigError::new_err(format!("invalid evaluation config: {e}")))?;
+        let value: serde_json::Value = serde_json::from_str(config_json)
+            .map_err(|e| crate::errors::config_err("config", e))?;
+        let config: EvalConfig =
+            asearcher_config::deserialize_named(value).map_err(crate::errors::config_doc_err)?;
         let plugins = plugins
             .iter()
             .map(|p| plugin_from_py(py, p))
@@ -78,7 +64,7 @@ impl EvalCall {
         };
         let report = eval::run_eval(&self.config, self.parts, &report_progress)
             .await
-            .map_err(eval_err)?;
+            .map_err(rollout_err)?;
         report_json(&report)
     }
 }

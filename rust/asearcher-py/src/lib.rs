@@ -4,6 +4,7 @@
 //! hierarchy of `asearcher.exceptions`, bridges `tracing` to Python `logging`, and runs async
 //! Rust work on one shared tokio runtime with the GIL released.
 
+mod config;
 mod errors;
 mod eval;
 mod generator;
@@ -42,5 +43,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?)?;
     eval::register(m)?;
     train::register(m)?;
+    config::register(m)?;
     Ok(())
 }

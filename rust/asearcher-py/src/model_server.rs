@@ -2,42 +2,16 @@
 //! (`serve_model`, Ctrl-C stops it) or in the background (`start_model_server`, a handle), and
 //! the `Tokenizer` class (tokenizer.json + chat templates, no transformers needed).
 
-use crate::errors::{config_err, io_err, torch_err};
+use crate::errors::{config_err, io_err, model_server_err, tokenizer_err, torch_err};
 use crate::runtime::{runtime, wait_for_future};
-use asearcher_server::model_server::ModelServerError;
 use asearcher_server::{ModelServer, ModelServerConfig};
-use asearcher_tokenizer::{ChatOptions, Tokenizer, TokenizerError};
+use asearcher_tokenizer::{ChatOptions, Tokenizer};
 use asearcher_torch::{parse_device, parse_dtype};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
-
-mod py {
-    pyo3::import_exception!(asearcher.exceptions, AsearcherIOError);
-    pyo3::import_exception!(asearcher.exceptions, ConfigError);
-    pyo3::import_exception!(asearcher.exceptions, ModelError);
-}
-
-fn tokenizer_err(e: TokenizerError) -> PyErr {
-    let msg = e.to_string();
-    match e {
-        TokenizerError::Io { .. } => py::AsearcherIOError::new_err(msg),
-        TokenizerError::BadFile { .. } | TokenizerError::Template { .. } => {
-            py::ModelError::new_err(msg)
-        }
-        TokenizerError::Input { .. } => py::ConfigError::new_err(msg),
-    }
-}
-
-fn server_err(e: ModelServerError) -> PyErr {
-    match e {
-        ModelServerError::Tokenizer(e) => tokenizer_err(e),
-        ModelServerError::Torch(e) => torch_err(e),
-        ModelServerError::Bind { .. } => io_err(e.to_string()),
-    }
-}
 
 /// Python objects (messages, tools, kwargs) as JSON, through Python's own `json.dumps`.
 fn to_json(py: Python<'_>, name: &str, obj: &Bound<'_, PyAny>) -> PyResult<serde_json::Value> {
@@ -206,7 +180,7 @@ fn model_config(
 
 fn bind(py: Python<'_>, cfg: ModelServerConfig) -> PyResult<ModelServer> {
     py.detach(|| runtime().block_on(ModelServer::bind(cfg)))
-        .map_err(server_err)
+        .map_err(model_server_err)
 }
 
 /// Serves the model until interrupted; calls `on_ready(url)` once listening.

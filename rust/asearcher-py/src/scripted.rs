@@ -3,35 +3,15 @@
 //! (`start_scripted_policy_server`, a handle). The config travels as JSON, so unknown keys and
 //! bad values are reported by the Rust config parser with the key named.
 
-use crate::errors::io_err;
+use crate::errors::{io_err, scripted_err};
 use crate::runtime::{runtime, wait_for_future};
 use asearcher_server::scripted_policy::live::Live;
 use asearcher_server::{ScriptedPolicyConfig, ScriptedPolicyError, ScriptedPolicyServer};
-use asearcher_tokenizer::{Tokenizer, TokenizerError};
+use asearcher_tokenizer::Tokenizer;
 use pyo3::prelude::*;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
-
-mod py {
-    pyo3::import_exception!(asearcher.exceptions, AsearcherIOError);
-    pyo3::import_exception!(asearcher.exceptions, ConfigError);
-    pyo3::import_exception!(asearcher.exceptions, ModelError);
-}
-
-fn scripted_err(e: ScriptedPolicyError) -> PyErr {
-    let msg = e.to_string();
-    match e {
-        ScriptedPolicyError::Config { .. } | ScriptedPolicyError::QuestionsFile { .. } => {
-            py::ConfigError::new_err(msg)
-        }
-        ScriptedPolicyError::Io { .. } | ScriptedPolicyError::Bind { .. } => io_err(msg),
-        ScriptedPolicyError::Tokenizer(TokenizerError::Io { .. }) => {
-            py::AsearcherIOError::new_err(msg)
-        }
-        ScriptedPolicyError::Tokenizer(_) => py::ModelError::new_err(msg),
-    }
-}
 
 /// Loads the tokenizer, checks the config and binds the socket (with the GIL released).
 fn bind(py: Python<'_>, tokenizer: PathBuf, config_json: &str) -> PyResult<ScriptedPolicyServer> {

@@ -4,7 +4,7 @@
 //! run on the caller's thread. A stop request ends the run after the step in progress, which is
 //! checkpointed.
 
-use crate::errors::{config_err, io_err, rollout_err, torch_err};
+use crate::errors::{config_err, train_err, training_err};
 use crate::rollout::engine::build_scorer;
 use crate::rollout::{json_of, py_of_json, toolbox_from_py};
 use crate::runtime::runtime;
@@ -19,27 +19,6 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
-
-mod py {
-    pyo3::import_exception!(asearcher.exceptions, TrainingError);
-    pyo3::import_exception!(asearcher.exceptions, TrainingDataError);
-    pyo3::import_exception!(asearcher.exceptions, WeightSyncError);
-    pyo3::import_exception!(asearcher.exceptions, ConfigError);
-}
-
-/// Trainer errors onto the exception hierarchy (torch and rollout errors keep their classes).
-pub fn train_err(e: TrainError) -> PyErr {
-    let msg = e.to_string();
-    match e {
-        TrainError::Config { .. } => py::ConfigError::new_err(msg),
-        TrainError::Torch(t) => torch_err(t),
-        TrainError::Rollout(r) => rollout_err(r),
-        TrainError::Io { .. } => io_err(msg),
-        TrainError::Data(_) => py::TrainingDataError::new_err(msg),
-        TrainError::WeightSync { .. } => py::WeightSyncError::new_err(msg),
-        TrainError::Stopped(_) => py::TrainingError::new_err(msg),
-    }
-}
 
 /// What the worker thread reports.
 enum Event {
@@ -58,15 +37,20 @@ enum Phase {
     Finished,
 }
 
-/// A config given as a path (TOML/YAML/JSON) or a dict.
-fn train_config_from_py(obj: &Bound<'_, PyAny>) -> PyResult<TrainConfig> {
+/// A config given as a path (TOML/YAML/JSON), a dict or a typed `TrainConfig`, with `a.b.c=v`
+/// overrides on top.
+fn train_config_from_py(obj: &Bound<'_, PyAny>, overrides: &[String]) -> PyResult<TrainConfig> {
     if let Ok(path) = obj.extract::<PathBuf>() {
         return obj
             .py()
-            .detach(|| TrainConfig::from_path(&path))
+            .detach(|| TrainConfig::load(&path, overrides))
             .map_err(train_err);
     }
-    TrainConfig::from_value(json_of(obj, "config")?).map_err(train_err)
+    let value = json_of(obj, "config")?;
+    let cfg: TrainConfig =
+        asearcher_config::from_value(value, overrides).map_err(crate::errors::config_doc_err)?;
+    cfg.validate().map_err(train_err)?;
+    Ok(cfg)
 }
 
 /// The asynchronous RL trainer.
@@ -83,19 +67,27 @@ pub struct PyTrainer {
 #[pymethods]
 impl PyTrainer {
     #[new]
-    #[pyo3(signature = (config, *, toolbox = None, plugins = Vec::new(), primary = None))]
+    #[pyo3(signature = (config, *, overrides = Vec::new(), toolbox = None, plugins = Vec::new(), primary = None))]
     fn new(
         py: Python<'_>,
         config: &Bound<'_, PyAny>,
+        overrides: Vec<String>,
         toolbox: Option<&Bound<'_, PyAny>>,
         plugins: Vec<Bound<'_, PyAny>>,
         primary: Option<String>,
     ) -> PyResult<Self> {
-        let cfg = train_config_from_py(config)?;
-        let scorer = if plugins.is_empty() && primary.is_none() {
+        if primary.is_some() {
+            return Err(config_err(
+                "primary",
+                "Trainer(primary=...) was removed; set `reward.primary` in the config \
+                 (or pass the override \"reward.primary=NAME\")",
+            ));
+        }
+        let cfg = train_config_from_py(config, &overrides)?;
+        let scorer = if plugins.is_empty() {
             None
         } else {
-            Some(build_scorer(py, cfg.reward, primary, &plugins)? as _)
+            Some(build_scorer(py, &cfg.reward, &plugins)? as _)
         };
         let parts = TrainParts {
             toolbox: toolbox_from_py(toolbox)?,
@@ -131,9 +123,7 @@ impl PyTrainer {
     fn start(&self) -> PyResult<()> {
         let mut phase = self.phase.lock().expect("trainer lock");
         let Phase::Ready(_) = &*phase else {
-            return Err(py::TrainingError::new_err(
-                "the trainer was already started",
-            ));
+            return Err(training_err("the trainer was already started"));
         };
         let Phase::Ready(mut trainer) = std::mem::replace(&mut *phase, Phase::Finished) else {
             unreachable!()
@@ -158,9 +148,7 @@ impl PyTrainer {
                 drop(trainer);
                 let _ = tx.send(Event::Done(done));
             })
-            .map_err(|e| {
-                py::TrainingError::new_err(format!("cannot start the trainer thread: {e}"))
-            })?;
+            .map_err(|e| training_err(format!("cannot start the trainer thread: {e}")))?;
         *phase = Phase::Running {
             events: Arc::new(Mutex::new(rx)),
             join: Some(join),
@@ -175,7 +163,7 @@ impl PyTrainer {
         self.answer_pending(!self.stop.load(Ordering::Relaxed));
         let mut phase = self.phase.lock().expect("trainer lock");
         let Phase::Running { events, join } = &mut *phase else {
-            return Err(py::TrainingError::new_err(
+            return Err(training_err(
                 "the trainer is not running (call start() once)",
             ));
         };
@@ -197,7 +185,7 @@ impl PyTrainer {
             }
             Err(RecvTimeoutError::Disconnected) => {
                 *phase = Phase::Finished;
-                Err(py::TrainingError::new_err(
+                Err(training_err(
                     "the trainer thread ended without a result (it panicked; see the log)",
                 ))
             }
@@ -254,9 +242,7 @@ fn warm_start(
                 !worker_stop.load(Ordering::Relaxed)
             })
         })
-        .map_err(|e| {
-            py::TrainingError::new_err(format!("cannot start the warm-start thread: {e}"))
-        })?;
+        .map_err(|e| training_err(format!("cannot start the warm-start thread: {e}")))?;
     let rx = Mutex::new(rx);
     let mut interrupted: Option<PyErr> = None;
     loop {
@@ -292,12 +278,12 @@ fn warm_start(
     }
     let result = py
         .detach(|| join.join())
-        .map_err(|_| py::TrainingError::new_err("the warm-start thread panicked"))?;
+        .map_err(|_| training_err("the warm-start thread panicked"))?;
     if let Some(e) = interrupted {
         return Err(e);
     }
     let summary = result.map_err(train_err)?;
-    serde_json::to_string(&summary).map_err(|e| py::TrainingError::new_err(e.to_string()))
+    serde_json::to_string(&summary).map_err(|e| training_err(e.to_string()))
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

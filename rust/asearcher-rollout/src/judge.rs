@@ -43,7 +43,7 @@ Ground truth: {ground_truth}\n\
 Response: {response}\n";
 
 /// Where the judge is and how it is asked. Only `url` and `model` have no default.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JudgeConfig {
     /// Base URL of the OpenAI-compatible server (`http://host:port`, a trailing `/v1` is fine).

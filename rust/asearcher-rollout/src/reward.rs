@@ -13,6 +13,7 @@ use asearcher_agent::trajectory::{Trajectory, TrajectoryError};
 use async_trait::async_trait;
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -44,7 +45,9 @@ pub trait Scorer: Send + Sync {
 }
 
 /// The rule metric a [`RuleScorer`] trains on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RuleMetric {
     #[default]
@@ -79,10 +82,120 @@ impl RuleMetric {
     }
 }
 
-/// Configuration of the rule reward (facts section 3). Defaults: F1, format gate on, no penalty.
+/// The rewards of a run, in one place: the rule reward every trajectory gets (facts section 3),
+/// which recorded score trains (`primary`, or a weighted sum of scores), and how long a reward
+/// plugin may take. The same config in training files, `Trainer`, `RolloutEngine` and
+/// `evaluate` (where every score is reported and the training reward is unused).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewardConfig {
+    /// The rule score: `f1`, `em` (exact match) or `cem` (cover exact match).
+    pub metric: RuleMetric,
+    /// The rule reward is 0 when a protocol turn broke the protocol or the trajectory never
+    /// answered.
+    pub format_gate: bool,
+    /// Rule reward for answering "invalid" to a question whose gold answers do not say so (-0.5
+    /// in ASearcher); `null`: no penalty.
+    pub invalid_answer_penalty: Option<f64>,
+    /// The score trained on (each trajectory's `reward`). `null`: the rule reward (`metric`
+    /// after the format gate and the penalty). Otherwise any recorded score: `f1`, `em`, `cem`
+    /// (the rule reward when it is `metric`, else the ungated score), `format`, `judge` (with a
+    /// judge), or a reward plugin's name. A name nothing records is an error listing the
+    /// available ones.
+    pub primary: Option<String>,
+    /// Train on a weighted sum of recorded scores instead, e.g. `{f1 = 1.0, brevity = 0.1}`
+    /// (TRL's `reward_weights`; scores as recorded, ungated); empty: off. Not with `primary`.
+    pub weights: BTreeMap<String, f64>,
+    /// Seconds a reward plugin may take for one batch; past it the batch's trajectories get a
+    /// `reward` error (and no reward) and the run goes on. `null`: no limit.
+    pub plugin_timeout_s: Option<f64>,
+}
+
+impl Default for RewardConfig {
+    fn default() -> Self {
+        let rule = RuleRewardConfig::default();
+        Self {
+            metric: rule.metric,
+            format_gate: rule.format_gate,
+            invalid_answer_penalty: rule.invalid_answer_penalty,
+            primary: None,
+            weights: BTreeMap::new(),
+            plugin_timeout_s: Some(300.0),
+        }
+    }
+}
+
+impl asearcher_config::Document for RewardConfig {}
+
+/// The scores the rule scorer records on every trajectory.
+pub const RULE_SCORES: [&str; 4] = ["f1", "em", "cem", "format"];
+
+impl RewardConfig {
+    /// The rule part.
+    pub fn rule(&self) -> RuleRewardConfig {
+        RuleRewardConfig {
+            metric: self.metric,
+            format_gate: self.format_gate,
+            invalid_answer_penalty: self.invalid_answer_penalty,
+        }
+    }
+
+    /// Checks the values that need no knowledge of the plugins; errors name `reward.<field>`.
+    pub fn validate(&self) -> crate::Result<()> {
+        if let Some(t) = self.plugin_timeout_s {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(crate::RolloutError::config(
+                    "reward.plugin_timeout_s",
+                    format!("must be a positive number of seconds (or null), got {t}"),
+                ));
+            }
+        }
+        if self.primary.is_some() && !self.weights.is_empty() {
+            return Err(crate::RolloutError::config(
+                "reward.weights",
+                "give either `primary` or `weights`, not both",
+            ));
+        }
+        if let Some((k, w)) = self.weights.iter().find(|(_, w)| !w.is_finite()) {
+            return Err(crate::RolloutError::config(
+                format!("reward.weights.{k}"),
+                format!("must be a finite number, got {w}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks `primary` and `weights` against the scores the pipeline records (`available`).
+    fn check_names(&self, available: &[String]) -> crate::Result<()> {
+        let unknown = |field: String, name: &str| {
+            crate::RolloutError::config(
+                field,
+                format!(
+                    "`{name}` is not a recorded score; available: {}",
+                    available.join(", ")
+                ),
+            )
+        };
+        if let Some(p) = &self.primary {
+            if !available.contains(p) {
+                return Err(unknown("reward.primary".into(), p));
+            }
+        }
+        for k in self.weights.keys() {
+            if !available.contains(k) {
+                return Err(unknown(format!("reward.weights.{k}"), k));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The rule part of a [`RewardConfig`] (facts section 3). Defaults: F1, format gate on, no
+/// penalty.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuleRewardConfig {
+    /// The rule score trained on: `f1`, `em` (exact match) or `cem` (cover exact match).
     pub metric: RuleMetric,
     /// Score 0 when a protocol turn broke the protocol or the trajectory never answered.
     pub format_gate: bool,
@@ -164,11 +277,22 @@ impl Scorer for RuleScorer {
 /// (or a panic, or a missing result) becomes a `"reward"` error on that trajectory only.
 pub struct PluginScorer {
     plugin: Arc<dyn RewardPlugin>,
+    timeout: Option<Duration>,
 }
 
 impl PluginScorer {
     pub fn new(plugin: Arc<dyn RewardPlugin>) -> Self {
-        Self { plugin }
+        Self {
+            plugin,
+            timeout: None,
+        }
+    }
+
+    /// A batch the plugin has not scored within `timeout` fails (each trajectory gets a
+    /// `reward` error); the plugin's late results are dropped.
+    pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
     }
 }
 
@@ -176,7 +300,14 @@ impl PluginScorer {
 impl Scorer for PluginScorer {
     async fn score(&self, batch: &mut [Trajectory]) {
         let name = self.plugin.name().to_string();
-        let results = call_plugin(self.plugin.as_ref(), batch).await;
+        let call = call_plugin(self.plugin.as_ref(), batch);
+        let results = match self.timeout {
+            None => call.await,
+            Some(limit) => tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+                let message = format!("timed out after {:.1} s", limit.as_secs_f64());
+                vec![failure(message); batch.len()]
+            }),
+        };
         for (t, result) in batch.iter_mut().zip(results) {
             match result {
                 Ok(score) => {
@@ -227,6 +358,8 @@ pub struct RewardPipeline {
     rule: RuleScorer,
     stages: Vec<Arc<dyn Scorer>>,
     primary: String,
+    /// A weighted sum of scores as the training reward (instead of `primary` when not empty).
+    weights: BTreeMap<String, f64>,
 }
 
 impl RewardPipeline {
@@ -237,7 +370,37 @@ impl RewardPipeline {
             rule,
             stages: Vec::new(),
             primary,
+            weights: BTreeMap::new(),
         }
+    }
+
+    /// The pipeline a [`RewardConfig`] describes: rule scores, then each plugin (with the
+    /// config's timeout), then `judge` (recorded as `judge`); `primary` and `weights` must name
+    /// scores that are recorded (the error lists them). The one place rewards are assembled.
+    pub fn from_config(
+        cfg: &RewardConfig,
+        plugins: Vec<Arc<dyn RewardPlugin>>,
+        judge: Option<Arc<dyn Scorer>>,
+    ) -> crate::Result<Self> {
+        cfg.validate()?;
+        let mut available: Vec<String> = RULE_SCORES.map(String::from).to_vec();
+        let timeout = cfg.plugin_timeout_s.map(Duration::from_secs_f64);
+        let mut pipeline = RewardPipeline::new(RuleScorer::new(cfg.rule()));
+        for plugin in plugins {
+            available.push(plugin.name().to_string());
+            let stage = PluginScorer::new(plugin).with_timeout(timeout);
+            pipeline = pipeline.with_stage(Arc::new(stage));
+        }
+        if let Some(judge) = judge {
+            available.push("judge".into());
+            pipeline = pipeline.with_stage(judge);
+        }
+        cfg.check_names(&available)?;
+        if let Some(p) = &cfg.primary {
+            pipeline = pipeline.with_primary(p.clone());
+        }
+        pipeline.weights = cfg.weights.clone();
+        Ok(pipeline)
     }
 
     /// Adds a plugin stage (its score is recorded under its name).
@@ -273,15 +436,20 @@ impl Scorer for RewardPipeline {
         let primary_is_rule =
             RuleMetric::from_key(&self.primary) == Some(self.rule.config().metric);
         for (t, rule_reward) in batch.iter_mut().zip(rule_rewards) {
-            t.reward = if primary_is_rule {
-                rule_reward
+            let missing;
+            (t.reward, missing) = if !self.weights.is_empty() {
+                let (sum, name) = weighted_sum(&self.weights, &t.rewards);
+                (sum, format!("weighted score `{name}`"))
+            } else if primary_is_rule {
+                (rule_reward, format!("primary reward `{}`", self.primary))
             } else {
-                t.rewards.get(&self.primary).copied()
+                let score = t.rewards.get(&self.primary).copied();
+                (score, format!("primary reward `{}`", self.primary))
             };
             if t.reward.is_none() && !t.errors.iter().any(|e| e.kind == "reward") {
                 t.errors.push(TrajectoryError {
                     kind: "reward".into(),
-                    message: format!("no stage recorded the primary reward `{}`", self.primary),
+                    message: format!("no stage recorded the {missing}"),
                     traceback: None,
                     turn: None,
                 });
@@ -290,8 +458,23 @@ impl Scorer for RewardPipeline {
     }
 }
 
+/// `Σ weight * score` over the weighted scores, or `None` and the first missing score's name.
+fn weighted_sum(
+    weights: &BTreeMap<String, f64>,
+    scores: &BTreeMap<String, f64>,
+) -> (Option<f64>, String) {
+    let mut total = 0.0;
+    for (name, w) in weights {
+        match scores.get(name) {
+            Some(s) => total += w * s,
+            None => return (None, name.clone()),
+        }
+    }
+    (Some(total), String::new())
+}
+
 /// How a [`BatchingPlugin`] forms batches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchingConfig {
     /// Most trajectories per plugin call. Default 64.

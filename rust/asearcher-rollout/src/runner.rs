@@ -27,7 +27,9 @@ mod replay;
 pub use replay::{replay, Divergence, Replayed};
 
 /// What a failed tool call does to its trajectory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ToolErrorPolicy {
     /// Show the agent a short error observation and go on (the call's record keeps the error).

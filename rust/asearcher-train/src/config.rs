@@ -5,13 +5,13 @@
 use crate::learner::LearnerConfig;
 use crate::{Result, TrainError};
 use asearcher_agent::agents::AgentConfig;
-use asearcher_rollout::reward::RuleRewardConfig;
+use asearcher_rollout::reward::RewardConfig;
 use asearcher_rollout::scheduler::RolloutConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// The whole run.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
     /// The policy model and where it runs.
@@ -22,8 +22,9 @@ pub struct TrainConfig {
     pub tools: ToolsConfig,
     /// The agent (kind, turns, prompts, sampling); see `asearcher.default_prompts`.
     pub agent: AgentConfig,
-    /// The rule reward trained on (F1 by default, with the format gate).
-    pub reward: RuleRewardConfig,
+    /// The reward: the rule score (F1 by default, with the format gate), which recorded score
+    /// trains (`primary`, or `weights`), the plugins' timeout.
+    pub reward: RewardConfig,
     /// The rollout scheduler: group size, batch size (groups per step), `max_staleness` (eta;
     /// 0 is synchronous RL: each batch is generated entirely by the current policy), concurrency.
     pub rollout: RolloutConfig,
@@ -35,7 +36,8 @@ pub struct TrainConfig {
     pub run: RunConfig,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The policy model and where it runs.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
     /// HF model directory (config.json, safetensors, tokenizer files). Required.
@@ -66,7 +68,8 @@ impl Default for ModelConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The training questions and how they are drawn.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
     /// Training questions, jsonl (`question`, `answer`/`answers`, optional `id`). Required.
@@ -74,7 +77,7 @@ pub struct DataConfig {
     /// Passes over the questions; the run ends when they are used up (unless `run.steps` ends
     /// it first).
     pub epochs: u32,
-    /// Shuffle the questions each epoch (seeded by `rollout.seed` and the epoch).
+    /// Shuffle the questions each epoch (seeded by `run.seed` and the epoch).
     pub shuffle: bool,
 }
 
@@ -88,7 +91,8 @@ impl Default for DataConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The agent's search tools.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ToolsConfig {
     /// A local BM25 index directory (`asearcher.tools.LocalSearch.build`), used for search and
@@ -108,7 +112,9 @@ impl Default for ToolsConfig {
 }
 
 /// Where generation runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum InferenceBackend {
     /// The in-process continuous-batching generator; weights are swapped in memory.
@@ -118,7 +124,8 @@ pub enum InferenceBackend {
     Sglang,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Where generation runs and how new weights reach it.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct InferenceConfig {
     /// `embedded` or `sglang`.
@@ -134,8 +141,9 @@ pub struct InferenceConfig {
     /// far and continue on the new weights (KV cache recomputed). `false` (embedded only): they
     /// continue on the new weights with the cache they have.
     pub interrupt: bool,
-    /// Embedded generator: most requests decoded together.
-    pub max_running: usize,
+    /// Embedded generator: most requests decoded together (`null`: `rollout.max_concurrent`,
+    /// so one setting bounds concurrency; set it lower only to cap the decode batch's memory).
+    pub max_running: Option<usize>,
     /// Embedded generator: most tokens of one request (0: the model's limit, capped at 32768).
     pub max_context: usize,
     /// Timeout of one server call, seconds (`sglang`).
@@ -150,14 +158,15 @@ impl Default for InferenceConfig {
             weights_dir: None,
             keep_weights: 2,
             interrupt: true,
-            max_running: 64,
+            max_running: None,
             max_context: 0,
             timeout_s: 600.0,
         }
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Length of the run, outputs, checkpoints and the seed.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunConfig {
     /// Output directory: `metrics.jsonl`, `batches.jsonl`, `trajectories.jsonl`,
@@ -174,7 +183,7 @@ pub struct RunConfig {
     pub resume: bool,
     /// Append every trained group's trajectories to `trajectories.jsonl`.
     pub save_trajectories: bool,
-    /// Seed of the trainer's random numbers (generation seeds).
+    /// The run's one seed: question order (with `data.shuffle`) and the generation seeds.
     pub seed: u64,
 }
 
@@ -192,36 +201,38 @@ impl Default for RunConfig {
     }
 }
 
+impl asearcher_config::Document for TrainConfig {
+    const MOVED: &'static [(&'static str, &'static str)] = &[
+        (
+            "learner.filter_zero_variance",
+            "`rollout.filter_zero_variance` (groups are filtered once, in the engine)",
+        ),
+        ("rollout.seed", "`run.seed` (one seed for the run)"),
+    ];
+
+    fn resolve_paths(&mut self, base: &Path) {
+        TrainConfig::resolve_paths(self, base)
+    }
+}
+
 impl TrainConfig {
     /// Reads a `.toml`, `.yaml`/`.yml` or `.json` file. Relative paths inside are taken relative
     /// to the file's directory.
     pub fn from_path(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-        let value: serde_json::Value = match ext {
-            "toml" => toml::from_str(&text)
-                .map_err(|e| TrainError::config(path.display().to_string(), e.to_string()))?,
-            "yaml" | "yml" => serde_yaml::from_str(&text)
-                .map_err(|e| TrainError::config(path.display().to_string(), e.to_string()))?,
-            "json" => serde_json::from_str(&text)
-                .map_err(|e| TrainError::config(path.display().to_string(), e.to_string()))?,
-            _ => {
-                return Err(TrainError::config(
-                    path.display().to_string(),
-                    "the config file must end in .toml, .yaml, .yml or .json",
-                ))
-            }
-        };
-        let mut cfg = Self::from_value(value)?;
-        if let Some(base) = path.parent() {
-            cfg.resolve_paths(base);
-        }
+        Self::load(path, &[] as &[&str])
+    }
+
+    /// Reads a file, then applies `a.b.c=v` overrides (relative paths among them stay relative
+    /// to the working directory), and validates.
+    pub fn load<S: AsRef<str>>(path: &Path, overrides: &[S]) -> Result<Self> {
+        let cfg: TrainConfig = asearcher_config::load(path, overrides)?;
+        cfg.validate()?;
         Ok(cfg)
     }
 
     /// Parses a JSON value; unknown keys and bad values are named by their dotted path.
     pub fn from_value(value: serde_json::Value) -> Result<Self> {
-        let cfg: TrainConfig = deserialize_named(value)?;
+        let cfg: TrainConfig = asearcher_config::deserialize_document(value, "")?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -270,6 +281,7 @@ impl TrainConfig {
         self.agent
             .validate()
             .map_err(|e| TrainError::config("agent", e.to_string()))?;
+        self.reward.validate()?;
         self.learner.validate()?;
         self.model.device_and_kind()?;
         self.validate_inference()?;
@@ -294,7 +306,7 @@ impl TrainConfig {
                 "inference.interrupt",
                 "servers always interrupt in-flight generation on a weight update",
             )),
-            _ if inf.max_running == 0 => Err(TrainError::config(
+            _ if inf.max_running == Some(0) => Err(TrainError::config(
                 "inference.max_running",
                 "must be at least 1",
             )),
@@ -315,21 +327,18 @@ impl TrainConfig {
         self.model.tokenizer.as_deref().unwrap_or(&self.model.path)
     }
 
+    /// Requests the embedded generator decodes together: `inference.max_running`, else
+    /// `rollout.max_concurrent`.
+    pub fn max_running(&self) -> usize {
+        self.inference
+            .max_running
+            .unwrap_or(self.rollout.max_concurrent)
+    }
+
     /// Whether the run is synchronous RL (eta = 0: every batch generated by the current policy).
     pub fn is_synchronous(&self) -> bool {
         self.rollout.max_staleness == Some(0)
     }
-}
-
-/// Deserialises a JSON value; an unknown key or a bad value is a config error naming its dotted
-/// path.
-pub(crate) fn deserialize_named<T: serde::de::DeserializeOwned>(
-    value: serde_json::Value,
-) -> Result<T> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let field = e.path().to_string();
-        TrainError::config(field, e.into_inner().to_string())
-    })
 }
 
 /// Parses a device (`cpu`, `cuda:N`) and a dtype name; errors name `{prefix}device` /

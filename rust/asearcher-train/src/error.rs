@@ -47,6 +47,17 @@ impl TrainError {
     }
 }
 
+impl From<asearcher_config::ConfigError> for TrainError {
+    fn from(e: asearcher_config::ConfigError) -> Self {
+        use asearcher_config::ConfigError as C;
+        match e {
+            C::Io { path, source } => TrainError::Io { path, source },
+            C::Syntax { path, msg } => TrainError::config(path.display().to_string(), msg),
+            C::Invalid { field, msg } => TrainError::config(field, msg),
+        }
+    }
+}
+
 impl From<tch::TchError> for TrainError {
     fn from(e: tch::TchError) -> Self {
         TrainError::Torch(e.into())

@@ -23,7 +23,7 @@ use asearcher_agent::trajectory::Trajectory;
 use asearcher_rollout::client::pool::{PoolConfig, ServerPool};
 use asearcher_rollout::client::LlmBackend;
 use asearcher_rollout::questions::{read_questions, Question};
-use asearcher_rollout::reward::{RewardPipeline, RuleScorer, Scorer};
+use asearcher_rollout::reward::{RewardPipeline, Scorer};
 use asearcher_rollout::scheduler::{
     AgentFactory, EngineParts, EngineSnapshot, Group, QuestionSource, RolloutConfig, RolloutEngine,
     RolloutStats,
@@ -430,7 +430,7 @@ async fn start_inference(
             let detok = Tokenizer::from_dir(cfg.tokenizer_dir())
                 .map_err(|e| TrainError::config("model.tokenizer", e.to_string()))?;
             let options = GeneratorOptions {
-                max_running: inf.max_running,
+                max_running: cfg.max_running(),
                 max_context: inf.max_context,
                 detokenizer: Some(Arc::new(TokenizerDetok::new(Arc::new(detok)))),
                 initial_version: step,
@@ -511,12 +511,12 @@ fn start_engine(
             format!("{} has no questions", cfg.data.train.display()),
         ));
     }
-    let shuffle = cfg.data.shuffle.then_some(cfg.rollout.seed);
+    let shuffle = cfg.data.shuffle.then_some(cfg.run.seed);
     let source = QuestionSource::epochs(questions, Some(cfg.data.epochs), shuffle);
-    let scorer = parts
-        .scorer
-        .clone()
-        .unwrap_or_else(|| Arc::new(RewardPipeline::new(RuleScorer::new(cfg.reward))));
+    let scorer: Arc<dyn Scorer> = match &parts.scorer {
+        Some(s) => s.clone(),
+        None => Arc::new(RewardPipeline::from_config(&cfg.reward, Vec::new(), None)?),
+    };
     let engine_parts = EngineParts {
         backend,
         toolbox: toolbox_of(cfg, parts)?,
@@ -533,11 +533,16 @@ fn start_engine(
     Ok(engine)
 }
 
-/// The engine's config: zero-variance groups are filtered in the engine when the learner asks
-/// for it, so they free their admission slots instead of stalling the staleness gate.
+/// The engine's config: zero-variance groups are filtered in the engine (by default whenever
+/// groups have two or more samples), so they free their admission slots instead of stalling
+/// the staleness gate.
 fn engine_config(cfg: &TrainConfig) -> RolloutConfig {
     let mut rollout = cfg.rollout.clone();
-    rollout.filter_zero_variance |= cfg.learner.filter_zero_variance && cfg.rollout.group_size >= 2;
+    rollout.filter_zero_variance = Some(
+        cfg.rollout
+            .filter_zero_variance
+            .unwrap_or(cfg.rollout.group_size >= 2),
+    );
     rollout
 }
 

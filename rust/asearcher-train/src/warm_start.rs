@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// Settings of a warm start. Every field has a default except the paths.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct WarmStartConfig {
     /// The model to start from (HF directory with tokenizer files).
@@ -40,6 +40,21 @@ pub struct WarmStartConfig {
     pub learner: LearnerConfig,
 }
 
+impl asearcher_config::Document for WarmStartConfig {
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if !p.as_os_str().is_empty() && p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.model);
+        for t in &mut self.trajectories {
+            fix(t);
+        }
+        fix(&mut self.out_dir);
+    }
+}
+
 impl Default for WarmStartConfig {
     fn default() -> Self {
         Self {
@@ -60,7 +75,7 @@ impl Default for WarmStartConfig {
 impl WarmStartConfig {
     /// Parses a JSON value; unknown keys and bad values are named by their dotted path.
     pub fn from_value(value: serde_json::Value) -> Result<Self> {
-        let cfg: WarmStartConfig = crate::config::deserialize_named(value)?;
+        let cfg: WarmStartConfig = asearcher_config::deserialize_document(value, "")?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -29,7 +29,9 @@ pub const ROLE_READ: &str = "read";
 pub const ROLE_ANSWER: &str = "answer";
 
 /// Which agent to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentKind {
     /// The ASearcher base agent: search, access (page parts with notes), answer.
@@ -80,7 +82,7 @@ pub enum AgentError {
 
 /// Everything a researcher sets about an agent. Unset kind-specific limits take the kind's
 /// default (see each field).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentConfig {
     /// Which agent: `asearcher`, `search_r1` or `reasoning`.
@@ -127,6 +129,8 @@ pub struct AgentConfig {
     #[serde(skip)]
     pub(crate) cache: PromptCache,
 }
+
+impl asearcher_config::Document for AgentConfig {}
 
 impl Default for AgentConfig {
     fn default() -> Self {

@@ -12,7 +12,7 @@ use crate::errors::{config_err, rollout_err};
 use crate::runtime::{awaitable, runtime, wait_for_future};
 use asearcher_agent::agents::{build_agent, AgentConfig};
 use asearcher_rollout::questions::{parse_question_line, read_questions, Question};
-use asearcher_rollout::reward::{RewardPipeline, RuleRewardConfig, RuleScorer};
+use asearcher_rollout::reward::{RewardConfig, RewardPipeline};
 use asearcher_rollout::scheduler::{
     AgentFactory, EngineParts, Group, QuestionSource, RolloutConfig, RolloutEngine,
 };
@@ -46,62 +46,29 @@ fn questions_from_py(obj: &Bound<'_, PyAny>) -> PyResult<Vec<Question>> {
         .collect()
 }
 
-/// The reward dict: the rule reward's fields plus `primary` (the score trained on).
-fn reward_from_py(obj: Option<&Bound<'_, PyAny>>) -> PyResult<(RuleRewardConfig, Option<String>)> {
-    let Some(obj) = obj.filter(|o| !o.is_none()) else {
-        return Ok((RuleRewardConfig::default(), None));
-    };
-    let mut value = json_of(obj, "reward")?;
-    let Some(fields) = value.as_object_mut() else {
-        return Err(config_err("reward", "must be a dict"));
-    };
-    let primary = match fields.remove("primary") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(s)) => Some(s),
-        Some(other) => {
-            return Err(config_err(
-                "reward.primary",
-                format!("must be a score name, got {other}"),
-            ))
-        }
-    };
-    let rule = serde_json::from_value(value).map_err(|e| config_err("reward", e))?;
-    Ok((rule, primary))
-}
-
-/// The scorer: rule rewards, then each plugin; the primary must name a score that is recorded.
+/// The scorer of a `RewardConfig` (a dict, a typed config or `None`: the defaults) and the
+/// plugins; `reward.primary` and `reward.weights` must name recorded scores.
 fn scorer_from_py(
     py: Python<'_>,
     reward: Option<&Bound<'_, PyAny>>,
     plugins: &[Bound<'_, PyAny>],
 ) -> PyResult<Arc<RewardPipeline>> {
-    let (rule, primary) = reward_from_py(reward)?;
-    build_scorer(py, rule, primary, plugins)
+    let cfg: RewardConfig = config_from_py(reward, "reward")?;
+    build_scorer(py, &cfg, plugins)
 }
 
-/// Rule rewards with `rule`, then each plugin; `primary` (if given) must name a recorded score.
+/// Rule rewards, then each plugin, as `cfg` says (the one pipeline builder of the rollout
+/// crate, so files, Trainer, RolloutEngine and evaluate accept the same reward config).
 pub fn build_scorer(
     py: Python<'_>,
-    rule: RuleRewardConfig,
-    primary: Option<String>,
+    cfg: &RewardConfig,
     plugins: &[Bound<'_, PyAny>],
 ) -> PyResult<Arc<RewardPipeline>> {
-    let mut pipeline = RewardPipeline::new(RuleScorer::new(rule));
-    let mut names: Vec<String> = ["f1", "em", "cem"].map(String::from).to_vec();
-    for obj in plugins {
-        let plugin = super::plugins::plugin_from_py(py, obj)?;
-        names.push(plugin.name().to_string());
-        pipeline = pipeline.with_plugin(plugin);
-    }
-    if let Some(p) = primary {
-        if !names.contains(&p) {
-            return Err(config_err(
-                "reward.primary",
-                format!("`{p}` is not a recorded score; valid: {}", names.join(", ")),
-            ));
-        }
-        pipeline = pipeline.with_primary(p);
-    }
+    let plugins = plugins
+        .iter()
+        .map(|obj| super::plugins::plugin_from_py(py, obj))
+        .collect::<PyResult<Vec<_>>>()?;
+    let pipeline = RewardPipeline::from_config(cfg, plugins, None).map_err(rollout_err)?;
     Ok(Arc::new(pipeline))
 }
 

@@ -15,7 +15,6 @@ use asearcher_agent::agents::AgentConfig;
 use asearcher_tokenizer::Tokenizer;
 use asearcher_tools::Toolbox;
 use pyo3::prelude::*;
-use serde::de::DeserializeOwned;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -24,8 +23,19 @@ pub use backend::backend_from_py;
 #[allow(unused_imports)]
 pub use trajectory::PyTrajectory;
 
-/// A Python value (dict, list, ...) as JSON, through `json.dumps`.
+/// The attribute that marks the typed configs of `asearcher.config` (generated dataclasses).
+const TYPED_CONFIG_MARK: &str = "__asearcher_config__";
+
+/// A Python value (dict, list, a typed config of `asearcher.config`...) as JSON, through
+/// `json.dumps`.
 pub fn json_of(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<serde_json::Value> {
+    let plain;
+    let obj = if obj.hasattr(TYPED_CONFIG_MARK)? {
+        plain = obj.call_method0("to_dict")?;
+        &plain
+    } else {
+        obj
+    };
     let text: String = obj
         .py()
         .import("json")?
@@ -42,16 +52,17 @@ pub fn py_of_json(py: Python<'_>, value: &impl serde::Serialize) -> PyResult<Py<
     Ok(py.import("json")?.call_method1("loads", (text,))?.unbind())
 }
 
-/// A config dict (or `None`: the defaults) as `T`; an unknown key or a bad value is a
-/// `ConfigError` naming `name` and the key.
-pub fn config_from_py<T: DeserializeOwned + Default>(
+/// A config dict or typed config (or `None`: the defaults) as `T`; an unknown key or a bad value
+/// is a `ConfigError` naming the dotted key under `name` (`agent.max_turnz`).
+pub fn config_from_py<T: asearcher_config::Document>(
     obj: Option<&Bound<'_, PyAny>>,
     name: &str,
 ) -> PyResult<T> {
     match obj {
         None => Ok(T::default()),
         Some(o) if o.is_none() => Ok(T::default()),
-        Some(o) => serde_json::from_value(json_of(o, name)?).map_err(|e| config_err(name, e)),
+        Some(o) => asearcher_config::deserialize_document(json_of(o, name)?, name)
+            .map_err(crate::errors::config_doc_err),
     }
 }
 

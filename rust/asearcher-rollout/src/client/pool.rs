@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 const SHARDS: usize = 64;
 
 /// How the pool routes, retries and checks its servers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
     /// Timeout of one server call, in seconds (a whole generation). Default 600.
@@ -49,6 +49,8 @@ pub struct PoolConfig {
     /// returned with finish `abort`. Default 16.
     pub max_resends: u32,
 }
+
+impl asearcher_config::Document for PoolConfig {}
 
 impl Default for PoolConfig {
     fn default() -> Self {

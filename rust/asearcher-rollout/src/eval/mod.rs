@@ -13,7 +13,7 @@ pub use report::{summarize, BenchmarkReport, EvalReport, MetricScore};
 use crate::client::LlmBackend;
 use crate::judge::{JudgeConfig, JudgeScorer};
 use crate::questions::{read_questions, Question};
-use crate::reward::{RewardPipeline, RewardPlugin, RuleRewardConfig, RuleScorer, Scorer};
+use crate::reward::{RewardConfig, RewardPipeline, RewardPlugin, Scorer};
 use crate::scheduler::{
     AgentFactory, EngineParts, OnError, QuestionSource, RolloutConfig, RolloutEngine,
 };
@@ -35,42 +35,55 @@ pub const TRAJECTORIES_FILE: &str = "trajectories.jsonl";
 pub const RESULTS_FILE: &str = "results.json";
 
 /// Everything about an evaluation run. Only `data_dir` has no default.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
 pub struct EvalConfig {
     /// Directory holding one subdirectory per benchmark, each with a `test.jsonl`.
     pub data_dir: PathBuf,
     /// Benchmarks to run (subdirectory names); `None`: every subdirectory holding a
     /// `test.jsonl`, in name order.
-    #[serde(default)]
     pub benchmarks: Option<Vec<String>>,
     /// Runs per question. Default 4.
-    #[serde(default = "default_k")]
     pub k: u32,
     /// Where trajectories and `results.json` go. Default `eval_out`.
-    #[serde(default = "default_output_dir")]
     pub output_dir: PathBuf,
     /// Only the first this many questions of each benchmark. Default: all.
-    #[serde(default)]
     pub max_questions: Option<usize>,
     /// The engine's settings; `group_size` is set to `k`, the staleness gate is off, zero-variance
     /// filtering is off and failed trajectories are kept (they score 0).
-    #[serde(default)]
     pub rollout: RolloutConfig,
-    #[serde(default)]
+    /// The agent evaluated (kind, turns, prompts, sampling).
     pub agent: AgentConfig,
-    #[serde(default)]
-    pub reward: RuleRewardConfig,
+    /// The rule reward; every rule score (f1, em, cem, format) is recorded as a metric.
+    pub reward: RewardConfig,
     /// An LLM judge; its verdicts are recorded as the `judge` metric.
-    #[serde(default)]
     pub judge: Option<JudgeConfig>,
 }
 
-fn default_k() -> u32 {
-    4
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig {
+            data_dir: PathBuf::new(),
+            benchmarks: None,
+            k: 4,
+            output_dir: PathBuf::from("eval_out"),
+            max_questions: None,
+            rollout: RolloutConfig::default(),
+            agent: AgentConfig::default(),
+            reward: RewardConfig::default(),
+            judge: None,
+        }
+    }
 }
-fn default_output_dir() -> PathBuf {
-    PathBuf::from("eval_out")
+
+impl asearcher_config::Document for EvalConfig {
+    fn resolve_paths(&mut self, base: &std::path::Path) {
+        for p in [&mut self.data_dir, &mut self.output_dir] {
+            if !p.as_os_str().is_empty() && p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
 }
 
 impl EvalConfig {
@@ -78,14 +91,7 @@ impl EvalConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         EvalConfig {
             data_dir: data_dir.into(),
-            benchmarks: None,
-            k: default_k(),
-            output_dir: default_output_dir(),
-            max_questions: None,
-            rollout: RolloutConfig::default(),
-            agent: AgentConfig::default(),
-            reward: RuleRewardConfig::default(),
-            judge: None,
+            ..EvalConfig::default()
         }
     }
 
@@ -94,7 +100,7 @@ impl EvalConfig {
         RolloutConfig {
             group_size: self.k,
             max_staleness: None,
-            filter_zero_variance: false,
+            filter_zero_variance: Some(false),
             on_error: OnError::Keep,
             ..self.rollout.clone()
         }
@@ -102,6 +108,12 @@ impl EvalConfig {
 
     /// Checks the values; the error names the field.
     pub fn validate(&self) -> Result<()> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(RolloutError::config(
+                "data_dir",
+                "required: the directory of <benchmark>/test.jsonl",
+            ));
+        }
         if self.k == 0 {
             return Err(RolloutError::config("k", "must be at least 1"));
         }
@@ -246,14 +258,15 @@ fn agent_factory(agent: &AgentConfig, tok: Arc<Tokenizer>) -> Result<AgentFactor
 
 /// Rule metrics, then the plugins, then the judge.
 fn build_scorer(cfg: &EvalConfig, plugins: Vec<Arc<dyn RewardPlugin>>) -> Result<Arc<dyn Scorer>> {
-    let mut pipeline = RewardPipeline::new(RuleScorer::new(cfg.reward));
-    for plugin in plugins {
-        pipeline = pipeline.with_plugin(plugin);
-    }
-    if let Some(judge) = &cfg.judge {
-        pipeline = pipeline.with_stage(Arc::new(JudgeScorer::from_config(judge.clone())?));
-    }
-    Ok(Arc::new(pipeline))
+    let judge = match &cfg.judge {
+        Some(j) => Some(Arc::new(JudgeScorer::from_config(j.clone())?) as Arc<dyn Scorer>),
+        None => None,
+    };
+    Ok(Arc::new(RewardPipeline::from_config(
+        &cfg.reward,
+        plugins,
+        judge,
+    )?))
 }
 
 /// Converts a trajectory-file error into the engine's error type (keeping path and line).

@@ -317,3 +317,124 @@ async fn the_batching_plugin_gathers_concurrent_callers() {
         "80 trajectories in batches of up to 16: {sizes:?}"
     );
 }
+
+/// Never answers within any reasonable time.
+struct Hangs;
+
+#[async_trait]
+impl RewardPlugin for Hangs {
+    fn name(&self) -> &str {
+        "hangs"
+    }
+    async fn score_batch(&self, batch: &[Trajectory]) -> Vec<Result<f64, PluginFailure>> {
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        vec![Ok(0.0); batch.len()]
+    }
+}
+
+#[tokio::test]
+async fn a_config_names_any_recorded_score_as_the_reward() {
+    let with = |cfg: RewardConfig| {
+        RewardPipeline::from_config(&cfg, vec![Arc::new(LengthPlugin::new(0))], None).unwrap()
+    };
+    let score = |p: RewardPipeline, answer: &str| {
+        let mut batch = vec![answered("a", &["paris"], answer)];
+        async move {
+            p.score(&mut batch).await;
+            batch.remove(0)
+        }
+    };
+    let cfg = |primary: Option<&str>| RewardConfig {
+        primary: primary.map(String::from),
+        ..RewardConfig::default()
+    };
+    // Default: the gated rule reward (f1).
+    assert_eq!(score(with(cfg(None)), "paris").await.reward, Some(1.0));
+    assert_eq!(
+        score(with(cfg(Some("format"))), "rome").await.reward,
+        Some(1.0)
+    );
+    assert_eq!(
+        score(with(cfg(Some("length"))), "rome").await.reward,
+        Some(4.0)
+    );
+    let weighted = RewardConfig {
+        weights: [("f1".to_string(), 1.0), ("length".to_string(), 0.5)].into(),
+        ..RewardConfig::default()
+    };
+    let t = score(with(weighted), "paris").await;
+    assert_eq!(t.reward, Some(1.0 + 0.5 * 5.0));
+    assert!(t.errors.is_empty(), "{:?}", t.errors);
+}
+
+#[test]
+fn unknown_reward_names_list_what_is_recorded() {
+    let err = |cfg: RewardConfig| {
+        RewardPipeline::from_config(&cfg, vec![Arc::new(LengthPlugin::new(0))], None)
+            .err()
+            .expect("an error")
+            .to_string()
+    };
+    let e = err(RewardConfig {
+        primary: Some("lenght".into()),
+        ..RewardConfig::default()
+    });
+    assert!(
+        e.contains("reward.primary") && e.contains("`lenght`"),
+        "{e}"
+    );
+    assert!(e.contains("f1, em, cem, format, length"), "{e}");
+    let e = err(RewardConfig {
+        primary: Some("judge".into()),
+        ..RewardConfig::default()
+    });
+    assert!(e.contains("reward.primary"), "{e}");
+    let e = err(RewardConfig {
+        weights: [("brevity".to_string(), 1.0)].into(),
+        ..RewardConfig::default()
+    });
+    assert!(e.contains("reward.weights.brevity"), "{e}");
+    let e = err(RewardConfig {
+        primary: Some("f1".into()),
+        weights: [("f1".to_string(), 1.0)].into(),
+        ..RewardConfig::default()
+    });
+    assert!(
+        e.contains("reward.weights") && e.contains("not both"),
+        "{e}"
+    );
+    let e = err(RewardConfig {
+        plugin_timeout_s: Some(0.0),
+        ..RewardConfig::default()
+    });
+    assert!(e.contains("reward.plugin_timeout_s"), "{e}");
+    let judge = Some(Arc::new(Judge) as Arc<dyn Scorer>);
+    let cfg = RewardConfig {
+        primary: Some("judge".into()),
+        ..RewardConfig::default()
+    };
+    assert!(RewardPipeline::from_config(&cfg, Vec::new(), judge).is_ok());
+}
+
+#[tokio::test]
+async fn a_hanging_plugin_marks_its_trajectories_and_the_run_goes_on() {
+    let cfg = RewardConfig {
+        plugin_timeout_s: Some(0.2),
+        ..RewardConfig::default()
+    };
+    let pipeline = RewardPipeline::from_config(&cfg, vec![Arc::new(Hangs)], None).unwrap();
+    let mut batch = vec![answered("a", &["x"], "x"), answered("b", &["x"], "y")];
+    pipeline.score(&mut batch).await;
+    for t in &batch {
+        assert_eq!(t.errors.len(), 1, "{:?}", t.errors);
+        assert!(t.errors[0]
+            .message
+            .contains("`hangs` failed: timed out after 0.2 s"));
+        assert!(t.rewards.contains_key("f1") && !t.rewards.contains_key("hangs"));
+    }
+    // The rule reward still trains (the primary is not the plugin).
+    assert_eq!(
+        batch.iter().map(|t| t.reward).collect::<Vec<_>>(),
+        [Some(1.0), Some(0.0)]
+    );
+}

@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 /// What happens to a trajectory that failed (stop reason `Error`: an inference error after the
 /// backend's own retries, a tool error under `tool_errors = "fail"`, an agent that could not be
 /// built or panicked).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum OnError {
     /// Run the sample again from scratch, up to `max_attempts` runs in all; a sample that fails
@@ -21,7 +23,7 @@ pub enum OnError {
 }
 
 /// Configuration of a [`super::RolloutEngine`]. Every field has a default (listed on the field).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RolloutConfig {
     /// Samples per question, `n` (GRPO group). Default 16.
@@ -34,9 +36,11 @@ pub struct RolloutConfig {
     /// Staleness bound `eta` (max_head_offpolicyness). `None`: no staleness gate (evaluation).
     /// Default 4; 0 is synchronous RL.
     pub max_staleness: Option<u64>,
-    /// Drop groups whose rewards are all equal (they carry no signal). Needs `group_size >= 2`.
-    /// Default false.
-    pub filter_zero_variance: bool,
+    /// Drop groups whose rewards are all equal (they carry no signal) in the engine, so they free
+    /// their admission slots and batches stay full (ASearcher's dynamic filtering). `null`
+    /// (default): on in training when `group_size >= 2`, off for a bare `RolloutEngine`;
+    /// evaluation never filters. `true` needs `group_size >= 2`.
+    pub filter_zero_variance: Option<bool>,
     /// What a failed trajectory does. Default `retry`.
     pub on_error: OnError,
     /// Runs of one sample in all, first one included (used by `on_error = "retry"`). Default 3.
@@ -45,8 +49,14 @@ pub struct RolloutConfig {
     pub trajectory_timeout_s: Option<f64>,
     /// What a failed tool call does. Default `observe`.
     pub tool_errors: ToolErrorPolicy,
-    /// Seed of the question order when questions are shuffled. Default 0.
-    pub seed: u64,
+}
+
+impl asearcher_config::Document for RolloutConfig {
+    const MOVED: &'static [(&'static str, &'static str)] = &[(
+        "seed",
+        "`run.seed` in a training config (one seed for the run), or \
+         `RolloutEngine(shuffle_seed=...)`",
+    )];
 }
 
 impl Default for RolloutConfig {
@@ -56,12 +66,11 @@ impl Default for RolloutConfig {
             max_concurrent: 128,
             batch_size: 128,
             max_staleness: Some(4),
-            filter_zero_variance: false,
+            filter_zero_variance: None,
             on_error: OnError::Retry,
             max_attempts: 3,
             trajectory_timeout_s: None,
             tool_errors: ToolErrorPolicy::Observe,
-            seed: 0,
         }
     }
 }
@@ -95,7 +104,7 @@ impl RolloutConfig {
                 ));
             }
         }
-        if self.filter_zero_variance && self.group_size < 2 {
+        if self.filter_zero_variance == Some(true) && self.group_size < 2 {
             return Err(RolloutError::config(
                 "filter_zero_variance",
                 "needs group_size >= 2 (a group of one always has zero variance)",
@@ -208,7 +217,7 @@ mod tests {
             ),
             (
                 RolloutConfig {
-                    filter_zero_variance: true,
+                    filter_zero_variance: Some(true),
                     group_size: 1,
                     ..Default::default()
                 },

@@ -624,7 +624,7 @@ impl Inner {
         if !scored {
             return;
         }
-        if self.cfg.filter_zero_variance && zero_variance(&group.trajectories) {
+        if self.cfg.filter_zero_variance == Some(true) && zero_variance(&group.trajectories) {
             self.stats.filtered_groups.fetch_add(1, Relaxed);
             self.forget_group(group.index, kept);
             return;

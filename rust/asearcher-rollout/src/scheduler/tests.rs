@@ -424,7 +424,7 @@ async fn zero_variance_groups_are_filtered_and_counted() {
         })
         .collect();
     let config = RolloutConfig {
-        filter_zero_variance: true,
+        filter_zero_variance: Some(true),
         ..cfg(4, 2, 40, Some(1))
     };
     let engine = RolloutEngine::start(config, parts(backend), QuestionSource::once(qs)).unwrap();

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use tch::{Kind, Tensor};
 
 /// Hyper-parameters of [`AdamW`] (the learning rate is given per step).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdamWConfig {
     /// Decay rate of the first moment, in [0, 1). Default 0.9.

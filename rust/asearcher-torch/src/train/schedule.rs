@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use std::f64::consts::PI;
 
 /// The shape of a schedule.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ScheduleKind {
     /// `lr` at every step (no warm-up allowed).
@@ -27,7 +29,7 @@ pub enum ScheduleKind {
 
 /// A learning-rate schedule. Deserialise with [`LrSchedule::from_json`] (or serde then
 /// [`LrSchedule::validate`]); absent fields take the defaults of [`LrSchedule::default`].
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct LrSchedule {
     /// The schedule's shape. Default `constant`.

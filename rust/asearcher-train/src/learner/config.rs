@@ -8,15 +8,13 @@ use asearcher_torch::train::{AdamWConfig, LrSchedule};
 use serde::{Deserialize, Serialize};
 
 /// Everything one learner step needs to know.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LearnerConfig {
     /// The PPO-family loss.
     pub ppo: PpoConfig,
     /// How rewards become advantages.
     pub advantages: AdvantageConfig,
-    /// Drop groups whose rewards are all equal (they carry no signal); counted in the stats.
-    pub filter_zero_variance: bool,
     /// The cap on how many policy versions one trajectory's generated tokens may come from.
     pub version_spread: VersionSpreadConfig,
     /// AdamW hyper-parameters (the learning rate comes from `schedule`).
@@ -35,12 +33,18 @@ pub struct LearnerConfig {
     pub frozen: Vec<String>,
 }
 
+impl asearcher_config::Document for LearnerConfig {
+    const MOVED: &'static [(&'static str, &'static str)] = &[(
+        "filter_zero_variance",
+        "`rollout.filter_zero_variance` (groups are filtered once, in the engine)",
+    )];
+}
+
 impl Default for LearnerConfig {
     fn default() -> Self {
         LearnerConfig {
             ppo: PpoConfig::default(),
             advantages: AdvantageConfig::default(),
-            filter_zero_variance: true,
             version_spread: VersionSpreadConfig::default(),
             optimizer: AdamWConfig::default(),
             schedule: LrSchedule::default(),
@@ -53,7 +57,7 @@ impl Default for LearnerConfig {
 }
 
 /// Settings of the (decoupled) PPO loss.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PpoConfig {
     /// Lower clip: the ratio is clipped to `[1 - eps_clip, 1 + eps_clip_high]`.
@@ -92,7 +96,9 @@ impl Default for PpoConfig {
 }
 
 /// `cap_mode` as written in the config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum CapModeName {
     /// Tokens whose behaviour weight exceeds the cap contribute nothing (they still count in the
@@ -104,7 +110,7 @@ pub enum CapModeName {
 }
 
 /// How rewards become advantages (group-relative, GRPO).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdvantageConfig {
     /// Divide each group's centred rewards by the group's (unbiased) std.
@@ -129,7 +135,7 @@ impl Default for AdvantageConfig {
 }
 
 /// The version-spread cap: how stale a trajectory's tokens may be relative to each other.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct VersionSpreadConfig {
     /// Most distinct policy versions a trajectory's generated tokens may come from (`None`: off).
@@ -149,7 +155,9 @@ impl Default for VersionSpreadConfig {
 }
 
 /// What the version-spread cap does to a trajectory over it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum SpreadPolicy {
     /// The whole trajectory is left out of the batch.
@@ -194,11 +202,9 @@ fn nested(prefix: &str, e: asearcher_torch::TorchError) -> TrainError {
 impl LearnerConfig {
     /// Parses JSON (unknown keys are errors naming their path) and validates.
     pub fn from_json(json: &str) -> Result<Self> {
-        let de = &mut serde_json::Deserializer::from_str(json);
-        let cfg: LearnerConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            TrainError::config(format!("learner.{path}"), e.into_inner().to_string())
-        })?;
+        let value: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| TrainError::config("learner", e.to_string()))?;
+        let cfg: LearnerConfig = asearcher_config::deserialize_under(value, "learner")?;
         cfg.validate()?;
         Ok(cfg)
     }

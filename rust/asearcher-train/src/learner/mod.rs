@@ -51,7 +51,7 @@ pub struct StepStats {
     pub lr: f64,
     /// Groups given.
     pub groups: usize,
-    /// Groups dropped because all their rewards were equal.
+    /// Groups skipped because all their scored rewards were equal (no signal).
     pub groups_filtered_zero_variance: usize,
     /// Trajectories trained on.
     pub trajectories: usize,
