@@ -43,7 +43,7 @@ def main() -> None:
             box = Toolbox(client, pages=client, cache=ResultCache(cache_path), top_k=2)
             out = box.search("founded company headquarters")
             print(out)
-            print(box.access(out.docs[0].url).text[:300], "…")
+            print(box.access(out.docs[0].url or out.docs[0].id).text[:300], "…")
         # The server is gone: replay mode still answers what was seen, from the cache alone.
         replay = Toolbox(
             client, pages=client, cache=ResultCache(cache_path, mode="replay"), top_k=2

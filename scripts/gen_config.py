@@ -258,18 +258,21 @@ def render_py(schema: Schema) -> str:
     return ruff_format("\n".join(out))
 
 
-def ruff_format(source: str) -> str:
-    """The source as ``ruff format`` writes it (the lint step checks the formatting)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "ruff", "format", "--stdin-filename", str(CONFIG_PY), "-"],
-        input=source,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"ruff format failed on the generated config.py:\n{done.stderr}")
-    return done.stdout
+def ruff_format(source: str, path: Path = CONFIG_PY) -> str:
+    """The source with ruff's safe fixes (unused imports, import order) applied and formatted
+    as ``ruff format`` writes it, so the lint step passes on generated files."""
+    for step in (["check", "--fix-only", "--exit-zero", "--quiet"], ["format"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "ruff", *step, "--stdin-filename", str(path), "-"],
+            input=source,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"ruff {step[0]} failed on the generated {path.name}:\n{done.stderr}")
+        source = done.stdout
+    return source
 
 
 def md_default(f: Field) -> str:
@@ -306,7 +309,8 @@ def render_md(schema: Schema) -> str:
         out.append(
             f"- **{enum}**: "
             + "; ".join(
-                f"`{v}`" + (f" ({doc.strip().rstrip('.')})" if doc else "") for v, doc in values
+                f"`{v}`" + (f" ({' '.join(doc.split()).rstrip('.')})" if doc else "")
+                for v, doc in values
             )
         )
     out.append("")

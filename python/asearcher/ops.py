@@ -17,6 +17,8 @@ RL loss kernels (see ``docs/kernels.md``):
 
 from __future__ import annotations
 
+from typing import Literal, overload
+
 import torch
 
 from . import _core
@@ -35,6 +37,10 @@ def _opt_view(t: torch.Tensor | None) -> tuple | None:
     return None if t is None else _view(t)
 
 
+@overload
+def _tensor(name: str, t: object, *, optional: Literal[False] = False) -> torch.Tensor: ...
+@overload
+def _tensor(name: str, t: object, *, optional: bool) -> torch.Tensor | None: ...
 def _tensor(name: str, t: object, *, optional: bool = False) -> torch.Tensor | None:
     if t is None and optional:
         return None
@@ -43,6 +49,10 @@ def _tensor(name: str, t: object, *, optional: bool = False) -> torch.Tensor | N
     return t
 
 
+@overload
+def _const(name: str, t: object, *, optional: Literal[False] = False) -> torch.Tensor: ...
+@overload
+def _const(name: str, t: object, *, optional: bool) -> torch.Tensor | None: ...
 def _const(name: str, t: object, *, optional: bool = False) -> torch.Tensor | None:
     """A contiguous, detached input that carries no gradient."""
     t = _tensor(name, t, optional=optional)

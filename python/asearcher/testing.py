@@ -125,7 +125,7 @@ def start_scripted_policy_server(
     return _core.start_scripted_policy_server(str(tokenizer), json.dumps(cfg))
 
 
-def score_with_plugins(plugins: Sequence[Any], records: Sequence[str], **kwargs: Any) -> list[Any]:
+def score_with_plugins(plugins: Sequence[Any], records: Sequence[str], **kwargs: Any) -> Any:
     """Scores trajectory records (JSON lines) with reward plugins on the shared tokio runtime,
     as the rollout engine would (batched per plugin); returns each record's scores or errors."""
     return _core._test_score_with_plugins(list(plugins), list(records), **kwargs)

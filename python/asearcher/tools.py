@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 from . import _core
 from ._progress import progress_bar
@@ -46,7 +47,7 @@ class LocalSearch(_core.LocalSearch):
         logged). ``progress`` is True for a progress bar, False for none, or a callable
         ``(docs, bytes_read, total_bytes)``.
         """
-        kwargs = dict(
+        kwargs: dict[str, Any] = dict(
             threads=threads,
             heap_mb=heap_mb,
             on_bad_line=on_bad_line,

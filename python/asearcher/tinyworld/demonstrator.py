@@ -126,7 +126,7 @@ class Demonstrator:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def generate(self, body: dict) -> dict:
         """The /generate answer for a request body (SGLang's native protocol)."""
@@ -137,7 +137,7 @@ class Demonstrator:
         max_new = int(sampling.get("max_new_tokens") or 1 << 30)
         text = self.policy.act(self.tokenizer.decode(ids, False), str(body.get("rid", "")))
         out = self.tokenizer.encode(text, False)
-        finish = {"type": "stop", "matched": text.rsplit(" ", 1)[-1]}
+        finish: dict[str, str | int] = {"type": "stop", "matched": text.rsplit(" ", 1)[-1]}
         if len(out) > max_new:
             out, finish = out[:max_new], {"type": "length", "length": max_new}
         with self._lock:

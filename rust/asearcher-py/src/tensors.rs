@@ -30,27 +30,6 @@ pub(crate) fn view(name: &str, v: ViewTuple) -> PyResult<TensorView> {
     })
 }
 
-/// Writes group-centred (optionally std-normalised) advantages of `rewards` into `out`.
-/// Runs on the calling thread, so CUDA work lands on the caller's current stream.
-#[pyfunction]
-#[pyo3(signature = (rewards, out, group_size, normalize_std = false, eps = 1e-6))]
-fn group_advantages_into(
-    py: Python<'_>,
-    rewards: ViewTuple,
-    out: ViewTuple,
-    group_size: i64,
-    normalize_std: bool,
-    eps: f64,
-) -> PyResult<()> {
-    let (r, o) = (view("rewards", rewards)?, view("out", out)?);
-    // SAFETY: the Python caller keeps both tensors alive for the duration of this call, and the
-    // tch tensors built from them are dropped before it returns.
-    py.detach(|| unsafe {
-        asearcher_torch::group_advantages_into(&r, &o, group_size, normalize_std, eps)
-    })
-    .map_err(torch_err)
-}
-
 /// Optional view (`None` stays `None`).
 pub(crate) fn opt_view(name: &str, v: Option<ViewTuple>) -> PyResult<Option<TensorView>> {
     v.map(|v| view(name, v)).transpose()
@@ -116,7 +95,6 @@ fn token_advantages_into(
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(group_advantages_into, m)?)?;
     m.add_function(wrap_pyfunction!(shaped_group_advantages_into, m)?)?;
     m.add_function(wrap_pyfunction!(token_advantages_into, m)?)?;
     Ok(())
