@@ -71,7 +71,7 @@ def main() -> None:
             reward={"metric": "f1", "primary": "brevity"},
             plugins=[brevity],
         ) as engine:
-            batch = engine.next_batch(2)
+            batch = engine.next_batch(2) or []  # None: the questions are used up
             for group in batch:
                 print(f"{group.question['question']!r}: rewards {group.rewards}")
             trajectory = batch[0].trajectories[0]

@@ -20,6 +20,7 @@ import pytest
 from asearcher import _core, config
 from asearcher.data import sample_questions_path, sample_tokenizer_path
 from asearcher.exceptions import AsearcherIOError, BadLineError, ConfigError
+from asearcher.testing import start_scripted_policy_server
 
 REPO = Path(__file__).resolve().parents[1]
 ROOTS = json.loads(_core.config_schema())["roots"]
@@ -223,7 +224,10 @@ def test_the_same_bad_question_line_raises_the_same_class_everywhere(tmp_path):
     with pytest.raises(BadLineError, match=r"test.jsonl:2") as e2:
         asearcher.evaluate(tmp_path / "data", urls, tok, progress=False)
     raised.append(type(e2.value))
-    assert len(set(raised)) == 1
+    with pytest.raises(BadLineError, match=r"test.jsonl:2") as e3:
+        start_scripted_policy_server(answers=bad)
+    raised.append(type(e3.value))
+    assert len(set(raised)) == 1  # the trainer's case is in test_training.py
 
 
 def test_progress_is_plain_lines_when_stderr_is_a_log():

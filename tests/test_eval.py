@@ -183,3 +183,35 @@ def test_cli_eval(data_dir, policy, sample_index, tmp_path, capsys):
     assert rc == 0, out
     assert out.splitlines()[1].startswith("alpha ")
     assert (tmp_path / "results.json").exists()
+
+
+def test_cli_eval_from_a_config_file_with_overrides(
+    data_dir, policy, sample_index, tmp_path, capsys
+):
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(f"data_dir: {data_dir}\nk: 1\nbenchmarks: [alpha]\nmax_questions: 1\n")
+    out_dir = tmp_path / "out"
+    rc = main(
+        [
+            "eval",
+            "--config",
+            str(cfg),
+            "--server",
+            policy.url,
+            "--tokenizer",
+            str(sample_tokenizer_path()),
+            "--index",
+            str(sample_index.path),
+            "--output-dir",
+            str(out_dir),
+            "--quiet",
+            "k=2",
+            "max_questions=2",
+        ]
+    )
+    assert rc == 0, capsys.readouterr()
+    results = json.loads((out_dir / "results.json").read_text())
+    assert results["k"] == 2
+    assert [b["questions"] for b in results["benchmarks"]] == [2]
+    rc = main(["eval", "--server", policy.url, "--tokenizer", "t", "--index", "i", "k=0"])
+    assert rc == 1  # no data_dir, k=0: a ConfigError, reported

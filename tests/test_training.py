@@ -240,3 +240,61 @@ def test_kill_9_at_any_moment_then_resume_is_exact(
             assert sorted(g["samples"]) == [0, 1]
     trajectories = asearcher.load_trajectories(out / "trajectories.jsonl")
     assert Counter(t.question_id for t in trajectories) == Counter({q: 2 for q in trained})
+
+
+def test_cli_overrides_reach_the_run_and_a_typed_warm_start_reads_its_trajectories(
+    tmp_path, model_dir, questions_file, sample_index
+):
+    from asearcher.config import LearnerConfig, LrSchedule, WarmStartConfig
+
+    out = tmp_path / "cli"
+    config = tmp_path / "run.toml"
+    cfg = make_config(model_dir, questions_file, sample_index, out)
+    config.write_text(
+        "\n".join(
+            f"[{section}]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in values.items())
+            for section, values in cfg.items()
+            if section not in ("agent", "learner")
+        )
+        + '\n[agent]\nkind = "search_r1"\nmax_turns = 2\n[agent.sampling]\nmax_new_tokens = 12\n'
+    )
+    env = {**os.environ, "ASEARCHER_PROGRESS": "0", "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [*_train_cmd(config), "learner.ppo.eps_clip=0.3", "rollout.group_size=2", "run.steps=1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["learner"]["ppo"]["eps_clip"] == 0.3 and saved["run"]["steps"] == 1
+    assert [r["step"] for r in asearcher.read_metrics(out)] == [1]
+    ws = asearcher.warm_start(
+        WarmStartConfig(
+            model=str(model_dir),
+            trajectories=[str(out / "trajectories.jsonl")],
+            out_dir=str(tmp_path / "ws"),
+            batch_size=2,
+            learner=LearnerConfig(
+                micro_batch_tokens=2048, schedule=LrSchedule(kind="constant", lr=1e-3)
+            ),
+        ),
+        progress=False,
+    )
+    assert ws.steps >= 1 and ws.trajectories >= 1
+    assert (tmp_path / "ws" / "config.json").exists()
+    with pytest.raises(ConfigError, match="trajectories"):
+        asearcher.warm_start(WarmStartConfig(model=str(model_dir)), [], tmp_path / "x")
+
+
+def test_a_bad_question_line_is_the_same_bad_line_error_as_in_the_engine(
+    tmp_path, model_dir, sample_index
+):
+    from asearcher.exceptions import BadLineError
+
+    bad = tmp_path / "train.jsonl"
+    bad.write_text('{"question": "q", "answer": "a"}\n{"question": \n')
+    cfg = make_config(model_dir, bad, sample_index, tmp_path / "out")
+    with pytest.raises(BadLineError, match=r"train.jsonl:2"):
+        asearcher.Trainer(cfg)

@@ -322,39 +322,52 @@ def _eval_toolbox(args: argparse.Namespace):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .config import EvalConfig
     from .evaluation import evaluate
 
-    judge = None
-    if args.judge_url:
-        judge = {"url": args.judge_url, "model": args.judge_model or "judge"}
-        if args.judge_api_key_env:
-            judge["api_key_env"] = args.judge_api_key_env
-    agent: dict = {"kind": args.agent}
-    if args.max_turns is not None:
-        agent["max_turns"] = args.max_turns
-    rollout = {"max_concurrent": args.max_concurrent} if args.max_concurrent else None
-    report = evaluate(
-        args.data_dir,
-        _eval_backend(args),
-        args.tokenizer,
-        benchmarks=args.benchmarks,
-        toolbox=_eval_toolbox(args),
-        k=args.k,
-        output_dir=args.output_dir,
-        agent=agent,
-        rollout=rollout,
-        judge=judge,
-        max_questions=args.max_questions,
-        progress=not args.quiet,
-    )
+    overrides = [*args.overrides, *_eval_flag_overrides(args)]
+    if args.config is not None:
+        cfg = EvalConfig.from_file(args.config, *overrides)
+    else:
+        cfg = EvalConfig().override(*overrides)
+    backend, toolbox = _eval_backend(args), _eval_toolbox(args)
+    report = evaluate(cfg, backend, args.tokenizer, toolbox=toolbox, progress=not args.quiet)
     print(report.table(), end="")
-    print(f"saved: {Path(args.output_dir) / 'results.json'}")
+    print(f"saved: {Path(cfg.output_dir) / 'results.json'}")
     return 0
+
+
+def _eval_flag_overrides(args: argparse.Namespace) -> list[str]:
+    """The flags that were given, as ``a.b.c=v`` overrides (they win over the config file)."""
+    out = []
+
+    def put(key: str, value: object) -> None:
+        if value is not None:
+            out.append(f"{key}={json.dumps(value)}")
+
+    put("data_dir", args.data_dir)
+    if args.benchmarks is not None:
+        put("benchmarks", [b for b in args.benchmarks.split(",") if b])
+    put("k", args.k)
+    put("output_dir", args.output_dir)
+    put("agent.kind", args.agent)
+    put("agent.max_turns", args.max_turns)
+    put("rollout.max_concurrent", args.max_concurrent)
+    put("max_questions", args.max_questions)
+    if args.judge_url:
+        put("judge.url", args.judge_url)
+        put("judge.model", args.judge_model or "judge")
+        put("judge.api_key_env", args.judge_api_key_env)
+    return out
 
 
 def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("eval", help="evaluate an agent on QA benchmarks (Avg@k, Pass@k)")
-    e.add_argument("--data-dir", required=True, help="directory of <benchmark>/test.jsonl")
+    e.add_argument("--config", type=Path, default=None, help="an EvalConfig file (TOML/YAML/JSON)")
+    e.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="EvalConfig settings, e.g. k=8"
+    )
+    e.add_argument("--data-dir", default=None, help="directory of <benchmark>/test.jsonl")
     e.add_argument("--benchmarks", default=None, help="comma-separated names (default: all)")
     policy = e.add_mutually_exclusive_group(required=True)
     policy.add_argument("--server", action="append", help="SGLang server URL (repeatable)")
@@ -363,9 +376,9 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
     tools = e.add_mutually_exclusive_group(required=True)
     tools.add_argument("--index", help="local BM25 index directory")
     tools.add_argument("--retrieval", help="retrieval server URL(s), comma-separated")
-    e.add_argument("--k", type=int, default=4, help="runs per question (default 4)")
-    e.add_argument("--output-dir", default="eval_out", help="results and trajectories")
-    e.add_argument("--agent", default="asearcher", help="asearcher, search_r1 or reasoning")
+    e.add_argument("--k", type=int, default=None, help="runs per question (default 4)")
+    e.add_argument("--output-dir", default=None, help="results and trajectories (eval_out)")
+    e.add_argument("--agent", default=None, help="asearcher (default), search_r1 or reasoning")
     e.add_argument("--max-turns", type=int, default=None, help="turns per trajectory")
     e.add_argument("--max-concurrent", type=int, default=None, help="trajectories at once")
     e.add_argument("--judge-url", default=None, help="OpenAI-compatible judge server URL")

@@ -21,8 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ._config import Config, _build
-
+from ._config import Config
 
 ActionPrecedence = Literal["first_in_text", "by_kind"]
 """Which action wins when a turn holds several."""

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from . import _core
+from ._config import as_config_dict
 from ._progress import progress_bar
 from .callbacks import Callback, as_callback
-from .config import TrainConfig
+from .config import TrainConfig, WarmStartConfig
 
 ConfigLike = TrainConfig | dict[str, Any] | str | PathLike[str]
 
@@ -141,7 +142,7 @@ class Trainer:
     ) -> dict[str, Any]:
         while True:
             kind, payload = self._native.poll(0.2)
-            if kind == "idle":
+            if kind == "idle" or payload is None:
                 continue
             if kind == "done":
                 return json.loads(payload)
@@ -198,9 +199,9 @@ class WarmStartResult:
 
 
 def warm_start(
-    model: str | PathLike[str],
-    trajectories: str | PathLike[str] | Sequence[str | PathLike[str]],
-    out_dir: str | PathLike[str],
+    model: str | PathLike[str] | WarmStartConfig | dict[str, Any],
+    trajectories: str | PathLike[str] | Sequence[str | PathLike[str]] | None = None,
+    out_dir: str | PathLike[str] | None = None,
     *,
     epochs: int = 1,
     batch_size: int = 32,
@@ -220,7 +221,18 @@ def warm_start(
     agent generated, exactly as generated), written to ``out_dir`` in HF layout with the
     tokenizer files. ``min_reward`` keeps only trajectories scoring at least that (default: all,
     mistakes included). ``frozen`` names parameters to keep fixed (substrings of HF names, e.g.
-    ``["embed_tokens"]``)."""
+    ``["embed_tokens"]``).
+
+    ``model`` may instead be a whole :class:`asearcher.config.WarmStartConfig` (or a dict of
+    one); then it is the config, and only ``progress`` applies."""
+    if isinstance(model, (WarmStartConfig, dict)):
+        if trajectories is not None or out_dir is not None:
+            raise _config_error(
+                "trajectories", "give the trajectories and out_dir inside the WarmStartConfig"
+            )
+        return _run_warm_start(as_config_dict(model) or {}, progress)
+    if trajectories is None or out_dir is None:
+        raise _config_error("out_dir" if trajectories else "trajectories", "required")
     files = [trajectories] if isinstance(trajectories, (str, PathLike)) else list(trajectories)
     schedule: dict[str, Any] = {"kind": "warmup_constant" if warmup_steps else "constant", "lr": lr}
     if warmup_steps:
@@ -243,6 +255,16 @@ def warm_start(
             "frozen": list(frozen),
         },
     }
+    return _run_warm_start(config, progress)
+
+
+def _config_error(key: str, msg: str) -> Exception:
+    from .exceptions import ConfigError
+
+    return ConfigError(f"invalid setting `{key}`: {msg}")
+
+
+def _run_warm_start(config: dict[str, Any], progress: bool) -> WarmStartResult:
     history: list[dict[str, Any]] = []
     bar = _bar(progress, total=None, desc="warm start", unit="step")
 

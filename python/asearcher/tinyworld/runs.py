@@ -48,7 +48,7 @@ def make_demonstrations(
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
-    trajectories = []
+    trajectories: list[asearcher.Trajectory] = []
     with Demonstrator(world.world, world.tokenizer, imperfections, seed) as demo:
         pool = asearcher.InferencePool([demo.url])
         engine = asearcher.RolloutEngine(
@@ -116,7 +116,7 @@ def heldout_accuracy(
                 k=k,
                 output_dir=output_dir or scratch,
                 agent=agent,
-                config={"max_concurrent": 32},
+                rollout={"max_concurrent": 32},
                 max_questions=max_questions,
                 progress=False,
             )

@@ -82,10 +82,11 @@ impl RuleMetric {
     }
 }
 
-/// The rewards of a run, in one place: the rule reward every trajectory gets (facts section 3),
-/// which recorded score trains (`primary`, or a weighted sum of scores), and how long a reward
-/// plugin may take. The same config in training files, `Trainer`, `RolloutEngine` and
-/// `evaluate` (where every score is reported and the training reward is unused).
+/// The rewards of a run, in one place: the rule reward every trajectory gets (ASearcher's
+/// F1/EM/CEM with a format gate), which recorded score trains (`primary`, or a weighted sum of
+/// scores), and how long a reward plugin may take. The same config in training files,
+/// `Trainer`, `RolloutEngine` and `evaluate` (where every score is reported and the training
+/// reward is unused).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RewardConfig {
@@ -190,7 +191,7 @@ impl RewardConfig {
     }
 }
 
-/// The rule part of a [`RewardConfig`] (facts section 3). Defaults: F1, format gate on, no
+/// The rule part of a [`RewardConfig`] (ASearcher's rule reward). Defaults: F1, format gate on, no
 /// penalty.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

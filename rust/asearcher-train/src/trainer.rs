@@ -15,7 +15,7 @@
 
 use crate::config::{InferenceBackend, TrainConfig};
 use crate::embedded::{EmbeddedBackend, TokenizerDetok};
-use crate::learner::{Learner, StepStats};
+use crate::learner::{Learner, LearnerConfig, StepStats};
 use crate::sync::WeightSync;
 use crate::{Result, TrainError};
 use asearcher_agent::agents::build_agent;
@@ -142,7 +142,11 @@ impl Trainer {
         };
         let (device, kind) = cfg.model.device_and_kind()?;
         let model = QwenModel::load(&cfg.model.path, device, kind)?;
-        let mut learner = Learner::new(model, cfg.learner.clone())?;
+        let learner_cfg = LearnerConfig {
+            filter_zero_variance: engine_config(&cfg).filter_zero_variance == Some(true),
+            ..cfg.learner.clone()
+        };
+        let mut learner = Learner::new(model, learner_cfg)?;
         let mut rng = TrainRng::new(cfg.run.seed, RNG_STREAM);
         let (step, snapshot) = match &loaded {
             Some(ck) => {

@@ -21,7 +21,7 @@ use minijinja::context;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-/// Shown when a search finds nothing (facts, section 1).
+/// Shown when a search finds nothing (the ASearcher observation text).
 pub const NO_RESULTS: &str = "No search results are found.";
 /// Shown when an accessed page has no text.
 pub const EMPTY_PAGE: &str = "No More Information is Found for this URL.";

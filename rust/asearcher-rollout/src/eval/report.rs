@@ -1,5 +1,6 @@
-//! The evaluation report: Avg@k and Pass@k of every metric per benchmark (facts section 6),
-//! computed from the saved trajectories, with a fixed-width table and an atomic JSON writer.
+//! The evaluation report: Avg@k and Pass@k of every metric per benchmark (as the ASearcher
+//! paper reports them), computed from the saved trajectories, with a fixed-width table and an
+//! atomic JSON writer.
 
 use super::EvalConfig;
 use crate::runner::is_failure;

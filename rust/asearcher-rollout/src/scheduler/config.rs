@@ -119,7 +119,8 @@ impl RolloutConfig {
     }
 }
 
-/// The admission capacity in trajectories (facts section 4, in trajectories):
+/// The admission capacity: the asynchronous-RL staleness gate of AReaL/ASearcher, counted in
+/// trajectories:
 /// `min(max_concurrent - in_flight, (eta + version + 1) * batch_trajectories - (accepted + in_flight))`,
 /// without the second term when `eta` is `None`. `in_flight`: admitted and not yet accepted or
 /// rejected; `accepted`: handed to the consumer or waiting in the ready queue.

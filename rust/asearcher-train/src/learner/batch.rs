@@ -49,10 +49,9 @@ pub(super) fn prepare_ppo_batch(
         if scored.is_empty() {
             continue;
         }
-        // No reward variance among the scored trajectories: no GRPO signal. The engine usually
-        // drops such groups earlier (`rollout.filter_zero_variance`); this catches the rest
-        // (groups with the filter off, or whose unscored trajectories hid the tie).
-        if scored.iter().all(|(_, r)| *r == scored[0].1) {
+        // No reward variance among the scored trajectories: no GRPO signal. With the filter on
+        // the engine drops such groups earlier; this catches ties hidden by unscored ones.
+        if cfg.filter_zero_variance && scored.iter().all(|(_, r)| *r == scored[0].1) {
             stats.groups_filtered_zero_variance += 1;
             continue;
         }

@@ -27,6 +27,13 @@ pub struct LearnerConfig {
     pub micro_batch_tokens: usize,
     /// Tokens per chunk of the fused LM-head kernels (`None`: sized from a memory budget).
     pub chunk_tokens: Option<usize>,
+    /// Not a setting (never read from or written to a file): whether groups with no reward
+    /// variance among their scored trajectories are skipped. The trainer sets it to the
+    /// effective `rollout.filter_zero_variance`, so that one knob decides for engine and
+    /// learner alike (the learner catches ties hidden by unscored trajectories).
+    #[serde(skip, default = "skip_zero_variance_default")]
+    #[schemars(skip)]
+    pub filter_zero_variance: bool,
     /// Parameters left untrained: every parameter whose HF name contains one of these strings
     /// (e.g. `["embed_tokens"]` keeps the (tied) embeddings fixed, so tokens that are never
     /// targets keep their random embeddings instead of being pushed out of reach).
@@ -52,8 +59,13 @@ impl Default for LearnerConfig {
             micro_batch_tokens: 4096,
             chunk_tokens: None,
             frozen: Vec::new(),
+            filter_zero_variance: true,
         }
     }
+}
+
+fn skip_zero_variance_default() -> bool {
+    true
 }
 
 /// Settings of the (decoupled) PPO loss.

@@ -51,7 +51,8 @@ pub struct StepStats {
     pub lr: f64,
     /// Groups given.
     pub groups: usize,
-    /// Groups skipped because all their scored rewards were equal (no signal).
+    /// Groups skipped because all their scored rewards were equal (no signal; only with
+    /// `rollout.filter_zero_variance` on).
     pub groups_filtered_zero_variance: usize,
     /// Trajectories trained on.
     pub trajectories: usize,
