@@ -82,7 +82,7 @@ class Config:
     # --- display -----------------------------------------------------------------------------
     def __str__(self) -> str:
         """The config as TOML, every field shown (unset optional fields as comments)."""
-        return to_toml(self.to_dict()).rstrip("\n")
+        return to_toml(self.to_dict()).strip("\n")
 
 
 def _plain(value: Any) -> Any:

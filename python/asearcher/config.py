@@ -341,10 +341,11 @@ class RolloutConfig(Config):
 
 @dataclass(kw_only=True)
 class RewardConfig(Config):
-    """The rewards of a run, in one place: the rule reward every trajectory gets (facts section 3),
-    which recorded score trains (`primary`, or a weighted sum of scores), and how long a reward
-    plugin may take. The same config in training files, `Trainer`, `RolloutEngine` and
-    `evaluate` (where every score is reported and the training reward is unused).
+    """The rewards of a run, in one place: the rule reward every trajectory gets (ASearcher's
+    F1/EM/CEM with a format gate), which recorded score trains (`primary`, or a weighted sum of
+    scores), and how long a reward plugin may take. The same config in training files,
+    `Trainer`, `RolloutEngine` and `evaluate` (where every score is reported and the training
+    reward is unused).
 
     Fields:
         metric (RuleMetric, default "f1"):
