@@ -261,7 +261,7 @@ def test_bad_plugins_are_named(sample_questions):
     odd.__asearcher_reward__ = {"name": "odd", "batch": True}
     with pytest.raises(ConfigError, match="unknown field `batch`"):
         score([odd], _records(sample_questions, 1))
-    with pytest.raises(ConfigError, match=r"trajectories\[0\]: not a trajectory"):
+    with pytest.raises(ConfigError, match=r"trajectories\[0\]`: not a trajectory"):
         score_with_plugins([exact], ["{}"])
 
 

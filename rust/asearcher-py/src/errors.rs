@@ -54,6 +54,11 @@ pub fn training_err(msg: impl Into<String>) -> PyErr {
     py::TrainingError::new_err(msg.into())
 }
 
+/// A result that could not be turned into JSON for Python (a bug, never bad input).
+pub fn serialise_err(what: &str, e: serde_json::Error) -> PyErr {
+    py::GenerationError::new_err(format!("cannot serialise {what}: {e}"))
+}
+
 /// A background task that panicked or was cancelled.
 pub fn join_err(e: tokio::task::JoinError) -> PyErr {
     pyo3::exceptions::PyRuntimeError::new_err(format!("background task failed: {e}"))

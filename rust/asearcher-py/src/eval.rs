@@ -11,10 +11,6 @@ use asearcher_rollout::eval::{self, EvalConfig, EvalParts, EvalProgress, EvalRep
 use pyo3::prelude::*;
 use std::sync::Arc;
 
-mod py {
-    pyo3::import_exception!(asearcher.exceptions, GenerationError);
-}
-
 /// Everything a run needs, gathered while the GIL is held.
 struct EvalCall {
     config: EvalConfig,
@@ -81,8 +77,8 @@ fn call_progress(cb: &Py<PyAny>, p: EvalProgress) {
 }
 
 fn report_json(report: &EvalReport) -> PyResult<(String, String)> {
-    let json = serde_json::to_string(report)
-        .map_err(|e| py::GenerationError::new_err(format!("cannot serialise the report: {e}")))?;
+    let json =
+        serde_json::to_string(report).map_err(|e| crate::errors::serialise_err("the report", e))?;
     Ok((json, report.to_table()))
 }
 

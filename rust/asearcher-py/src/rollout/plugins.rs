@@ -9,6 +9,7 @@
 //! also stop the plugin: it is not called again, and later trajectories fail with a message
 //! saying why. The thread ends when the plugin is dropped.
 
+use crate::errors::config_err;
 use crate::runtime::{runtime, wait_for_future};
 use asearcher_agent::trajectory::Trajectory;
 use asearcher_rollout::reward::{
@@ -23,10 +24,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
-
-mod py {
-    pyo3::import_exception!(asearcher.exceptions, ConfigError);
-}
 
 /// The attribute `asearcher.reward_plugin` sets on the function it decorates.
 const SPEC_ATTR: &str = "__asearcher_reward__";
@@ -91,10 +88,10 @@ fn read_spec(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<PluginSpec> {
         .call_method1("dumps", (spec,))?
         .extract()?;
     serde_json::from_str(&text).map_err(|e| {
-        py::ConfigError::new_err(format!(
-            "reward plugin {}: bad {SPEC_ATTR} {text}: {e}",
-            short_repr(obj)
-        ))
+        config_err(
+            SPEC_ATTR,
+            format!("reward plugin {}: bad {text}: {e}", short_repr(obj)),
+        )
     })
 }
 
@@ -515,7 +512,10 @@ pub fn _test_score_with_plugins(
         .enumerate()
         .map(|(i, json)| {
             serde_json::from_str::<Trajectory>(json).map_err(|e| {
-                py::ConfigError::new_err(format!("trajectories[{i}]: not a trajectory: {e}"))
+                config_err(
+                    &format!("trajectories[{i}]"),
+                    format!("not a trajectory: {e}"),
+                )
             })
         })
         .collect::<PyResult<Vec<_>>>()?;
