@@ -286,3 +286,38 @@ def test_one_knob_each_for_filtering_seed_and_concurrency():
 def test_trainer_primary_keyword_points_at_the_config(tmp_path):
     with pytest.raises(ConfigError, match=r"reward\.primary"):
         asearcher.Trainer(_write_config(tmp_path), primary="f1")
+
+
+def test_engine_configs_may_be_files(tmp_path):
+    (tmp_path / "rollout.toml").write_text("group_size = 0\n")
+    with pytest.raises(ConfigError, match="group_size"):
+        asearcher.RolloutEngine(
+            sample_questions_path(),
+            ["http://127.0.0.1:9"],
+            sample_tokenizer_path(),
+            config=tmp_path / "rollout.toml",
+        )
+    (tmp_path / "pool.yaml").write_text("max_attemps: 2\n")
+    with pytest.raises(ConfigError, match="did you mean `max_attempts`"):
+        asearcher.InferencePool(["http://127.0.0.1:9"], config=tmp_path / "pool.yaml")
+
+
+def test_tool_clients_take_typed_settings_with_keywords_on_top(retrieval_server):
+    from asearcher.tools import PageReader, RetrievalClient, WebSearch
+
+    settings = config.RetrievalSettings(endpoints=[retrieval_server], retries=0)
+    client = RetrievalClient(config=settings)
+    assert client.endpoints == [retrieval_server]
+    assert client.search("university", k=2)
+    with pytest.raises(ConfigError, match="timeout_s"):
+        RetrievalClient(config=settings, timeout=-1.0)
+    with pytest.raises(ConfigError, match="reader_url"):
+        PageReader(config=config.PageReaderSettings(mode="jina"))
+    with pytest.raises(ConfigError, match="'direct', 'jina'"):
+        PageReader(mode="bogus")
+    with pytest.raises(ConfigError, match="did you mean `timeout_s`"):
+        PageReader(config={"timeout": 3})
+    missing = config.WebSearchSettings(api_key_env="ASEARCHER_NO_SUCH_KEY")
+    assert missing.validate() == missing  # checks need no secret
+    with pytest.raises(ConfigError, match="ASEARCHER_NO_SUCH_KEY"):
+        WebSearch(config=missing)

@@ -236,7 +236,7 @@ class InferencePool:
         protocol: str = ...,
         model: str | None = ...,
         api_key_env: str | None = ...,
-        config: Config | dict[str, Any] | None = ...,
+        config: Config | dict[str, Any] | str | PathLike[str] | None = ...,
     ) -> InferencePool: ...
     def __repr__(self, /) -> str: ...
     @property
@@ -319,16 +319,18 @@ class PageReader:
     """Fetches web pages as readable text, refusing private and loopback addresses unless allowed."""
     def __new__(
         cls,
-        mode: str = ...,
+        mode: str | None = ...,
         reader_url: str | None = ...,
-        api_key_env: str = ...,
-        timeout: float = ...,
-        max_bytes: int = ...,
-        max_redirects: int = ...,
-        allow_private: bool = ...,
-        allow_loopback: bool = ...,
-        allowed_networks: list[str] = ...,
-        retries: int = ...,
+        api_key_env: str | None = ...,
+        timeout: float | None = ...,
+        max_bytes: int | None = ...,
+        max_redirects: int | None = ...,
+        allow_private: bool | None = ...,
+        allow_loopback: bool | None = ...,
+        allowed_networks: list[str] | None = ...,
+        retries: int | None = ...,
+        *,
+        config: Config | dict[str, Any] | str | PathLike[str] | None = ...,
     ) -> PageReader: ...
     def aread(self, url: str) -> Awaitable[Page]: ...
     def read(self, url: str) -> Page:
@@ -376,11 +378,13 @@ class RetrievalClient:
     """Client for Search-R1/ASearcher retrieval servers, with failover across addresses."""
     def __new__(
         cls,
-        endpoints: list[str],
-        timeout: float = ...,
-        retries: int = ...,
-        backoff: float = ...,
-        max_concurrency: int = ...,
+        endpoints: list[str] | None = ...,
+        timeout: float | None = ...,
+        retries: int | None = ...,
+        backoff: float | None = ...,
+        max_concurrency: int | None = ...,
+        *,
+        config: Config | dict[str, Any] | str | PathLike[str] | None = ...,
     ) -> RetrievalClient: ...
     def access(self, url: str) -> Page | None:
         """Pages for URLs through the server's `/access`; None where it has none."""
@@ -649,11 +653,13 @@ class WebSearch:
     def __new__(
         cls,
         base_url: str | None = ...,
-        api_key_env: str = ...,
-        timeout: float = ...,
-        retries: int = ...,
-        backoff: float = ...,
-        max_concurrency: int = ...,
+        api_key_env: str | None = ...,
+        timeout: float | None = ...,
+        retries: int | None = ...,
+        backoff: float | None = ...,
+        max_concurrency: int | None = ...,
+        *,
+        config: Config | dict[str, Any] | str | PathLike[str] | None = ...,
     ) -> WebSearch: ...
     def asearch(self, query: str, k: int = ...) -> Awaitable[list[Document]]: ...
     def search(self, query: str, k: int = ...) -> list[Document]: ...

@@ -41,6 +41,9 @@ backend's own retries, a tool error under `tool_errors = "fail"`, an agent that 
 built or panicked).
 """
 
+PageMode = Literal["direct", "jina"]
+"""How pages are read: fetched directly under an address policy, or through a reader service."""
+
 RuleMetric = Literal["f1", "em", "cem"]
 """The rule metric a [`RuleScorer`] trains on."""
 
@@ -765,6 +768,61 @@ class ModelConfig(Config):
 
 
 @dataclass(kw_only=True)
+class PageReaderSettings(Config):
+    """Settings of the page reader behind the agent's `<access>` tool.
+
+    Fields:
+        mode (PageMode, default "direct"):
+            `direct` or `jina`.
+        reader_url (str | None, default null):
+            The reader service's URL (`jina` mode), e.g. `https://r.jina.ai`.
+        api_key_env (str, default "JINA_API_KEY"):
+            The environment variable holding the reader service's key (sent when set).
+        timeout_s (float, default 30.0):
+            Limit of one attempt (connect, every redirect hop and the body), seconds.
+        max_bytes (int, default 5242880):
+            Largest body accepted, bytes after decompression.
+        max_redirects (int, default 5):
+            Redirect hops followed at most.
+        allow_private (bool, default false):
+            Permit private addresses (10/8, 172.16/12, 192.168/16, fc00::/7, CGNAT);
+            metadata endpoints stay refused.
+        allow_loopback (bool, default false):
+            Permit loopback addresses (127/8, ::1).
+        allowed_networks (list[str], default []):
+            Networks always permitted (`10.1.2.0/24`, a bare address means that address
+            alone).
+        retries (int, default 2):
+            Retries after a transient failure (connect errors, HTTP 5xx, timeouts).
+    """
+
+    _root = "PageReaderSettings"
+
+    mode: PageMode = "direct"
+    """`direct` or `jina`."""
+    reader_url: str | None = None
+    """The reader service's URL (`jina` mode), e.g. `https://r.jina.ai`."""
+    api_key_env: str = "JINA_API_KEY"
+    """The environment variable holding the reader service's key (sent when set)."""
+    timeout_s: float = 30.0
+    """Limit of one attempt (connect, every redirect hop and the body), seconds."""
+    max_bytes: int = 5242880
+    """Largest body accepted, bytes after decompression."""
+    max_redirects: int = 5
+    """Redirect hops followed at most."""
+    allow_private: bool = False
+    """Permit private addresses (10/8, 172.16/12, 192.168/16, fc00::/7, CGNAT); metadata
+    endpoints stay refused.
+    """
+    allow_loopback: bool = False
+    """Permit loopback addresses (127/8, ::1)."""
+    allowed_networks: list[str] = field(default_factory=list)
+    """Networks always permitted (`10.1.2.0/24`, a bare address means that address alone)."""
+    retries: int = 2
+    """Retries after a transient failure (connect errors, HTTP 5xx, timeouts)."""
+
+
+@dataclass(kw_only=True)
 class PoolConfig(Config):
     """How the pool routes, retries and checks its servers.
 
@@ -827,6 +885,37 @@ class PoolConfig(Config):
     """Re-sends of an aborted generation (e.g. by a weight update) before the partial output is
     returned with finish `abort`. Default 16.
     """
+
+
+@dataclass(kw_only=True)
+class RetrievalSettings(Config):
+    """Settings of a retrieval client: Search-R1/ASearcher retrieval servers with failover.
+
+    Fields:
+        endpoints (list[str], default []):
+            Base URLs of the servers, e.g. `http://127.0.0.1:8000`.
+        timeout_s (float, default 60.0):
+            Timeout of one request, seconds.
+        retries (int, default 3):
+            Retries after a failed request (transient failures only).
+        backoff_s (float, default 0.25):
+            First back-off between retries, seconds (doubling, with jitter).
+        max_concurrency (int, default 16):
+            Requests in flight per server at most.
+    """
+
+    _root = "RetrievalSettings"
+
+    endpoints: list[str] = field(default_factory=list)
+    """Base URLs of the servers, e.g. `http://127.0.0.1:8000`."""
+    timeout_s: float = 60.0
+    """Timeout of one request, seconds."""
+    retries: int = 3
+    """Retries after a failed request (transient failures only)."""
+    backoff_s: float = 0.25
+    """First back-off between retries, seconds (doubling, with jitter)."""
+    max_concurrency: int = 16
+    """Requests in flight per server at most."""
 
 
 @dataclass(kw_only=True)
@@ -1016,6 +1105,42 @@ class WarmStartConfig(Config):
     """Optimizer, schedule, clipping and micro-batch budget (the PPO settings are unused)."""
 
 
+@dataclass(kw_only=True)
+class WebSearchSettings(Config):
+    """Settings of Serper-protocol web search.
+
+    Fields:
+        base_url (str | None, default null):
+            The API's base URL; `null`: `https://google.serper.dev`.
+        api_key_env (str, default "SERPER_API_KEY"):
+            The environment variable holding the API key (the key itself never appears in a
+            config).
+        timeout_s (float, default 30.0):
+            Timeout of one request, seconds.
+        retries (int, default 3):
+            Retries after a failed request (transient failures only).
+        backoff_s (float, default 0.25):
+            First back-off between retries, seconds (doubling, with jitter).
+        max_concurrency (int, default 10):
+            Requests in flight at most.
+    """
+
+    _root = "WebSearchSettings"
+
+    base_url: str | None = None
+    """The API's base URL; `null`: `https://google.serper.dev`."""
+    api_key_env: str = "SERPER_API_KEY"
+    """The environment variable holding the API key (the key itself never appears in a config)."""
+    timeout_s: float = 30.0
+    """Timeout of one request, seconds."""
+    retries: int = 3
+    """Retries after a failed request (transient failures only)."""
+    backoff_s: float = 0.25
+    """First back-off between retries, seconds (doubling, with jitter)."""
+    max_concurrency: int = 10
+    """Requests in flight at most."""
+
+
 __all__ = [
     "ActionPrecedence",
     "AdamWConfig",
@@ -1032,8 +1157,11 @@ __all__ = [
     "LrSchedule",
     "ModelConfig",
     "OnError",
+    "PageMode",
+    "PageReaderSettings",
     "PoolConfig",
     "PpoConfig",
+    "RetrievalSettings",
     "RewardConfig",
     "RolloutConfig",
     "RuleMetric",
@@ -1046,4 +1174,5 @@ __all__ = [
     "TrainConfig",
     "VersionSpreadConfig",
     "WarmStartConfig",
+    "WebSearchSettings",
 ]

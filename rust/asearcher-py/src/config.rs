@@ -74,6 +74,24 @@ impl Root for AgentConfig {
     }
 }
 
+impl Root for asearcher_tools::RetrievalSettings {
+    fn check(&self) -> PyResult<()> {
+        self.to_config().map(drop).map_err(crate::errors::tool_err)
+    }
+}
+
+impl Root for asearcher_tools::WebSearchSettings {
+    fn check(&self) -> PyResult<()> {
+        self.validate().map_err(crate::errors::tool_err)
+    }
+}
+
+impl Root for asearcher_tools::PageReaderSettings {
+    fn check(&self) -> PyResult<()> {
+        self.to_config().map(drop).map_err(crate::errors::tool_err)
+    }
+}
+
 impl Root for RewardConfig {
     fn check(&self) -> PyResult<()> {
         self.validate().map_err(rollout_err)
@@ -108,7 +126,7 @@ fn ops<T: Root>(name: &'static str) -> RootOps {
 }
 
 /// The roots, by the name of their Python dataclass.
-fn roots() -> [RootOps; 8] {
+fn roots() -> [RootOps; 11] {
     [
         ops::<TrainConfig>("TrainConfig"),
         ops::<EvalConfig>("EvalConfig"),
@@ -118,6 +136,9 @@ fn roots() -> [RootOps; 8] {
         ops::<RewardConfig>("RewardConfig"),
         ops::<LearnerConfig>("LearnerConfig"),
         ops::<PoolConfig>("PoolConfig"),
+        ops::<asearcher_tools::RetrievalSettings>("RetrievalSettings"),
+        ops::<asearcher_tools::WebSearchSettings>("WebSearchSettings"),
+        ops::<asearcher_tools::PageReaderSettings>("PageReaderSettings"),
     ]
 }
 

@@ -3,14 +3,13 @@
 //! GIL; every `a`-prefixed method returns an asyncio awaitable.
 
 use crate::errors::{config_err, join_err, tool_err};
+use crate::rollout::config_from_py;
 use crate::runtime::{awaitable, wait_for_future};
 use asearcher_tools as t;
-use asearcher_tools::backoff::RetryPolicy;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// A retrieved passage.
 #[pyclass(name = "Document", module = "asearcher._core", frozen, get_all, eq)]
@@ -320,33 +319,11 @@ impl PyLocalSearch {
     }
 }
 
-fn retry_policy(retries: u32, backoff: f64) -> PyResult<RetryPolicy> {
-    let base_delay = seconds_within("backoff", backoff, true, 3600)?;
-    let max_delay = RetryPolicy::default().max_delay.max(base_delay);
-    Ok(RetryPolicy {
-        retries,
-        base_delay,
-        max_delay,
-    })
-}
-
-/// A positive duration of at most a week (larger values are surely a mistake, and would
-/// overflow deadlines).
-fn seconds(name: &str, s: f64) -> PyResult<Duration> {
-    seconds_within(name, s, false, 7 * 24 * 3600)
-}
-
-/// `s` seconds as a duration, if finite and in `0..=max_secs` (0 itself only with `allow_zero`).
-fn seconds_within(name: &str, s: f64, allow_zero: bool, max_secs: u64) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(s)
-        .ok()
-        .filter(|d| (allow_zero || !d.is_zero()) && *d <= Duration::from_secs(max_secs))
-        .ok_or_else(|| {
-            config_err(
-                name,
-                format!("must be between 0 and {max_secs} seconds, got {s}"),
-            )
-        })
+/// Replaces `slot` with a keyword argument that was given.
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
+    }
 }
 
 /// Client for Search-R1/ASearcher retrieval servers, with failover across addresses.
@@ -357,21 +334,25 @@ pub struct PyRetrievalClient {
 
 #[pymethods]
 impl PyRetrievalClient {
+    /// `config` (a `RetrievalSettings`, a dict of one or a file; default: the defaults) with
+    /// the keyword arguments that are given on top (`timeout` and `backoff` in seconds).
     #[new]
-    #[pyo3(signature = (endpoints, timeout = 60.0, retries = 3, backoff = 0.25, max_concurrency = 16))]
+    #[pyo3(signature = (endpoints = None, timeout = None, retries = None, backoff = None, max_concurrency = None, *, config = None))]
     fn new(
-        endpoints: Vec<String>,
-        timeout: f64,
-        retries: u32,
-        backoff: f64,
-        max_concurrency: usize,
+        endpoints: Option<Vec<String>>,
+        timeout: Option<f64>,
+        retries: Option<u32>,
+        backoff: Option<f64>,
+        max_concurrency: Option<usize>,
+        config: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let cfg = t::RetrievalClientConfig {
-            endpoints,
-            timeout: seconds("timeout", timeout)?,
-            retry: retry_policy(retries, backoff)?,
-            max_concurrency,
-        };
+        let mut s: t::RetrievalSettings = config_from_py(config, "config")?;
+        set(&mut s.endpoints, endpoints);
+        set(&mut s.timeout_s, timeout);
+        set(&mut s.retries, retries);
+        set(&mut s.backoff_s, backoff);
+        set(&mut s.max_concurrency, max_concurrency);
+        let cfg = s.to_config().map_err(tool_err)?;
         let inner = {
             let _guard = crate::runtime::runtime().enter();
             t::RetrievalClient::new(cfg).map_err(tool_err)?
@@ -452,20 +433,30 @@ pub struct PyWebSearch {
 
 #[pymethods]
 impl PyWebSearch {
+    /// `config` (a `WebSearchSettings`, a dict of one or a file) with the keyword arguments
+    /// that are given on top; the key is read from the environment variable `api_key_env`.
     #[new]
-    #[pyo3(signature = (base_url = None, api_key_env = "SERPER_API_KEY", timeout = 30.0, retries = 3, backoff = 0.25, max_concurrency = 10))]
+    #[pyo3(signature = (base_url = None, api_key_env = None, timeout = None, retries = None, backoff = None, max_concurrency = None, *, config = None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
-        base_url: Option<&str>,
-        api_key_env: &str,
-        timeout: f64,
-        retries: u32,
-        backoff: f64,
-        max_concurrency: usize,
+        base_url: Option<String>,
+        api_key_env: Option<String>,
+        timeout: Option<f64>,
+        retries: Option<u32>,
+        backoff: Option<f64>,
+        max_concurrency: Option<usize>,
+        config: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let mut cfg = t::SerperConfig::from_env(base_url, api_key_env).map_err(tool_err)?;
-        cfg.timeout = seconds("timeout", timeout)?;
-        cfg.retry = retry_policy(retries, backoff)?;
-        cfg.max_concurrency = max_concurrency;
+        let mut s: t::WebSearchSettings = config_from_py(config, "config")?;
+        if base_url.is_some() {
+            s.base_url = base_url;
+        }
+        set(&mut s.api_key_env, api_key_env);
+        set(&mut s.timeout_s, timeout);
+        set(&mut s.retries, retries);
+        set(&mut s.backoff_s, backoff);
+        set(&mut s.max_concurrency, max_concurrency);
+        let cfg = s.to_config().map_err(tool_err)?;
         let _guard = crate::runtime::runtime().enter();
         Ok(Self {
             inner: t::SerperClient::new(cfg).map_err(tool_err)?,
@@ -500,69 +491,43 @@ pub struct PyPageReader {
     inner: t::PageReader,
 }
 
-fn parse_networks(nets: Vec<String>) -> PyResult<Vec<t::IpNet>> {
-    nets.iter()
-        .map(|n| {
-            let with_len = if n.contains('/') {
-                n.clone()
-            } else if n.contains(':') {
-                format!("{n}/128")
-            } else {
-                format!("{n}/32")
-            };
-            with_len
-                .parse()
-                .map_err(|e| config_err("allowed_networks", format!("{n:?}: {e}")))
-        })
-        .collect()
-}
-
 #[pymethods]
 impl PyPageReader {
+    /// `config` (a `PageReaderSettings`, a dict of one or a file) with the keyword arguments
+    /// that are given on top (`timeout` in seconds).
     #[new]
-    #[pyo3(signature = (mode = "direct", reader_url = None, api_key_env = "JINA_API_KEY", timeout = 30.0, max_bytes = 5 << 20, max_redirects = 5, allow_private = false, allow_loopback = false, allowed_networks = Vec::new(), retries = 2))]
+    #[pyo3(signature = (mode = None, reader_url = None, api_key_env = None, timeout = None, max_bytes = None, max_redirects = None, allow_private = None, allow_loopback = None, allowed_networks = None, retries = None, *, config = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
-        mode: &str,
+        mode: Option<String>,
         reader_url: Option<String>,
-        api_key_env: &str,
-        timeout: f64,
-        max_bytes: usize,
-        max_redirects: usize,
-        allow_private: bool,
-        allow_loopback: bool,
-        allowed_networks: Vec<String>,
-        retries: u32,
+        api_key_env: Option<String>,
+        timeout: Option<f64>,
+        max_bytes: Option<usize>,
+        max_redirects: Option<usize>,
+        allow_private: Option<bool>,
+        allow_loopback: Option<bool>,
+        allowed_networks: Option<Vec<String>>,
+        retries: Option<u32>,
+        config: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let mode = match (mode, reader_url) {
-            ("direct", _) => t::ReaderMode::Direct,
-            ("jina", Some(base_url)) => {
-                let api_key = std::env::var(api_key_env).ok().filter(|k| !k.is_empty());
-                t::ReaderMode::Jina { base_url, api_key }
-            }
-            ("jina", None) => {
-                return Err(config_err("reader_url", "mode 'jina' needs a reader_url"))
-            }
-            (other, _) => {
-                return Err(config_err(
-                    "mode",
-                    format!("{other:?} is not one of 'direct', 'jina'"),
-                ))
-            }
-        };
-        let cfg = t::PageReaderConfig {
-            mode,
-            timeout: seconds("timeout", timeout)?,
-            max_bytes,
-            max_redirects,
-            policy: t::AddressPolicy {
-                allow_private,
-                allow_loopback,
-                allowed_networks: parse_networks(allowed_networks)?,
-            },
-            retries,
-            ..t::PageReaderConfig::default()
-        };
+        let mut s: t::PageReaderSettings = config_from_py(config, "config")?;
+        if let Some(m) = mode {
+            s.mode = serde_json::from_value(serde_json::Value::String(m.clone()))
+                .map_err(|_| config_err("mode", format!("{m:?} is not one of 'direct', 'jina'")))?;
+        }
+        if reader_url.is_some() {
+            s.reader_url = reader_url;
+        }
+        set(&mut s.api_key_env, api_key_env);
+        set(&mut s.timeout_s, timeout);
+        set(&mut s.max_bytes, max_bytes);
+        set(&mut s.max_redirects, max_redirects);
+        set(&mut s.allow_private, allow_private);
+        set(&mut s.allow_loopback, allow_loopback);
+        set(&mut s.allowed_networks, allowed_networks);
+        set(&mut s.retries, retries);
+        let cfg = s.to_config().map_err(tool_err)?;
         let _guard = crate::runtime::runtime().enter();
         Ok(Self {
             inner: t::PageReader::new(cfg).map_err(tool_err)?,

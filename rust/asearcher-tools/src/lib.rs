@@ -16,6 +16,7 @@ pub mod docstore;
 pub mod error;
 pub mod page;
 pub mod retrieval;
+pub mod settings;
 pub mod toolbox;
 pub mod websearch;
 
@@ -29,6 +30,7 @@ pub use page::{
     chunk_page, html_to_text, AddressPolicy, PageChunking, PageReader, PageReaderConfig, ReaderMode,
 };
 pub use retrieval::{RetrievalClient, RetrievalClientConfig};
+pub use settings::{PageMode, PageReaderSettings, RetrievalSettings, WebSearchSettings};
 pub use toolbox::{
     cached_access, cached_search, PageSource, SearchBackend, ToolOutput, Toolbox, ToolboxConfig,
 };

@@ -52,18 +52,24 @@ pub fn py_of_json(py: Python<'_>, value: &impl serde::Serialize) -> PyResult<Py<
     Ok(py.import("json")?.call_method1("loads", (text,))?.unbind())
 }
 
-/// A config dict or typed config (or `None`: the defaults) as `T`; an unknown key or a bad value
-/// is a `ConfigError` naming the dotted key under `name` (`agent.max_turnz`).
-pub fn config_from_py<T: asearcher_config::Document>(
+/// A config dict, typed config or TOML/YAML/JSON file path (or `None`: the defaults) as `T`;
+/// an unknown key or a bad value is a `ConfigError` naming the dotted key under `name`
+/// (`agent.max_turnz`).
+pub fn config_from_py<T: asearcher_config::Document + Send>(
     obj: Option<&Bound<'_, PyAny>>,
     name: &str,
 ) -> PyResult<T> {
-    match obj {
-        None => Ok(T::default()),
-        Some(o) if o.is_none() => Ok(T::default()),
-        Some(o) => asearcher_config::deserialize_document(json_of(o, name)?, name)
-            .map_err(crate::errors::config_doc_err),
+    let Some(o) = obj.filter(|o| !o.is_none()) else {
+        return Ok(T::default());
+    };
+    if let Ok(path) = o.extract::<PathBuf>() {
+        return o
+            .py()
+            .detach(|| asearcher_config::load(&path, &[] as &[&str]))
+            .map_err(crate::errors::config_doc_err);
     }
+    asearcher_config::deserialize_document(json_of(o, name)?, name)
+        .map_err(crate::errors::config_doc_err)
 }
 
 /// A tokenizer from a `Tokenizer` object or a model directory path.
