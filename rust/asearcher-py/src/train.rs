@@ -46,11 +46,7 @@ fn train_config_from_py(obj: &Bound<'_, PyAny>, overrides: &[String]) -> PyResul
             .detach(|| TrainConfig::load(&path, overrides))
             .map_err(train_err);
     }
-    let value = json_of(obj, "config")?;
-    let cfg: TrainConfig =
-        asearcher_config::from_value(value, overrides).map_err(crate::errors::config_doc_err)?;
-    cfg.validate().map_err(train_err)?;
-    Ok(cfg)
+    TrainConfig::from_value_with(json_of(obj, "config")?, overrides).map_err(train_err)
 }
 
 /// The asynchronous RL trainer.

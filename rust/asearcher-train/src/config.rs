@@ -232,7 +232,15 @@ impl TrainConfig {
 
     /// Parses a JSON value; unknown keys and bad values are named by their dotted path.
     pub fn from_value(value: serde_json::Value) -> Result<Self> {
-        let cfg: TrainConfig = asearcher_config::deserialize_document(value, "")?;
+        Self::from_value_with(value, &[] as &[&str])
+    }
+
+    /// [`TrainConfig::from_value`] after `a.b.c=v` overrides.
+    pub fn from_value_with<S: AsRef<str>>(
+        value: serde_json::Value,
+        overrides: &[S],
+    ) -> Result<Self> {
+        let cfg: TrainConfig = asearcher_config::from_value(value, overrides)?;
         cfg.validate()?;
         Ok(cfg)
     }
