@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 
 import pytest
 from asearcher.exceptions import CorpusError, SearchIndexError
@@ -112,3 +114,23 @@ def test_existing_index_is_protected(sample_index, tmp_path):
     assert len(LocalSearch.build(corpus, out, overwrite=True, progress=False)) == 1
     with pytest.raises(SearchIndexError):
         LocalSearch(tmp_path / "missing")
+
+
+def test_cli_output_into_a_closed_pipe_ends_quietly(sample_index):
+    """`asearcher search ... | head -1`: the reader closes the pipe early; no traceback."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "asearcher.cli",
+        "search",
+        str(sample_index.path),
+        "river",
+        "-k",
+        "5",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # like `head` exiting before the output is written
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

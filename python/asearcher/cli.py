@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -515,6 +516,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _flushed(rc: int) -> int:
+    """Flushes stdout inside the command's error handling (a closed pipe surfaces here)."""
+    sys.stdout.flush()
+    return rc
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -538,7 +545,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.func(args)
+        return _flushed(args.func(args))
+    except BrokenPipeError:
+        # The reader went away (`asearcher search ... | head`): what it read is all it wanted.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except AsearcherError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
