@@ -243,6 +243,18 @@ pub(crate) fn normalise_base(raw: &str) -> Result<String> {
             format!("{raw:?}: scheme must be http or https"),
         ));
     }
+    let path = parsed.path().trim_end_matches('/');
+    if let Some(route) = ["/retrieve", "/access", "/health"]
+        .into_iter()
+        .find(|r| path.ends_with(r))
+    {
+        let base = with_scheme.trim_end_matches('/');
+        let base = &base[..base.len() - route.len()];
+        return Err(ToolError::config(
+            "endpoint",
+            format!("{raw:?} is the server's `{route}` route; give its base URL, e.g. {base:?}"),
+        ));
+    }
     Ok(with_scheme.trim_end_matches('/').to_string())
 }
 
@@ -320,5 +332,17 @@ mod tests {
         );
         assert!(normalise_base("ftp://x").is_err());
         assert!(RetrievalClient::new(RetrievalClientConfig::default()).is_err());
+        let e = normalise_base("http://10.0.0.5:8000/retrieve/")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`/retrieve` route") && e.contains("\"http://10.0.0.5:8000\""),
+            "{e}"
+        );
+        assert!(normalise_base("host:8000/api/access").is_err());
+        assert_eq!(
+            normalise_base("https://x.org/retrieval/v1").unwrap(),
+            "https://x.org/retrieval/v1"
+        );
     }
 }
