@@ -62,8 +62,8 @@ class Config:
 
     def validate(self: C) -> C:
         """Checks every value (in Rust); returns the config as Rust reads it."""
-        root = self._require_root("validate")
-        return _build(type(self), _core.check_config(root, self.to_dict()), "")
+        self._require_root("validate")
+        return type(self).from_dict(self)
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:

@@ -31,8 +31,8 @@ impl EvalCall {
     ) -> PyResult<Self> {
         let value: serde_json::Value = serde_json::from_str(config_json)
             .map_err(|e| crate::errors::config_err("config", e))?;
-        let config: EvalConfig =
-            asearcher_config::deserialize_named(value).map_err(crate::errors::config_doc_err)?;
+        let config: EvalConfig = asearcher_config::deserialize_document(value, "")
+            .map_err(crate::errors::config_doc_err)?;
         let plugins = plugins
             .iter()
             .map(|p| plugin_from_py(py, p))

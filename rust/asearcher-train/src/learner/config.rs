@@ -216,7 +216,7 @@ impl LearnerConfig {
     pub fn from_json(json: &str) -> Result<Self> {
         let value: serde_json::Value =
             serde_json::from_str(json).map_err(|e| TrainError::config("learner", e.to_string()))?;
-        let cfg: LearnerConfig = asearcher_config::deserialize_under(value, "learner")?;
+        let cfg: LearnerConfig = asearcher_config::deserialize_document(value, "learner")?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -564,6 +564,11 @@ fn config_errors_name_the_dotted_field() {
     assert!(e.contains("learner.micro_batch_tokens"), "{e}");
     let e = err(r#"{"ppo": {"minibatches": 0}}"#);
     assert!(e.contains("learner.ppo.minibatches"), "{e}");
+    let e = err(r#"{"filter_zero_variance": true}"#);
+    assert!(
+        e.contains("learner.filter_zero_variance") && e.contains("rollout.filter_zero_variance"),
+        "{e}"
+    );
     let text = serde_json::to_string(&LearnerConfig::default()).unwrap();
     assert_eq!(
         LearnerConfig::from_json(&text).unwrap(),
