@@ -29,11 +29,22 @@ pub(super) fn prepare_ppo_batch(
     cfg: &LearnerConfig,
     stats: &mut StepStats,
 ) -> Result<Vec<TokenSequence>> {
+    Ok(prepare_owned(groups, version, cfg, stats)?.0)
+}
+
+/// [`prepare_ppo_batch`], also returning the index in `groups` of each sequence's group.
+pub(super) fn prepare_owned(
+    groups: &[Group],
+    version: u64,
+    cfg: &LearnerConfig,
+    stats: &mut StepStats,
+) -> Result<(Vec<TokenSequence>, Vec<usize>)> {
     stats.groups = groups.len();
     record_rewards(groups, stats);
     let mut seqs = Vec::new();
+    let mut owners = Vec::new();
     let mut staleness = Staleness::default();
-    for group in groups {
+    for (gi, group) in groups.iter().enumerate() {
         let scored: Vec<(&Trajectory, f64)> = group
             .trajectories
             .iter()
@@ -63,11 +74,12 @@ pub(super) fn prepare_ppo_batch(
                 stats.trajectories += 1;
             }
         }
+        owners.resize(seqs.len(), gi);
     }
     stats.sequences = seqs.len();
     stats.staleness_mean = staleness.mean();
     stats.staleness_max = staleness.max;
-    Ok(seqs)
+    Ok((seqs, owners))
 }
 
 /// Mean and std of every reward in the batch (before any filtering).

@@ -11,6 +11,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LearnerConfig {
+    /// Which learner trains: `tch` (in this process, on `model.device`) or `fsdp` (PyTorch FSDP2
+    /// over a Hugging Face model, one process per GPU under `torchrun`; see docs/scale.md).
+    pub backend: LearnerBackend,
+    /// Settings of the `fsdp` backend (ignored by `tch`).
+    pub fsdp: FsdpConfig,
     /// The PPO-family loss.
     pub ppo: PpoConfig,
     /// How rewards become advantages.
@@ -50,6 +55,8 @@ impl asearcher_config::Document for LearnerConfig {
 impl Default for LearnerConfig {
     fn default() -> Self {
         LearnerConfig {
+            backend: LearnerBackend::Tch,
+            fsdp: FsdpConfig::default(),
             ppo: PpoConfig::default(),
             advantages: AdvantageConfig::default(),
             version_spread: VersionSpreadConfig::default(),
@@ -66,6 +73,86 @@ impl Default for LearnerConfig {
 
 fn skip_zero_variance_default() -> bool {
     true
+}
+
+/// Which learner trains.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum LearnerBackend {
+    /// The embedded tch learner: one process, one device.
+    #[default]
+    Tch,
+    /// PyTorch FSDP2 ranks under `torchrun` (`torchrun ... -m asearcher train CONFIG`); the
+    /// rollout engine runs on global rank 0.
+    Fsdp,
+}
+
+/// Settings of the FSDP2 learner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct FsdpConfig {
+    /// Dtype the sharded parameters are all-gathered in for forward and backward (the stored
+    /// master weights and the optimizer state stay float32): `bfloat16`, `float16` or `float32`.
+    pub param_dtype: String,
+    /// Dtype gradients are reduce-scattered in: `float32` (recommended) or `bfloat16`.
+    pub reduce_dtype: String,
+    /// Recompute each decoder layer's activations in backward instead of keeping them (needed
+    /// for 32k-token micro-batches; costs about one extra forward).
+    pub activation_checkpointing: bool,
+    /// Attention implementation of the Hugging Face model: `sdpa`, `flash_attention_2`,
+    /// `eager` (packed micro-batches are separated by position ids in all three).
+    pub attn_implementation: String,
+    /// Dtype of the weights sent to the inference servers after each step.
+    pub export_dtype: String,
+    /// Seconds a collective may wait for the other ranks before the run fails with an error
+    /// naming the operation (a dead rank never hangs the others).
+    pub timeout_s: f64,
+}
+
+impl Default for FsdpConfig {
+    fn default() -> Self {
+        FsdpConfig {
+            param_dtype: "bfloat16".into(),
+            reduce_dtype: "float32".into(),
+            activation_checkpointing: true,
+            attn_implementation: "sdpa".into(),
+            export_dtype: "bfloat16".into(),
+            timeout_s: 600.0,
+        }
+    }
+}
+
+impl FsdpConfig {
+    /// Checks the dtypes, the attention implementation and the timeout.
+    pub fn validate(&self) -> Result<()> {
+        const DTYPES: &[&str] = &["float32", "bfloat16", "float16"];
+        for (key, value) in [
+            ("param_dtype", &self.param_dtype),
+            ("reduce_dtype", &self.reduce_dtype),
+            ("export_dtype", &self.export_dtype),
+        ] {
+            if !DTYPES.contains(&value.as_str()) {
+                return Err(TrainError::config(
+                    format!("learner.fsdp.{key}"),
+                    format!("`{value}` is not one of {}", DTYPES.join(", ")),
+                ));
+            }
+        }
+        const ATTN: &[&str] = &["sdpa", "flash_attention_2", "flash_attention_3", "eager"];
+        if !ATTN.contains(&self.attn_implementation.as_str()) {
+            return Err(TrainError::config(
+                "learner.fsdp.attn_implementation",
+                format!(
+                    "`{}` is not one of {}",
+                    self.attn_implementation,
+                    ATTN.join(", ")
+                ),
+            ));
+        }
+        positive("learner.fsdp.timeout_s", self.timeout_s)
+    }
 }
 
 /// Settings of the (decoupled) PPO loss.
@@ -224,6 +311,7 @@ impl LearnerConfig {
     /// Checks every value; the error names the first bad one by its dotted path.
     pub fn validate(&self) -> Result<()> {
         self.ppo.validate()?;
+        self.fsdp.validate()?;
         let a = &self.advantages;
         finite("learner.advantages.reward_scale", a.reward_scale)?;
         if a.reward_scale == 0.0 {

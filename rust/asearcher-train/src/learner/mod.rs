@@ -17,12 +17,14 @@
 
 mod batch;
 pub mod config;
+pub mod plan;
 mod sft;
 #[cfg(test)]
 mod tests;
 
 pub use config::{
-    AdvantageConfig, CapModeName, LearnerConfig, PpoConfig, SpreadPolicy, VersionSpreadConfig,
+    AdvantageConfig, CapModeName, FsdpConfig, LearnerBackend, LearnerConfig, PpoConfig,
+    SpreadPolicy, VersionSpreadConfig,
 };
 pub use sft::SftStats;
 

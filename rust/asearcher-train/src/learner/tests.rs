@@ -638,3 +638,81 @@ fn frozen_parameters_stay_fixed_while_the_rest_train() {
         "{err}"
     );
 }
+
+#[test]
+fn data_parallel_plan_has_the_tch_batch_and_one_micro_batch_count_per_minibatch() {
+    let groups = filter_groups();
+    let mut cfg = capped_config(SpreadPolicy::Mask);
+    cfg.micro_batch_tokens = 8;
+    let reference = Learner::new(tiny_model(4), cfg.clone())
+        .unwrap()
+        .ppo_step(&groups, 2)
+        .unwrap();
+    for (world, minibatches) in [(1, 1), (2, 1), (3, 2), (4, 1)] {
+        cfg.ppo.minibatches = minibatches;
+        let plan = plan::plan_ppo_step(&groups, 2, &cfg, world).unwrap();
+        let s = &plan.stats;
+        assert_eq!(
+            (s.groups, s.groups_filtered_zero_variance, s.trajectories),
+            (
+                reference.groups,
+                reference.groups_filtered_zero_variance,
+                reference.trajectories
+            )
+        );
+        assert_eq!(
+            (
+                s.sequences,
+                s.loss_tokens,
+                s.total_tokens,
+                s.tokens_version_masked
+            ),
+            (
+                reference.sequences,
+                reference.loss_tokens,
+                reference.total_tokens,
+                reference.tokens_version_masked
+            )
+        );
+        assert!((s.adv_abs_mean - reference.adv_abs_mean).abs() < 1e-9);
+        assert_eq!(plan.ranks.len(), world);
+        assert_eq!(plan.minibatch_loss_tokens.len(), minibatches);
+        for m in 0..minibatches {
+            let counts: Vec<usize> = plan.ranks.iter().map(|r| r[m].len()).collect();
+            assert!(counts.iter().all(|&c| c == counts[0]), "{counts:?}");
+            let tokens: usize = plan
+                .ranks
+                .iter()
+                .map(|r| r[m].iter().map(|mb| mb.loss_tokens).sum::<usize>())
+                .sum();
+            assert_eq!(tokens, plan.minibatch_loss_tokens[m]);
+        }
+        assert_eq!(
+            plan.minibatch_loss_tokens.iter().sum::<usize>(),
+            s.loss_tokens
+        );
+        for mb in plan.ranks.iter().flatten().flatten() {
+            assert!(
+                mb.len() <= 8 || mb.seq_lens.len() == 1,
+                "over budget: {mb:?}"
+            );
+            assert_eq!(mb.seq_lens.iter().sum::<usize>(), mb.len());
+            assert_eq!(
+                mb.loss_mask.iter().filter(|&&m| m == 1).count(),
+                mb.loss_tokens
+            );
+            let restarts = mb.position_ids.iter().filter(|&&p| p == 0).count();
+            assert_eq!(restarts, mb.seq_lens.len());
+        }
+    }
+    // Two groups survive the filter: with four ranks, two ranks have no sequence at all and
+    // run only empty (padding) micro-batches.
+    cfg.ppo.minibatches = 1;
+    let plan = plan::plan_ppo_step(&groups, 2, &cfg, 4).unwrap();
+    let idle = plan
+        .ranks
+        .iter()
+        .filter(|r| r[0].iter().all(|mb| mb.is_empty()))
+        .count();
+    assert_eq!(idle, 2);
+}
