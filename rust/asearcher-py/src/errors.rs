@@ -151,7 +151,7 @@ pub fn train_err(e: TrainError) -> PyErr {
         TrainError::Io { .. } => io_err(msg),
         TrainError::Data(_) => py::TrainingDataError::new_err(msg),
         TrainError::WeightSync { .. } => py::WeightSyncError::new_err(msg),
-        TrainError::Stopped(_) => py::TrainingError::new_err(msg),
+        TrainError::Stopped(_) | TrainError::Learner(_) => py::TrainingError::new_err(msg),
     }
 }
 

@@ -9,6 +9,7 @@ mod errors;
 mod eval;
 mod generator;
 mod kernels;
+mod learner;
 mod logging;
 mod model;
 mod model_server;
@@ -43,6 +44,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?)?;
     eval::register(m)?;
     train::register(m)?;
+    learner::register(m)?;
     config::register(m)?;
     Ok(())
 }

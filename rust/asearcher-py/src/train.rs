@@ -5,11 +5,13 @@
 //! checkpointed.
 
 use crate::errors::{config_err, train_err, training_err};
+use crate::learner::{ErrorSlot, PyLearner};
 use crate::rollout::engine::build_scorer;
 use crate::rollout::{json_of, py_of_json, toolbox_from_py};
 use crate::runtime::runtime;
 use asearcher_train::config::TrainConfig;
-use asearcher_train::trainer::{Control, TrainParts, Trainer};
+use asearcher_train::learner::LearnerBackend;
+use asearcher_train::trainer::{learner_config, Control, TrainParts, Trainer};
 use asearcher_train::warm_start::{warm_start as run_warm_start, WarmStartConfig};
 use asearcher_train::TrainError;
 use pyo3::prelude::*;
@@ -58,12 +60,15 @@ pub struct PyTrainer {
     stop: Arc<AtomicBool>,
     config: serde_json::Value,
     resumed_step: u64,
+    /// The exception a Python learner raised, re-raised by `poll` in place of the run's error.
+    learner_error: ErrorSlot,
 }
 
 #[pymethods]
 impl PyTrainer {
     #[new]
-    #[pyo3(signature = (config, *, overrides = Vec::new(), toolbox = None, plugins = Vec::new(), primary = None))]
+    #[pyo3(signature = (config, *, overrides = Vec::new(), toolbox = None, plugins = Vec::new(), primary = None, learner = None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         config: &Bound<'_, PyAny>,
@@ -71,6 +76,7 @@ impl PyTrainer {
         toolbox: Option<&Bound<'_, PyAny>>,
         plugins: Vec<Bound<'_, PyAny>>,
         primary: Option<String>,
+        learner: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         if primary.is_some() {
             return Err(config_err(
@@ -91,10 +97,31 @@ impl PyTrainer {
         };
         let config = serde_json::to_value(&cfg).map_err(|e| config_err("config", e))?;
         let handle = runtime().handle().clone();
-        let trainer = py
-            .detach(move || Trainer::new(cfg, parts, handle))
-            .map_err(train_err)?;
+        let learner_error = ErrorSlot::default();
+        let external = match learner {
+            Some(obj) => {
+                if cfg.learner.backend != LearnerBackend::Fsdp {
+                    return Err(config_err(
+                        "learner.backend",
+                        "a learner object was given but the config asks for the embedded \
+                         `tch` learner; set learner.backend = \"fsdp\"",
+                    ));
+                }
+                Some(PyLearner::new(
+                    obj,
+                    learner_config(&cfg),
+                    learner_error.clone(),
+                )?)
+            }
+            None => None,
+        };
+        let built = py.detach(move || match external {
+            Some(l) => Trainer::with_learner(cfg, parts, handle, Box::new(l)),
+            None => Trainer::new(cfg, parts, handle),
+        });
+        let trainer = built.map_err(|e| take_learner_error(&learner_error, e))?;
         Ok(Self {
+            learner_error,
             stop: trainer.stop_flag(),
             resumed_step: trainer.step(),
             phase: Mutex::new(Phase::Ready(Box::new(trainer))),
@@ -177,7 +204,9 @@ impl PyTrainer {
                     py.detach(|| j.join()).ok();
                 }
                 *phase = Phase::Finished;
-                result.map(|s| ("done".into(), Some(s))).map_err(train_err)
+                result
+                    .map(|s| ("done".into(), Some(s)))
+                    .map_err(|e| take_learner_error(&self.learner_error, e))
             }
             Err(RecvTimeoutError::Disconnected) => {
                 *phase = Phase::Finished;
@@ -204,6 +233,14 @@ impl PyTrainer {
             "Trainer(out_dir={out:?}, resumed_step={})",
             self.resumed_step
         )
+    }
+}
+
+/// The Python learner's own exception when it caused `e`, else `e` mapped as usual.
+fn take_learner_error(slot: &ErrorSlot, e: TrainError) -> PyErr {
+    match slot.lock().expect("learner error slot").take() {
+        Some(py_err) if matches!(e, TrainError::Learner(_)) => py_err,
+        _ => train_err(e),
     }
 }
 

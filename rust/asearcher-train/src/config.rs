@@ -301,7 +301,14 @@ impl TrainConfig {
 
     fn validate_inference(&self) -> Result<()> {
         let inf = &self.inference;
+        let fsdp = self.learner.backend == crate::learner::LearnerBackend::Fsdp;
         match inf.backend {
+            InferenceBackend::Embedded if fsdp => Err(TrainError::config(
+                "inference.backend",
+                "the `fsdp` learner sends its weights to inference servers: set \
+                 inference.backend = \"sglang\" and inference.servers (SGLang, or \
+                 `asearcher serve model` for a small model)",
+            )),
             InferenceBackend::Embedded if !inf.servers.is_empty() => Err(TrainError::config(
                 "inference.servers",
                 "servers are given but inference.backend is `embedded`; set backend = \"sglang\"",

@@ -26,6 +26,9 @@ pub enum TrainError {
     /// Weight sync to the generator or the servers failed; the message names the target.
     #[error("weight sync to {target} failed: {message}")]
     WeightSync { target: String, message: String },
+    /// A learner outside this crate (the FSDP ranks) failed; the message says where.
+    #[error("the learner failed: {0}")]
+    Learner(String),
     /// The run was stopped (Ctrl-C, `stop()`), after the last complete step.
     #[error("training stopped: {0}")]
     Stopped(String),

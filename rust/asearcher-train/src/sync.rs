@@ -7,6 +7,7 @@
 //!   every server is paused (in-flight requests end as `abort` and the pool re-sends them),
 //!   loads them with `/update_weights_from_disk`, and continues. Old versions are deleted.
 
+use crate::policy::PolicyLearner;
 use crate::{Result, TrainError};
 use asearcher_rollout::client::pool::ServerPool;
 use asearcher_rollout::client::sglang::SglangServer;
@@ -52,21 +53,31 @@ impl WeightSync {
         })
     }
 
-    /// Sends `model`'s weights as policy `version`; returns the seconds it took.
-    pub async fn push(&self, model: &QwenModel, version: u64) -> Result<f64> {
+    /// Sends the learner's weights as policy `version`; returns the seconds it took.
+    pub async fn push(&self, learner: &mut dyn PolicyLearner, version: u64) -> Result<f64> {
         let started = Instant::now();
         match self {
             WeightSync::Embedded {
                 generator,
                 interrupt,
-            } => push_embedded(generator, model, version, *interrupt).await?,
+            } => {
+                let model = learner
+                    .local_model()
+                    .ok_or_else(|| TrainError::WeightSync {
+                        target: "the embedded generator".into(),
+                        message: "the learner's model is not in this process; use inference \
+                              servers (inference.backend = \"sglang\")"
+                            .into(),
+                    })?;
+                push_embedded(generator, model, version, *interrupt).await?
+            }
             WeightSync::Servers {
                 servers,
                 pool,
                 dir,
                 keep,
             } => {
-                let path = write_version(model, dir, version)?;
+                let path = write_version(learner, dir, version)?;
                 push_to_servers(servers, &path, version).await?;
                 pool.set_version(version);
                 prune_versions(dir, *keep);
@@ -103,11 +114,11 @@ async fn push_embedded(
 }
 
 /// Writes `v<version>` atomically (a temporary directory renamed into place).
-fn write_version(model: &QwenModel, dir: &Path, version: u64) -> Result<PathBuf> {
+fn write_version(learner: &mut dyn PolicyLearner, dir: &Path, version: u64) -> Result<PathBuf> {
     let path = dir.join(format!("v{version:08}"));
     let tmp = dir.join(format!(".tmp-v{version:08}"));
     let _ = std::fs::remove_dir_all(&tmp);
-    model.save_hf(&tmp)?;
+    learner.export_hf(&tmp)?;
     let _ = std::fs::remove_dir_all(&path);
     std::fs::rename(&tmp, &path).map_err(|e| TrainError::io(&path, e))?;
     Ok(path)

@@ -15,7 +15,8 @@
 
 use crate::config::{InferenceBackend, TrainConfig};
 use crate::embedded::{EmbeddedBackend, TokenizerDetok};
-use crate::learner::{Learner, LearnerConfig, StepStats};
+use crate::learner::{Learner, LearnerBackend, LearnerConfig, StepStats};
+use crate::policy::{save_final, PolicyLearner};
 use crate::sync::WeightSync;
 use crate::{Result, TrainError};
 use asearcher_agent::agents::build_agent;
@@ -115,7 +116,7 @@ pub struct FitSummary {
 pub struct Trainer {
     cfg: TrainConfig,
     rt: tokio::runtime::Handle,
-    learner: Learner,
+    learner: Box<dyn PolicyLearner>,
     engine: RolloutEngine,
     sync: WeightSync,
     generator: Option<GeneratorHandle>,
@@ -132,6 +133,28 @@ impl Trainer {
     /// `rt` runs the rollout engine; [`Trainer::fit`] must not be called from one of its threads.
     pub fn new(cfg: TrainConfig, parts: TrainParts, rt: tokio::runtime::Handle) -> Result<Self> {
         cfg.validate()?;
+        if cfg.learner.backend != LearnerBackend::Tch {
+            return Err(TrainError::config(
+                "learner.backend",
+                "the `fsdp` learner runs under torchrun: `torchrun --nproc_per_node N -m \
+                 asearcher train CONFIG` (see docs/scale.md)",
+            ));
+        }
+        let (device, kind) = cfg.model.device_and_kind()?;
+        let model = QwenModel::load(&cfg.model.path, device, kind)?;
+        let learner = Learner::new(model, learner_config(&cfg))?;
+        Self::with_learner(cfg, parts, rt, Box::new(learner))
+    }
+
+    /// [`Trainer::new`] with a learner of the caller's (the FSDP ranks); `learner.backend`
+    /// says which one the config asks for, and the caller has checked it.
+    pub fn with_learner(
+        cfg: TrainConfig,
+        parts: TrainParts,
+        rt: tokio::runtime::Handle,
+        mut learner: Box<dyn PolicyLearner>,
+    ) -> Result<Self> {
+        cfg.validate()?;
         let out_dir = cfg.run.out_dir.clone();
         std::fs::create_dir_all(&out_dir).map_err(|e| TrainError::io(&out_dir, e))?;
         let ckpt = CheckpointManager::new(out_dir.join("checkpoints"), cfg.run.keep_last)?;
@@ -140,20 +163,10 @@ impl Trainer {
         } else {
             None
         };
-        let (device, kind) = cfg.model.device_and_kind()?;
-        let model = QwenModel::load(&cfg.model.path, device, kind)?;
-        let learner_cfg = LearnerConfig {
-            filter_zero_variance: engine_config(&cfg).filter_zero_variance == Some(true),
-            ..cfg.learner.clone()
-        };
-        let mut learner = Learner::new(model, learner_cfg)?;
         let mut rng = TrainRng::new(cfg.run.seed, RNG_STREAM);
         let (step, snapshot) = match &loaded {
             Some(ck) => {
-                ck.copy_model_into(&learner.weights())?;
-                if let Some(opt) = &ck.optimizer {
-                    learner.load_optimizer_state(opt)?;
-                }
+                learner.restore(ck)?;
                 if let Some(state) = &ck.state.rng {
                     rng = TrainRng::from_state(state)?;
                 }
@@ -168,7 +181,8 @@ impl Trainer {
             Tokenizer::from_dir(cfg.tokenizer_dir())
                 .map_err(|e| TrainError::config("model.tokenizer", e.to_string()))?,
         );
-        let (backend, sync, generator) = rt.block_on(start_inference(&cfg, &learner, step))?;
+        let (backend, sync, generator) =
+            rt.block_on(start_inference(&cfg, learner.as_mut(), step))?;
         let engine = {
             let _enter = rt.enter();
             start_engine(&cfg, &parts, backend, tokenizer, snapshot, step)?
@@ -204,10 +218,6 @@ impl Trainer {
 
     pub fn config(&self) -> &TrainConfig {
         &self.cfg
-    }
-
-    pub fn learner(&self) -> &Learner {
-        &self.learner
     }
 
     /// Live statistics of the rollout engine.
@@ -270,6 +280,7 @@ impl Trainer {
         }
         let final_dir = self.save_final()?;
         self.rt.block_on(self.engine.shutdown());
+        self.learner.shutdown();
         Ok(FitSummary {
             steps: self.step,
             steps_this_run: self.step - self.resumed_from,
@@ -317,7 +328,7 @@ impl Trainer {
         self.learner.set_steps(self.step);
         let t = Instant::now();
         self.rt
-            .block_on(self.sync.push(self.learner.model(), self.step))?;
+            .block_on(self.sync.push(self.learner.as_mut(), self.step))?;
         self.engine.set_version(self.step);
         let sync_s = t.elapsed().as_secs_f64();
         for g in &mut batch {
@@ -363,7 +374,7 @@ impl Trainer {
         let snapshot = self.engine.snapshot();
         let snapshot_bytes = serde_json::to_vec(&snapshot)
             .map_err(|e| TrainError::Data(format!("rollout snapshot: {e}")))?;
-        let model_config = self.learner.model().config().raw.to_string().into_bytes();
+        let model_config = self.learner.model_config_json()?;
         let state = TrainerState {
             step: self.step,
             schedule: Some(self.cfg.learner.schedule.clone()),
@@ -374,28 +385,39 @@ impl Trainer {
                 "pending_groups": snapshot.groups.len(),
             }),
         };
-        let weights = self.learner.weights();
-        let optimizer = self.learner.optimizer_state();
+        let (weights, optimizer) = self.learner.state_tensors();
         let extra = [
             ("config.json".to_string(), model_config),
             (SNAPSHOT_FILE.to_string(), snapshot_bytes),
         ];
-        let dir = self.ckpt.save(&Checkpoint {
+        let checkpoint = Checkpoint {
             state: &state,
             model: &weights,
-            optimizer: Some(&optimizer),
+            optimizer: optimizer.as_deref(),
             extra_files: &extra,
             tokenizer_dir: Some(self.cfg.tokenizer_dir()),
-        })?;
+        };
+        let learner = &mut self.learner;
+        let mut failure = None;
+        let saved = self.ckpt.save_with(&checkpoint, &mut |dir| {
+            learner.write_state(dir).map_err(|e| {
+                let msg = e.to_string();
+                failure = Some(e);
+                asearcher_torch::TorchError::bad_file(dir, msg)
+            })
+        });
+        let dir = match (saved, failure) {
+            (Err(_), Some(e)) => return Err(e),
+            (saved, _) => saved?,
+        };
         tracing::info!(step = self.step, dir = %dir.display(), pending = snapshot.groups.len(), "checkpoint saved");
         Ok(dir)
     }
 
     /// `final/`: the trained model in HF layout with the tokenizer files.
-    fn save_final(&self) -> Result<PathBuf> {
+    fn save_final(&mut self) -> Result<PathBuf> {
         let dir = self.cfg.run.out_dir.join("final");
-        self.learner.model().save_hf(&dir)?;
-        copy_tokenizer_files(self.cfg.tokenizer_dir(), &dir)?;
+        save_final(self.learner.as_mut(), &dir, self.cfg.tokenizer_dir())?;
         Ok(dir)
     }
 }
@@ -423,7 +445,7 @@ fn read_snapshot(dir: &Path) -> Result<EngineSnapshot> {
 /// weights as version `step`.
 async fn start_inference(
     cfg: &TrainConfig,
-    learner: &Learner,
+    learner: &mut dyn PolicyLearner,
     step: u64,
 ) -> Result<(Arc<dyn LlmBackend>, WeightSync, Option<GeneratorHandle>)> {
     let inf = &cfg.inference;
@@ -446,7 +468,7 @@ async fn start_inference(
                 interrupt: inf.interrupt,
             };
             if step > 0 {
-                sync.push(learner.model(), step).await?;
+                sync.push(learner, step).await?;
             }
             let backend = Arc::new(EmbeddedBackend::new(handle.clone()));
             Ok((backend, sync, Some(handle)))
@@ -466,7 +488,7 @@ async fn start_inference(
             let sync =
                 WeightSync::servers(&inf.servers, pool.clone(), dir, inf.keep_weights, timeout)?;
             if step > 0 {
-                sync.push(learner.model(), step).await?;
+                sync.push(learner, step).await?;
             }
             Ok((pool, sync, None))
         }
@@ -535,6 +557,14 @@ fn start_engine(
     };
     engine.set_version(step);
     Ok(engine)
+}
+
+/// The learner's settings: zero-variance filtering follows the engine's (one knob).
+pub fn learner_config(cfg: &TrainConfig) -> LearnerConfig {
+    LearnerConfig {
+        filter_zero_variance: engine_config(cfg).filter_zero_variance == Some(true),
+        ..cfg.learner.clone()
+    }
 }
 
 /// The engine's config: zero-variance groups are filtered in the engine (by default whenever

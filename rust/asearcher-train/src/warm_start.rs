@@ -102,6 +102,12 @@ impl WarmStartConfig {
         if self.batch_size == 0 {
             return Err(TrainError::config("batch_size", "must be at least 1"));
         }
+        if self.learner.backend != crate::learner::LearnerBackend::Tch {
+            return Err(TrainError::config(
+                "learner.backend",
+                "warm start runs on the embedded tch learner; leave backend = \"tch\"",
+            ));
+        }
         self.learner.validate()
     }
 }

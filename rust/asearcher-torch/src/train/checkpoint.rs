@@ -130,6 +130,17 @@ impl CheckpointManager {
     /// Writes `ckpt` as `step-<step>` atomically, updates `latest`, rotates; returns its directory.
     /// An existing checkpoint of the same step is replaced.
     pub fn save(&self, ckpt: &Checkpoint) -> Result<PathBuf> {
+        self.save_with(ckpt, &mut |_| Ok(()))
+    }
+
+    /// [`CheckpointManager::save`], with `write_more` writing further files into the temporary
+    /// directory before it is fsynced and renamed into place (an error there leaves no
+    /// checkpoint behind; the previous one stays the newest).
+    pub fn save_with(
+        &self,
+        ckpt: &Checkpoint,
+        write_more: &mut dyn FnMut(&Path) -> Result<()>,
+    ) -> Result<PathBuf> {
         check_extra_files(ckpt.extra_files)?;
         remove_leftovers(&self.root)?;
         let name = step_dir_name(ckpt.state.step);
@@ -138,6 +149,10 @@ impl CheckpointManager {
             .join(format!("{TMP_PREFIX}{name}-{}", std::process::id()));
         fs::create_dir(&tmp).map_err(|e| TorchError::io(&tmp, e))?;
         write_contents(&tmp, ckpt)?;
+        if let Err(e) = write_more(&tmp) {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
         sync_dir(&tmp)?;
         let dir = self.root.join(&name);
         if dir.exists() {

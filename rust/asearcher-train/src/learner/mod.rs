@@ -43,7 +43,8 @@ use tch::Tensor;
 
 /// What one PPO step did. Token statistics are over the loss tokens, weighted by tokens across
 /// micro-batches; `loss` and the diagnostics come from the forward passes before each update.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct StepStats {
     /// Token-mean PPO loss over the batch.
     pub loss: f64,
