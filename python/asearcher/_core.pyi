@@ -56,6 +56,8 @@ __all__ = [
     "fused_ppo_loss_into",
     "load_config",
     "load_trajectories",
+    "lr_at",
+    "plan_ppo_step",
     "ppo_loss_into",
     "refresh_log_level",
     "run_eval",
@@ -67,10 +69,12 @@ __all__ = [
     "start_model_server",
     "start_retrieval_server",
     "start_scripted_policy_server",
+    "tch_ppo_step",
     "token_advantages_into",
     "token_logprobs_backward_into",
     "token_logprobs_into",
     "warm_start",
+    "weight_decays",
     "write_random_checkpoint",
 ]
 
@@ -567,6 +571,7 @@ class Trainer:
         toolbox: Any = ...,
         plugins: list[Any] = ...,
         primary: str | None = ...,
+        learner: Any = ...,
     ) -> Trainer: ...
     def __repr__(self, /) -> str: ...
     @property
@@ -731,6 +736,19 @@ def load_config(name: str, path: str | PathLike[str], overrides: list[str] = ...
 def load_trajectories(path: str | PathLike[str]) -> list[Trajectory]:
     """Reads a trajectory jsonl file (a torn last line, as a killed writer leaves, is skipped)."""
 
+def lr_at(schedule: Any, step: int) -> float:
+    """`lr_at(schedule, step)`: the learning rate of `learner.schedule` after `step` optimizer
+    updates (the one schedule both learners follow).
+    """
+
+def plan_ppo_step(
+    groups: list[list[Trajectory]], version: int, learner_config: Any, world_size: int
+) -> tuple[dict[str, Any], str]:
+    """`plan_ppo_step(groups, version, learner_config, world_size)`: the buffer stage's plan for
+    `world_size` data-parallel ranks, as given to a Python learner's `ppo_step`, and the batch
+    counters as JSON (for tests and for learners driven by hand).
+    """
+
 def ppo_loss_into(
     logp: tuple,
     entropy: tuple | None,
@@ -820,6 +838,20 @@ def start_retrieval_server(
 def start_scripted_policy_server(tokenizer: str, config_json: str) -> ScriptedPolicyHandle:
     """Starts the server on the shared runtime and returns once it listens."""
 
+def tch_ppo_step(
+    model_dir: str | PathLike[str],
+    groups: list[list[Trajectory]],
+    version: int,
+    learner_config: Any,
+    out_dir: str | PathLike[str],
+    steps: int = ...,
+) -> str:
+    """`tch_ppo_step(model_dir, groups, version, learner_config, out_dir, steps=1)`: `steps` PPO
+    steps of the embedded tch learner on the same groups, from the model in `model_dir` (CPU,
+    float32); writes the trained model to `out_dir` (HF layout) and returns the last step's
+    statistics as JSON. The reference the FSDP learner is checked and benchmarked against.
+    """
+
 def token_advantages_into(
     seq_adv: tuple, loss_mask: tuple, seq_ids: tuple | None, out: tuple, normalize: bool, eps: float
 ) -> None:
@@ -855,6 +887,11 @@ def warm_start(
     """Fine-tunes a model on demonstration trajectories; `callback(step, total, stats_json)` runs
     on the caller's thread after every optimizer step and may return False to stop early.
     Returns the summary as JSON.
+    """
+
+def weight_decays(name: str) -> bool:
+    """`weight_decays(name)`: whether AdamW decays the parameter `name` (not biases and
+    normalisation weights; the one rule both learners follow).
     """
 
 def write_random_checkpoint(path: str, config_json: str, seed: int = ...) -> None:

@@ -394,7 +394,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .callbacks import default_callbacks
     from .training import Trainer
 
-    trainer = Trainer(args.config, overrides=_train_overrides(args))
+    overrides = _train_overrides(args)
+    if _learner_backend(args.config, overrides) == "fsdp":
+        return _train_fsdp(args, overrides)
+    trainer = Trainer(args.config, overrides=overrides)
     if trainer.resumed_step:
         print(f"resuming {trainer.out_dir} from step {trainer.resumed_step}")
     result = trainer.fit(callbacks=default_callbacks(), progress=not args.quiet)
@@ -403,6 +406,32 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"model -> {result.final_dir}; metrics -> {trainer.out_dir / 'metrics.jsonl'}; "
         f"plot -> {trainer.out_dir / 'training.svg'}"
     )
+    return 0
+
+
+def _learner_backend(path: Path, overrides: list[str]) -> str:
+    from .config import TrainConfig
+
+    return TrainConfig.from_file(path, *overrides).learner.backend
+
+
+def _train_fsdp(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Every rank of a torchrun job runs this; rank 0 prints the summary."""
+    from .callbacks import default_callbacks
+    from .distributed import fit
+
+    result = fit(
+        args.config,
+        overrides=overrides,
+        callbacks=default_callbacks(),
+        progress=not args.quiet,
+    )
+    if result is not None:
+        out = result.final_dir.parent
+        print(
+            f"{result.steps} steps ({result.steps_this_run} in this run, ended by "
+            f"{result.ended_by}); model -> {result.final_dir}; metrics -> {out / 'metrics.jsonl'}"
+        )
     return 0
 
 

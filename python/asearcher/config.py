@@ -35,6 +35,9 @@ CapModeName = Literal["mask", "clamp"]
 InferenceBackend = Literal["embedded", "sglang"]
 """Where generation runs."""
 
+LearnerBackend = Literal["tch", "fsdp"]
+"""Which learner trains."""
+
 OnError = Literal["retry", "drop", "keep"]
 """What happens to a trajectory that failed (stop reason `Error`: an inference error after the
 backend's own retries, a tool error under `tool_errors = "fail"`, an agent that could not be
@@ -514,6 +517,54 @@ class EvalConfig(Config):
 
 
 @dataclass(kw_only=True)
+class FsdpConfig(Config):
+    """Settings of the FSDP2 learner.
+
+    Fields:
+        param_dtype (str, default "bfloat16"):
+            Dtype the sharded parameters are all-gathered in for forward and backward (the
+            stored master weights and the optimizer state stay float32): `bfloat16`,
+            `float16` or `float32`.
+        reduce_dtype (str, default "float32"):
+            Dtype gradients are reduce-scattered in: `float32` (recommended) or `bfloat16`.
+        activation_checkpointing (bool, default true):
+            Recompute each decoder layer's activations in backward instead of keeping them
+            (needed for 32k-token micro-batches; costs about one extra forward).
+        attn_implementation (str, default "sdpa"):
+            Attention implementation of the Hugging Face model: `sdpa`, `flash_attention_2`,
+            `eager` (packed micro-batches are separated by position ids in all three).
+        export_dtype (str, default "bfloat16"):
+            Dtype of the weights sent to the inference servers after each step.
+        timeout_s (float, default 600.0):
+            Seconds a collective may wait for the other ranks before the run fails with an
+            error naming the operation (a dead rank never hangs the others).
+    """
+
+    _root = None
+
+    param_dtype: str = "bfloat16"
+    """Dtype the sharded parameters are all-gathered in for forward and backward (the stored
+    master weights and the optimizer state stay float32): `bfloat16`, `float16` or `float32`.
+    """
+    reduce_dtype: str = "float32"
+    """Dtype gradients are reduce-scattered in: `float32` (recommended) or `bfloat16`."""
+    activation_checkpointing: bool = True
+    """Recompute each decoder layer's activations in backward instead of keeping them (needed
+    for 32k-token micro-batches; costs about one extra forward).
+    """
+    attn_implementation: str = "sdpa"
+    """Attention implementation of the Hugging Face model: `sdpa`, `flash_attention_2`,
+    `eager` (packed micro-batches are separated by position ids in all three).
+    """
+    export_dtype: str = "bfloat16"
+    """Dtype of the weights sent to the inference servers after each step."""
+    timeout_s: float = 600.0
+    """Seconds a collective may wait for the other ranks before the run fails with an error
+    naming the operation (a dead rank never hangs the others).
+    """
+
+
+@dataclass(kw_only=True)
 class InferenceConfig(Config):
     """Where generation runs and how new weights reach it.
 
@@ -682,6 +733,12 @@ class LearnerConfig(Config):
     """Everything one learner step needs to know.
 
     Fields:
+        backend (LearnerBackend, default "tch"):
+            Which learner trains: `tch` (in this process, on `model.device`) or `fsdp`
+            (PyTorch FSDP2 over a Hugging Face model, one process per GPU under `torchrun`;
+            see docs/scale.md).
+        fsdp (FsdpConfig, default {"param_dtype": "bfloat16", "reduce_dtype": "float32", "activation_checkpointing": true, "attn_implementation": "sdpa", "export_dtype": "bfloat16", "timeout_s": 600.0}):
+            Settings of the `fsdp` backend (ignored by `tch`).
         ppo (PpoConfig, default {"eps_clip": 0.2, "eps_clip_high": null, "behav_weight_cap": 5.0, "cap_mode": "mask", "decoupled": true, "temperature": 1.0, "entropy_coef": 0.0, "minibatches": 1}):
             The PPO-family loss.
         advantages (AdvantageConfig, default {"normalize_std": false, "reward_scale": 1.0, "reward_bias": 0.0, "token_normalize": true}):
@@ -710,6 +767,7 @@ class LearnerConfig(Config):
 
     _root = "LearnerConfig"
     _nested = {
+        "fsdp": FsdpConfig,
         "ppo": PpoConfig,
         "advantages": AdvantageConfig,
         "version_spread": VersionSpreadConfig,
@@ -717,6 +775,12 @@ class LearnerConfig(Config):
         "schedule": LrSchedule,
     }  # type: ignore[assignment]
 
+    backend: LearnerBackend = "tch"
+    """Which learner trains: `tch` (in this process, on `model.device`) or `fsdp` (PyTorch FSDP2
+    over a Hugging Face model, one process per GPU under `torchrun`; see docs/scale.md).
+    """
+    fsdp: FsdpConfig = field(default_factory=FsdpConfig)
+    """Settings of the `fsdp` backend (ignored by `tch`)."""
     ppo: PpoConfig = field(default_factory=PpoConfig)
     """The PPO-family loss."""
     advantages: AdvantageConfig = field(default_factory=AdvantageConfig)
@@ -1008,7 +1072,7 @@ class TrainConfig(Config):
             policy), concurrency.
         inference (InferenceConfig, default {"backend": "embedded", "servers": [], "weights_dir": null, "keep_weights": 2, "interrupt": true, "max_running": null, "max_context": 0, "timeout_s": 600.0}):
             Where generation runs and how new weights reach it.
-        learner (LearnerConfig, default {"ppo": {"eps_clip": 0.2, "eps_clip_high": null, "behav_weight_cap": 5.0, "cap_mode": "mask", "decoupled": true, "temperature": 1.0, "entropy_coef": 0.0, "minibatches": 1}, "advantages": {"normalize_std": false, "reward_scale": 1.0, "reward_bias": 0.0, "token_normalize": true}, "version_spread": {"max_versions": null, "policy": "drop"}, "optimizer": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-08, "weight_decay": 0.01, "master_weights": true}, "schedule": {"kind": "constant", "lr": 1e-06, "warmup_steps": 0, "total_steps": 0, "min_lr_ratio": 0.0}, "grad_clip": 1.0, "micro_batch_tokens": 4096, "chunk_tokens": null, "frozen": []}):
+        learner (LearnerConfig, default {"backend": "tch", "fsdp": {"param_dtype": "bfloat16", "reduce_dtype": "float32", "activation_checkpointing": true, "attn_implementation": "sdpa", "export_dtype": "bfloat16", "timeout_s": 600.0}, "ppo": {"eps_clip": 0.2, "eps_clip_high": null, "behav_weight_cap": 5.0, "cap_mode": "mask", "decoupled": true, "temperature": 1.0, "entropy_coef": 0.0, "minibatches": 1}, "advantages": {"normalize_std": false, "reward_scale": 1.0, "reward_bias": 0.0, "token_normalize": true}, "version_spread": {"max_versions": null, "policy": "drop"}, "optimizer": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-08, "weight_decay": 0.01, "master_weights": true}, "schedule": {"kind": "constant", "lr": 1e-06, "warmup_steps": 0, "total_steps": 0, "min_lr_ratio": 0.0}, "grad_clip": 1.0, "micro_batch_tokens": 4096, "chunk_tokens": null, "frozen": []}):
             The optimisation: loss, advantages, filters, optimizer, schedule, micro-batches.
         run (RunConfig, default {"out_dir": "runs/train", "steps": null, "checkpoint_every": 1, "keep_last": 2, "resume": true, "save_trajectories": true, "seed": 0}):
             Length of the run, outputs and checkpoints.
@@ -1075,7 +1139,7 @@ class WarmStartConfig(Config):
             `cpu`, `cuda`, `cuda:N`.
         dtype (str, default "float32"):
             `float32`, `bfloat16` or `float16`.
-        learner (LearnerConfig, default {"ppo": {"eps_clip": 0.2, "eps_clip_high": null, "behav_weight_cap": 5.0, "cap_mode": "mask", "decoupled": true, "temperature": 1.0, "entropy_coef": 0.0, "minibatches": 1}, "advantages": {"normalize_std": false, "reward_scale": 1.0, "reward_bias": 0.0, "token_normalize": true}, "version_spread": {"max_versions": null, "policy": "drop"}, "optimizer": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-08, "weight_decay": 0.01, "master_weights": true}, "schedule": {"kind": "constant", "lr": 1e-06, "warmup_steps": 0, "total_steps": 0, "min_lr_ratio": 0.0}, "grad_clip": 1.0, "micro_batch_tokens": 4096, "chunk_tokens": null, "frozen": []}):
+        learner (LearnerConfig, default {"backend": "tch", "fsdp": {"param_dtype": "bfloat16", "reduce_dtype": "float32", "activation_checkpointing": true, "attn_implementation": "sdpa", "export_dtype": "bfloat16", "timeout_s": 600.0}, "ppo": {"eps_clip": 0.2, "eps_clip_high": null, "behav_weight_cap": 5.0, "cap_mode": "mask", "decoupled": true, "temperature": 1.0, "entropy_coef": 0.0, "minibatches": 1}, "advantages": {"normalize_std": false, "reward_scale": 1.0, "reward_bias": 0.0, "token_normalize": true}, "version_spread": {"max_versions": null, "policy": "drop"}, "optimizer": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-08, "weight_decay": 0.01, "master_weights": true}, "schedule": {"kind": "constant", "lr": 1e-06, "warmup_steps": 0, "total_steps": 0, "min_lr_ratio": 0.0}, "grad_clip": 1.0, "micro_batch_tokens": 4096, "chunk_tokens": null, "frozen": []}):
             Optimizer, schedule, clipping and micro-batch budget (the PPO settings are
             unused).
     """
@@ -1150,9 +1214,11 @@ __all__ = [
     "CapModeName",
     "DataConfig",
     "EvalConfig",
+    "FsdpConfig",
     "InferenceBackend",
     "InferenceConfig",
     "JudgeConfig",
+    "LearnerBackend",
     "LearnerConfig",
     "LrSchedule",
     "ModelConfig",

@@ -57,6 +57,10 @@ class Trainer:
 
     Building the trainer loads the model, starts the generator and the rollout engine, and
     resumes from the newest checkpoint of ``run.out_dir`` when there is one.
+
+    ``learner`` is for ``learner.backend = "fsdp"``: rank 0's
+    :class:`asearcher.distributed.FsdpLearner` (:func:`asearcher.distributed.fit` builds it on
+    every rank and passes it here).
     """
 
     def __init__(
@@ -67,6 +71,7 @@ class Trainer:
         toolbox: Any = None,
         plugins: Sequence[Any] = (),
         primary: str | None = None,
+        learner: Any = None,
     ) -> None:
         if isinstance(config, PathLike):
             config = os.fspath(config)
@@ -76,6 +81,7 @@ class Trainer:
             toolbox=toolbox,
             plugins=list(plugins),
             primary=primary,
+            learner=learner,
         )
         self._config = TrainConfig.from_dict(self._native.config)
         self._started = False

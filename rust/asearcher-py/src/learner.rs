@@ -14,7 +14,7 @@ use crate::rollout::PyTrajectory;
 use asearcher_rollout::questions::Question;
 use asearcher_rollout::scheduler::Group;
 use asearcher_torch::model::QwenModel;
-use asearcher_torch::train::LoadedCheckpoint;
+use asearcher_torch::train::{no_decay_for_norms_and_biases, LoadedCheckpoint, LrSchedule};
 use asearcher_train::learner::plan::{plan_ppo_step, PackedMicroBatch, PpoPlan};
 use asearcher_train::learner::{LearnerConfig, StepStats};
 use asearcher_train::policy::{PolicyLearner, StateTensors};
@@ -255,7 +255,62 @@ fn groups_of(groups: Vec<Vec<PyRef<'_, PyTrajectory>>>) -> PyResult<Vec<Group>> 
         .collect())
 }
 
+/// `tch_ppo_step(model_dir, groups, version, learner_config, out_dir, steps=1)`: `steps` PPO
+/// steps of the embedded tch learner on the same groups, from the model in `model_dir` (CPU,
+/// float32); writes the trained model to `out_dir` (HF layout) and returns the last step's
+/// statistics as JSON. The reference the FSDP learner is checked and benchmarked against.
+#[pyfunction]
+#[pyo3(signature = (model_dir, groups, version, learner_config, out_dir, steps = 1))]
+fn tch_ppo_step(
+    py: Python<'_>,
+    model_dir: std::path::PathBuf,
+    groups: Vec<Vec<PyRef<'_, PyTrajectory>>>,
+    version: u64,
+    learner_config: &Bound<'_, PyAny>,
+    out_dir: std::path::PathBuf,
+    steps: usize,
+) -> PyResult<String> {
+    let cfg: LearnerConfig = crate::rollout::config_from_py(Some(learner_config), "learner")?;
+    let groups = groups_of(groups)?;
+    let stats = py
+        .detach(|| -> Result<StepStats> {
+            let model = QwenModel::load(&model_dir, tch::Device::Cpu, tch::Kind::Float)?;
+            let mut learner = asearcher_train::learner::Learner::new(model, cfg)?;
+            let mut stats = StepStats::default();
+            for _ in 0..steps {
+                stats = learner.ppo_step(&groups, version)?;
+            }
+            learner.model().save_hf(&out_dir)?;
+            Ok(stats)
+        })
+        .map_err(crate::errors::train_err)?;
+    serde_json::to_string(&stats).map_err(|e| crate::errors::serialise_err("stats", e))
+}
+
+/// `lr_at(schedule, step)`: the learning rate of `learner.schedule` after `step` optimizer
+/// updates (the one schedule both learners follow).
+#[pyfunction]
+fn lr_at(schedule: &Bound<'_, PyAny>, step: u64) -> PyResult<f64> {
+    let schedule: LrSchedule =
+        serde_json::from_value(crate::rollout::json_of(schedule, "learner.schedule")?)
+            .map_err(|e| crate::errors::config_err("learner.schedule", e))?;
+    schedule
+        .validate()
+        .map_err(|e| crate::errors::config_err("learner.schedule", e))?;
+    Ok(schedule.lr_at(step))
+}
+
+/// `weight_decays(name)`: whether AdamW decays the parameter `name` (not biases and
+/// normalisation weights; the one rule both learners follow).
+#[pyfunction]
+fn weight_decays(name: &str) -> bool {
+    !no_decay_for_norms_and_biases(name)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py_plan_ppo_step, m)?)?;
+    m.add_function(wrap_pyfunction!(lr_at, m)?)?;
+    m.add_function(wrap_pyfunction!(tch_ppo_step, m)?)?;
+    m.add_function(wrap_pyfunction!(weight_decays, m)?)?;
     Ok(())
 }

@@ -1,0 +1,460 @@
+"""The FSDP2 learner: a Hugging Face causal LM sharded with ``fully_shard`` across the ranks of a
+``torchrun`` job, trained with asearcher's decoupled PPO on the plans of the Rust buffer stage.
+
+Global rank 0 holds the Rust training loop; the loop calls this learner's methods there
+(``ppo_step``, ``export_hf``, ``save_state``...), and rank 0 sends each call as a command to
+the other ranks (a broadcast on a gloo control group), which run :meth:`FsdpLearner.serve`.
+Every rank then does its part of the same collectives.
+
+What a step does on every rank, for its share of the plan:
+
+- proximal logprobs of every micro-batch with the pre-step weights (decoupled PPO);
+- per minibatch: each micro-batch's token-mean loss, scaled by its share of the minibatch's loss
+  tokens over all ranks and by the world size (FSDP averages gradients over ranks), so the
+  accumulated gradient is the full minibatch's token-mean gradient; then global gradient-norm
+  clipping and AdamW at the schedule's rate.
+
+The LM head runs inside the model's root forward (where FSDP has its weight unsharded) through
+asearcher's fused kernels, on the hidden states of the loss tokens only: no ``[tokens, vocab]``
+float32 tensor exists, and prompt and tool tokens never reach the head.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import types
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .. import _core
+from ..ops import fused_ppo_loss, token_logprobs
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# Keys of the token-weighted diagnostic sums reduced over ranks (same as the tch learner).
+_DIAG = (
+    "clip_frac",
+    "behav_weight_mean",
+    "behav_weight_capped_frac",
+    "approx_kl",
+    "entropy_mean",
+)
+
+
+class Command:
+    """The names of the commands rank 0 sends to the other ranks."""
+
+    STEP = "ppo_step"
+    EXPORT = "export_hf"
+    SAVE = "save_state"
+    LOAD = "load_state"
+    STOP = "shutdown"
+
+
+def _head_forward(
+    self: Any,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    keep: torch.Tensor,
+    head: Callable[[torch.Tensor, torch.Tensor], Any],
+) -> Any:
+    """Replaces the causal LM's forward: decoder hidden states, the rows of ``keep`` only, then
+    ``head(hidden, lm_head.weight)`` inside the root forward (its FSDP unit is unsharded here)."""
+    out = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+    hidden = out.last_hidden_state
+    hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep)
+    return head(hidden, self.get_output_embeddings().weight)
+
+
+class FsdpLearner:
+    """One rank's part of the FSDP2 learner.
+
+    ``config`` is the whole train config as a dict (``model``, ``learner``...); the process
+    group must be initialised (:func:`asearcher.distributed.init_distributed`)."""
+
+    def __init__(self, config: dict[str, Any], *, device: torch.device) -> None:
+        self.config = config
+        self.learner = config["learner"]
+        self.fsdp = self.learner["fsdp"]
+        self.device = device
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        self.steps = 0
+        timeout = timedelta(seconds=float(self.fsdp["timeout_s"]))
+        self.control = dist.new_group(backend="gloo", timeout=timeout)
+        self.model, self.tied = self._build_model(Path(config["model"]["path"]))
+        self.params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.optimizer = self._build_optimizer()
+        self._stopped = False
+        self._busy = False
+
+    # --------------------------------------------------------------------------------------
+    # set-up
+
+    def _build_model(self, path: Path) -> tuple[Any, bool]:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        from transformers import AutoModelForCausalLM
+
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32, attn_implementation=self.fsdp["attn_implementation"]
+        )
+        model.config.use_cache = False
+        tied = bool(getattr(model.config, "tie_word_embeddings", False))
+        self._freeze(model)
+        if self.fsdp["activation_checkpointing"]:
+            kwargs = {"use_reentrant": False}
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        model.forward = types.MethodType(_head_forward, model)
+        model.to(self.device)
+        mesh = _mesh(self.device, self.world_size)
+        policy = MixedPrecisionPolicy(
+            param_dtype=_DTYPES[self.fsdp["param_dtype"]],
+            reduce_dtype=_DTYPES[self.fsdp["reduce_dtype"]],
+            cast_forward_inputs=True,
+        )
+        for layer in model.model.layers:
+            fully_shard(layer, mesh=mesh, mp_policy=policy)
+        if not tied:
+            fully_shard(model.get_input_embeddings(), mesh=mesh, mp_policy=policy)
+        fully_shard(model, mesh=mesh, mp_policy=policy)
+        return model, tied
+
+    def _freeze(self, model: torch.nn.Module) -> None:
+        for pattern in self.learner["frozen"]:
+            hits = [p for n, p in model.named_parameters() if pattern in n]
+            if not hits:
+                raise ValueError(f"learner.frozen: `{pattern}` matches no parameter name")
+            for p in hits:
+                p.requires_grad_(False)
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        opt = self.learner["optimizer"]
+        decay = [p for n, p in self.params if _core.weight_decays(n)]
+        no_decay = [p for n, p in self.params if not _core.weight_decays(n)]
+        groups = [
+            {"params": decay, "weight_decay": float(opt["weight_decay"])},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(
+            [g for g in groups if g["params"]],
+            lr=float(self.learner["schedule"]["lr"]),
+            betas=(float(opt["beta1"]), float(opt["beta2"])),
+            eps=float(opt["eps"]),
+            foreach=False,
+        )
+
+    # --------------------------------------------------------------------------------------
+    # the commands (called by the Rust loop on rank 0, by serve() elsewhere)
+
+    def set_steps(self, n: int) -> None:
+        """Optimizer updates taken (drives the schedule); rank 0 sends it with each step."""
+        self.steps = int(n)
+
+    def ppo_step(self, plan: dict[str, Any], version: int) -> dict[str, Any]:
+        shares = [
+            {"micro": rank, "minibatch_loss_tokens": plan["minibatch_loss_tokens"]}
+            for rank in plan["ranks"]
+        ]
+        self._busy = True
+        own = self._send(Command.STEP, {"steps": self.steps}, shares)
+        stats = self._ppo_step_local(own, self.steps)
+        self._busy = False
+        return stats
+
+    def export_hf(self, directory: str) -> None:
+        self._busy = True
+        self._send(Command.EXPORT, {"dir": directory})
+        self._export_hf_local(directory)
+        self._busy = False
+
+    def model_config_json(self) -> str:
+        return self.model.config.to_json_string()
+
+    def save_state(self, directory: str) -> None:
+        self._busy = True
+        self._send(Command.SAVE, {"dir": directory})
+        self._save_state_local(directory)
+        self._busy = False
+
+    def load_state(self, directory: str) -> None:
+        self._busy = True
+        self._send(Command.LOAD, {"dir": directory})
+        self._load_state_local(directory)
+        self._busy = False
+
+    def shutdown(self) -> None:
+        """Tells the other ranks to leave :meth:`serve` (once). After a command failed half-way
+        the other ranks are inside its collectives, so nothing is sent: they fail on their
+        timeout, or torchrun ends them when this rank exits."""
+        if not self._stopped and self.rank == 0 and not self._busy:
+            self._stopped = True
+            self._send(Command.STOP, {})
+
+    def serve(self) -> None:
+        """Ranks other than 0: run rank 0's commands until it says stop."""
+        while True:
+            cmd, args, share = self._receive()
+            if cmd == Command.STOP:
+                return
+            if cmd == Command.STEP:
+                self._ppo_step_local(share, args["steps"])
+            elif cmd == Command.EXPORT:
+                self._export_hf_local(args["dir"])
+            elif cmd == Command.SAVE:
+                self._save_state_local(args["dir"])
+            elif cmd == Command.LOAD:
+                self._load_state_local(args["dir"])
+            else:
+                raise RuntimeError(f"rank {self.rank}: unknown command {cmd!r} from rank 0")
+
+    # --------------------------------------------------------------------------------------
+    # control messages
+
+    def _send(self, cmd: str, args: dict[str, Any], shares: list[Any] | None = None) -> Any:
+        """Rank 0: the command to every rank, and each rank its share; returns rank 0's."""
+        dist.broadcast_object_list([(cmd, args)], src=0, group=self.control)
+        if shares is None:
+            return None
+        own: list[Any] = [None]
+        dist.scatter_object_list(own, shares, src=0, group=self.control)
+        return own[0]
+
+    def _receive(self) -> tuple[str, dict[str, Any], Any]:
+        message: list[Any] = [None]
+        dist.broadcast_object_list(message, src=0, group=self.control)
+        cmd, args = message[0]
+        share = None
+        if cmd == Command.STEP:
+            own: list[Any] = [None]
+            dist.scatter_object_list(own, None, src=0, group=self.control)
+            share = own[0]
+        return cmd, args, share
+
+    # --------------------------------------------------------------------------------------
+    # the PPO step
+
+    def _ppo_step_local(self, share: dict[str, Any], steps: int) -> dict[str, Any]:
+        self.steps = steps
+        if self.device.type == "cuda":  # the Rust loop calls in from its own thread
+            torch.cuda.set_device(self.device)
+        ppo = self.learner["ppo"]
+        started = time.perf_counter()
+        minibatches = [[self._tensors(m) for m in micro] for micro in share["micro"]]
+        if ppo["decoupled"]:
+            for micro in minibatches:
+                for m in micro:
+                    m["prox"] = self._proximal(m)
+        seconds_prox = time.perf_counter() - started
+        started = time.perf_counter()
+        sums = torch.zeros(2 + len(_DIAG), dtype=torch.float64)  # loss*n, n, diag*n...
+        weight_max = 0.0
+        grad_norm, lr, updates = 0.0, 0.0, 0
+        for k, micro in enumerate(minibatches):
+            total = int(share["minibatch_loss_tokens"][k])
+            self.optimizer.zero_grad(set_to_none=True)
+            for m in micro:
+                loss, diag = self._loss(m)
+                n = m["loss_tokens"]
+                scale = (n / max(total, 1)) * self.world_size
+                (loss * scale).backward()
+                if n:
+                    sums[0] += float(loss) * n
+                    sums[1] += n
+                    for j, key in enumerate(_DIAG):
+                        value = float(diag[key])
+                        if value == value:  # entropy may be NaN when not computed
+                            sums[2 + j] += value * n
+                    weight_max = max(weight_max, float(diag["behav_weight_max"]))
+            norm, step_lr = self._clip_and_step()
+            grad_norm = max(grad_norm, norm)
+            if k == 0:
+                lr = step_lr
+            updates += int(norm == norm and norm != float("inf"))
+        seconds_train = time.perf_counter() - started
+        dist.all_reduce(sums, group=self.control)
+        peak = torch.tensor([weight_max], dtype=torch.float64)
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=self.control)
+        n = max(float(sums[1]), 1.0)
+        stats = {
+            "loss": float(sums[0]) / n,
+            "grad_norm": grad_norm,
+            "lr": lr,
+            "behav_weight_max": float(peak[0]),
+            "seconds_prox": seconds_prox,
+            "seconds_train": seconds_train,
+            "skipped": updates == 0,
+        }
+        for j, key in enumerate(_DIAG):
+            stats[key] = float(sums[2 + j]) / n
+        return stats
+
+    def _tensors(self, m: dict[str, Any]) -> dict[str, Any]:
+        """A micro-batch's byte buffers as tensors on the device (an empty one: one dummy token
+        with no loss, so this rank still joins the forward and backward collectives)."""
+        if not m["input_ids"]:
+            ids = torch.zeros(1, dtype=torch.int64)
+            return {
+                "input_ids": ids,
+                "position_ids": ids.clone(),
+                "keep": ids.clone(),
+                "targets": ids.clone(),
+                "behav": torch.zeros(1),
+                "advantages": torch.zeros(1),
+                "mask": torch.zeros(1, dtype=torch.bool),
+                "loss_tokens": 0,
+            }
+
+        def buf(key: str, dtype: torch.dtype) -> torch.Tensor:
+            return torch.frombuffer(bytearray(m[key]), dtype=dtype)
+
+        mask = buf("loss_mask", torch.uint8).bool()
+        keep = mask.nonzero().squeeze(1)
+        return {
+            "input_ids": buf("input_ids", torch.int64),
+            "position_ids": buf("position_ids", torch.int64),
+            "keep": keep,
+            "targets": buf("targets", torch.int64)[keep],
+            "behav": buf("behav", torch.float32)[keep],
+            "advantages": buf("advantages", torch.float32)[keep],
+            "mask": torch.ones(keep.numel(), dtype=torch.bool),
+            "loss_tokens": int(m["loss_tokens"]),
+        }
+
+    def _run(self, m: dict[str, Any], head: Callable[[torch.Tensor, torch.Tensor], Any]) -> Any:
+        dev = self.device
+        return self.model(
+            m["input_ids"].unsqueeze(0).to(dev),
+            m["position_ids"].unsqueeze(0).to(dev),
+            m["keep"].to(dev),
+            head,
+        )
+
+    def _chunk(self) -> int | None:
+        chunk = self.learner.get("chunk_tokens")
+        return None if chunk is None else int(chunk)
+
+    def _proximal(self, m: dict[str, Any]) -> torch.Tensor:
+        temperature = float(self.learner["ppo"]["temperature"])
+        targets = m["targets"].to(self.device)
+
+        def head(hidden: torch.Tensor, weight: torch.Tensor) -> Any:
+            return token_logprobs(
+                hidden, weight, targets, temperature=temperature, chunk_size=self._chunk()
+            )
+
+        with torch.no_grad():
+            return self._run(m, head).detach()
+
+    def _loss(self, m: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        ppo = self.learner["ppo"]
+        dev = self.device
+        inputs = {k: m[k].to(dev) for k in ("targets", "behav", "advantages", "mask")}
+        prox = m.get("prox")
+
+        def head(hidden: torch.Tensor, weight: torch.Tensor) -> Any:
+            return fused_ppo_loss(
+                hidden,
+                weight,
+                inputs["targets"],
+                inputs["advantages"],
+                inputs["mask"],
+                behav_logp=inputs["behav"],
+                prox_logp=prox,
+                temperature=float(ppo["temperature"]),
+                chunk_size=self._chunk(),
+                eps_clip=float(ppo["eps_clip"]),
+                eps_clip_high=ppo["eps_clip_high"],
+                behav_weight_cap=ppo["behav_weight_cap"],
+                behav_weight_mode=ppo["cap_mode"],
+                entropy_coef=float(ppo["entropy_coef"]),
+            )
+
+        return self._run(m, head)
+
+    def _clip_and_step(self) -> tuple[float, float]:
+        params = [p for _, p in self.params]
+        norm = torch.nn.utils.clip_grad_norm_(params, float(self.learner["grad_clip"]))
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
+        norm_value = float(norm)
+        lr = _core.lr_at(self.learner["schedule"], self.steps)
+        if norm_value == norm_value and norm_value != float("inf"):
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.optimizer.step()
+            self.steps += 1
+        return norm_value, lr
+
+    # --------------------------------------------------------------------------------------
+    # weights and state
+
+    def _export_hf_local(self, directory: str) -> None:
+        """Every rank gathers the full state dict (a collective); rank 0 writes it."""
+        from safetensors.torch import save_file
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_model_state_dict(self.model, options=options)
+        if self.rank != 0:
+            return
+        dtype = _DTYPES[self.fsdp["export_dtype"]]
+        tensors = {
+            name: t.to(dtype).contiguous()
+            for name, t in state.items()
+            if isinstance(t, torch.Tensor) and not (self.tied and name == "lm_head.weight")
+        }
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+        config = json.loads(self.model.config.to_json_string())
+        config["torch_dtype"] = config["dtype"] = self.fsdp["export_dtype"]
+        config["use_cache"] = True
+        (out / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+    def _state(self) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import (
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        return {
+            "model": get_model_state_dict(self.model),
+            "optim": get_optimizer_state_dict(self.model, self.optimizer),
+        }
+
+    def _save_state_local(self, directory: str) -> None:
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(self._state(), checkpoint_id=os.path.join(directory, "learner"))
+        dist.barrier(group=self.control)
+
+    def _load_state_local(self, directory: str) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import (
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        path = os.path.join(directory, "learner")
+        if not os.path.isdir(path):
+            raise FileNotFoundError(
+                f"{path}: no sharded learner state in this checkpoint (was it written by the "
+                'tch learner? resume it with learner.backend = "tch")'
+            )
+        state = self._state()
+        dcp.load(state, checkpoint_id=path)
+        set_model_state_dict(self.model, state["model"])
+        set_optimizer_state_dict(self.model, self.optimizer, state["optim"])
+
+
+def _mesh(device: torch.device, world: int) -> Any:
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(device.type, (world,))

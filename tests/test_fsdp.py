@@ -1,0 +1,192 @@
+"""The FSDP2 learner (asearcher.distributed) under real torchrun processes on the CPU (gloo):
+one optimizer step on 2 ranks equals the same step on 1 rank and the embedded tch learner's
+step on the same scored groups, for Qwen2 (untied) and Qwen3 (tied); the plan's partition."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from asearcher import _core
+from asearcher.config import LearnerConfig
+from asearcher.distributed import plan_ppo_step, tch_ppo_step
+from safetensors.torch import load_file
+from tiny_models import make_tiny_qwen
+
+pytest.importorskip("transformers")
+
+WORKER = Path(__file__).parent / "distributed" / "ppo_step_worker.py"
+
+
+def _turn(prompt: list[int], output: list[int], logprobs: list[float], prefix: int) -> dict:
+    return {
+        "role": "agent",
+        "prompt_prefix_len": prefix,
+        "prompt_ids": prompt,
+        "output_ids": output,
+        "output_logprobs": logprobs,
+        "output_versions": [0] * len(output),
+        "output_text": "",
+        "finish": "stop",
+        "action": None,
+        "issues": [],
+        "tool": None,
+        "server": None,
+        "resends": 0,
+        "gen_latency_ms": 0.0,
+    }
+
+
+def _trajectory(q: str, sample: int, turns: list[dict], reward: float) -> str:
+    return json.dumps(
+        {
+            "id": f"{q}#{sample}",
+            "question_id": q,
+            "sample": sample,
+            "question": q,
+            "answers": [],
+            "agent": "test",
+            "turns": turns,
+            "answer": None,
+            "stop_reason": "answered",
+            "rewards": {},
+            "reward": reward,
+            "errors": [],
+            "started_at": 0.0,
+            "elapsed_s": 0.0,
+            "metadata": {},
+        }
+    )
+
+
+def make_groups(vocab: int, seed: int = 0) -> list[list[str]]:
+    """Four groups of three: varied lengths, a two-turn trajectory (tool tokens in between,
+    masked), one zero-variance group (filtered)."""
+    rng = random.Random(seed)
+
+    def ids(n: int) -> list[int]:
+        return [rng.randrange(3, vocab) for _ in range(n)]
+
+    def lps(n: int) -> list[float]:
+        return [rng.uniform(-7.0, -4.0) for _ in range(n)]
+
+    groups = []
+    for g in range(4):
+        trajs = []
+        for k in range(3):
+            prompt, out = ids(4 + g), ids(3 + (g * 3 + k * 2) % 9)
+            turns = [_turn(prompt, out, lps(len(out)), 0)]
+            if (g, k) == (1, 2):
+                tool, out2 = ids(5), ids(4)
+                turns.append(_turn(tool, out2, lps(4), len(prompt) + len(out)))
+            reward = 0.5 if g == 3 else float((g + k) % 3) / 2
+            trajs.append(_trajectory(f"q{g}", k, turns, reward))
+        groups.append(trajs)
+    return groups
+
+
+LEARNER = {
+    "schedule": {"lr": 1e-3},
+    "micro_batch_tokens": 24,
+    "ppo": {"minibatches": 2},
+    "fsdp": {"param_dtype": "float32", "export_dtype": "float32", "timeout_s": 120.0},
+}
+
+
+def run_fsdp(tmp: Path, model: Path, groups, nproc: int, name: str, **extra) -> Path:
+    out = tmp / name
+    spec = tmp / f"{name}.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "model": str(model),
+                "groups": groups,
+                "version": 1,
+                "learner": LEARNER,
+                "out": str(out),
+                **extra,
+            }
+        )
+    )
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        str(WORKER),
+        str(spec),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out
+
+
+def assert_weights_close(a: Path, b: Path, rtol: float) -> None:
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert set(wa) == set(wb)
+    for name in wa:
+        diff = (wa[name] - wb[name]).norm() / wb[name].norm().clamp_min(1e-12)
+        assert diff <= rtol, f"{name}: relative difference {float(diff):.2e}"
+
+
+@pytest.mark.parametrize(
+    ("variant", "tied"), [("qwen2", False), ("qwen3", True)], ids=["qwen2-untied", "qwen3-tied"]
+)
+def test_fsdp_step_on_two_ranks_equals_one_rank_and_the_tch_learner(tmp_path, variant, tied):
+    model = make_tiny_qwen(
+        tmp_path / "model", variant, tie_word_embeddings=tied, hidden_size=32, layers=2
+    )
+    vocab = json.loads((model / "config.json").read_text())["vocab_size"]
+    groups = make_groups(vocab)
+    cfg = LearnerConfig.from_dict(LEARNER).to_dict()
+    trajs = [[_core.Trajectory.from_json(t) for t in g] for g in groups]
+    tch_stats = tch_ppo_step(model, trajs, 1, cfg, tmp_path / "tch")
+    one = run_fsdp(tmp_path, model, groups, 1, "one")
+    two = run_fsdp(tmp_path, model, groups, 2, "two")
+
+    before = load_file(str(model / "model.safetensors"))
+    after = load_file(str(two / "model.safetensors"))
+    moved = max(float((after[n] - before[n]).abs().max()) for n in after)
+    assert moved > 1e-4, "the step changed nothing"
+    assert_weights_close(two, one, 1e-5)
+    assert_weights_close(two, tmp_path / "tch", 1e-5)
+
+    s1 = json.loads((one / "stats.json").read_text())["stats"]
+    s2 = json.loads((two / "stats.json").read_text())["stats"]
+    for key in ("loss", "grad_norm", "lr", "clip_frac", "behav_weight_mean", "approx_kl"):
+        assert s2[key] == pytest.approx(tch_stats[key], rel=1e-4, abs=1e-6), key
+        assert s1[key] == pytest.approx(tch_stats[key], rel=1e-4, abs=1e-6), key
+    assert s2["skipped"] is False
+    assert tch_stats["groups_filtered_zero_variance"] == 1
+
+
+def test_plan_keeps_groups_whole_and_gives_every_rank_the_same_micro_batch_count(tmp_path):
+    groups = make_groups(500)
+    trajs = [[_core.Trajectory.from_json(t) for t in g] for g in groups]
+    cfg = LearnerConfig.from_dict(LEARNER).to_dict()
+    for world in (1, 2, 5):
+        plan, batch = plan_ppo_step(trajs, 1, cfg, world)
+        ranks = plan["ranks"]
+        assert len(ranks) == world
+        for m, total in enumerate(plan["minibatch_loss_tokens"]):
+            counts = {len(r[m]) for r in ranks}
+            assert len(counts) == 1, counts
+            assert sum(mb["loss_tokens"] for r in ranks for mb in r[m]) == total
+        assert sum(plan["minibatch_loss_tokens"]) == batch["loss_tokens"]
+        if world == 5:  # three groups survive the filter: two ranks only pad
+            idle = [r for r in ranks if all(not mb["input_ids"] for m in r for mb in m)]
+            assert len(idle) >= 2
+
+
+def test_a_rank_that_fails_ends_the_job_with_an_error_instead_of_hanging(tmp_path):
+    model = make_tiny_qwen(tmp_path / "model", "qwen2", hidden_size=32, layers=1)
+    vocab = json.loads((model / "config.json").read_text())["vocab_size"]
+    with pytest.raises(AssertionError, match="unknown command"):
+        run_fsdp(tmp_path, model, make_groups(vocab), 2, "dies", die_rank=1)
