@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from asearcher import _core
 from asearcher.config import LearnerConfig
 from asearcher.distributed import plan_ppo_step, tch_ppo_step
@@ -190,3 +191,31 @@ def test_a_rank_that_fails_ends_the_job_with_an_error_instead_of_hanging(tmp_pat
     vocab = json.loads((model / "config.json").read_text())["vocab_size"]
     with pytest.raises(AssertionError, match="unknown command"):
         run_fsdp(tmp_path, model, make_groups(vocab), 2, "dies", die_rank=1)
+
+
+def test_two_ranks_broadcast_the_trained_weights_into_a_server_over_the_sglang_protocol(tmp_path):
+    from asearcher.testing import WeightUpdateReceiver
+
+    model = make_tiny_qwen(tmp_path / "model", "qwen3", tie_word_embeddings=True, hidden_size=32)
+    vocab = json.loads((model / "config.json").read_text())["vocab_size"]
+    with WeightUpdateReceiver("sglang") as server:
+        inference = {
+            "servers": [server.url],
+            "server_world_size": 1,
+            "sync_master_addr": "127.0.0.1",
+            "sync_master_port": 0,
+            "sync_bucket_mb": 1,
+            "timeout_s": 60.0,
+        }
+        out = run_fsdp(
+            tmp_path, model, make_groups(vocab), 2, "push", inference=inference, push_version=1
+        )
+        trained = load_file(str(out / "model.safetensors"))
+        assert server.weight_version == "1"
+        assert set(server.tensors) == set(trained)  # tied: lm_head.weight is not sent
+        for name, t in trained.items():
+            assert server.tensors[name].dtype == t.dtype
+            assert torch.equal(server.tensors[name], t), name
+        route_name = "/update_weights_from_distributed"
+        calls = [body for route, body in server.calls if route == route_name]
+        assert len(calls) >= 1 and server.received == [n for c in calls for n in c["names"]]

@@ -59,6 +59,9 @@ SpreadPolicy = Literal["drop", "mask"]
 ToolErrorPolicy = Literal["observe", "fail"]
 """What a failed tool call does to its trajectory."""
 
+WeightSyncMode = Literal["disk", "distributed"]
+"""How new weights reach inference servers."""
+
 
 @dataclass(kw_only=True)
 class AdamWConfig(Config):
@@ -591,6 +594,21 @@ class InferenceConfig(Config):
             32768).
         timeout_s (float, default 600.0):
             Timeout of one server call, seconds (`sglang`).
+        weight_sync (WeightSyncMode, default "disk"):
+            How new weights reach the servers: `disk` (HF safetensors under `weights_dir`,
+            loaded with `/update_weights_from_disk`) or `distributed` (broadcast from the
+            trainer's rank 0 into the servers' GPUs with `/init_weights_update_group` and
+            `/update_weights_from_distributed`; needs `learner.backend = "fsdp"`).
+        sync_bucket_mb (int, default 1024):
+            `distributed` sync: most megabytes announced and broadcast per bucket.
+        sync_master_addr (str | None, default null):
+            `distributed` sync: the address the servers reach the trainer's rank 0 at
+            (`null`: the `MASTER_ADDR` of torchrun, else 127.0.0.1).
+        sync_master_port (int, default 0):
+            `distributed` sync: the port of the weight-update group's store (0: a free one).
+        server_world_size (int, default 1):
+            `distributed` sync: GPUs of each server (its tensor x pipeline parallel size);
+            server `i` joins the group as ranks `1 + i * server_world_size ...`.
     """
 
     _root = None
@@ -618,6 +636,24 @@ class InferenceConfig(Config):
     """Embedded generator: most tokens of one request (0: the model's limit, capped at 32768)."""
     timeout_s: float = 600.0
     """Timeout of one server call, seconds (`sglang`)."""
+    weight_sync: WeightSyncMode = "disk"
+    """How new weights reach the servers: `disk` (HF safetensors under `weights_dir`, loaded
+    with `/update_weights_from_disk`) or `distributed` (broadcast from the trainer's rank 0
+    into the servers' GPUs with `/init_weights_update_group` and
+    `/update_weights_from_distributed`; needs `learner.backend = "fsdp"`).
+    """
+    sync_bucket_mb: int = 1024
+    """`distributed` sync: most megabytes announced and broadcast per bucket."""
+    sync_master_addr: str | None = None
+    """`distributed` sync: the address the servers reach the trainer's rank 0 at (`null`: the
+    `MASTER_ADDR` of torchrun, else 127.0.0.1).
+    """
+    sync_master_port: int = 0
+    """`distributed` sync: the port of the weight-update group's store (0: a free one)."""
+    server_world_size: int = 1
+    """`distributed` sync: GPUs of each server (its tensor x pipeline parallel size); server
+    `i` joins the group as ranks `1 + i * server_world_size ...`.
+    """
 
 
 @dataclass(kw_only=True)
@@ -1070,7 +1106,7 @@ class TrainConfig(Config):
             The rollout scheduler: group size, batch size (groups per step), `max_staleness`
             (eta; 0 is synchronous RL: each batch is generated entirely by the current
             policy), concurrency.
-        inference (InferenceConfig, default {"backend": "embedded", "servers": [], "weights_dir": null, "keep_weights": 2, "interrupt": true, "max_running": null, "max_context": 0, "timeout_s": 600.0}):
+        inference (InferenceConfig, default {"backend": "embedded", "servers": [], "weights_dir": null, "keep_weights": 2, "interrupt": true, "max_running": null, "max_context": 0, "timeout_s": 600.0, "weight_sync": "disk", "sync_bucket_mb": 1024, "sync_master_addr": null, "sync_master_port": 0, "server_world_size": 1}):
             Where generation runs and how new weights reach it.
         learner (LearnerConfig, default {"backend": "tch", "fsdp": {"param_dtype": "bfloat16", "reduce_dtype": "float32", "activation_checkpointing": true, "attn_implementation": "sdpa", "export_dtype": "bfloat16", "timeout_s": 600.0}, "ppo": {"eps_clip": 0.2, "eps_clip_high": null, "behav_weight_cap": 5.0, "cap_mode": "mask", "decoupled": true, "temperature": 1.0, "entropy_coef": 0.0, "minibatches": 1}, "advantages": {"normalize_std": false, "reward_scale": 1.0, "reward_bias": 0.0, "token_normalize": true}, "version_spread": {"max_versions": null, "policy": "drop"}, "optimizer": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-08, "weight_decay": 0.01, "master_weights": true}, "schedule": {"kind": "constant", "lr": 1e-06, "warmup_steps": 0, "total_steps": 0, "min_lr_ratio": 0.0}, "grad_clip": 1.0, "micro_batch_tokens": 4096, "chunk_tokens": null, "frozen": []}):
             The optimisation: loss, advantages, filters, optimizer, schedule, micro-batches.
@@ -1241,4 +1277,5 @@ __all__ = [
     "VersionSpreadConfig",
     "WarmStartConfig",
     "WebSearchSettings",
+    "WeightSyncMode",
 ]

@@ -7,7 +7,10 @@ it explicitly.
   judge at ``/v1/chat/completions`` (``asearcher serve scripted-policy`` on the command line);
 - :func:`score_with_plugins`: runs reward plugins on recorded trajectories through the same
   batching path the rollout engine uses;
-- :func:`emit_test_event`: emits a Rust ``tracing`` event (checks the logging bridge).
+- :func:`emit_test_event`: emits a Rust ``tracing`` event (checks the logging bridge);
+- :class:`WeightUpdateReceiver`: the receiving side of SGLang's (or vLLM's) weight update by
+  collective broadcast, over gloo on the CPU (SGLang and vLLM need GPUs); it joins the group
+  the trainer's sender opens and records every tensor, call and version it receives.
 """
 
 from __future__ import annotations
@@ -136,8 +139,136 @@ def emit_test_event(level: str, message: str) -> None:
     _core.emit_test_event(level, message)
 
 
+class WeightUpdateReceiver:
+    """A one-GPU SGLang or vLLM server's weight-update endpoints, on loopback, over gloo.
+
+    ``with WeightUpdateReceiver("sglang") as r: ...``; ``r.url`` is its base URL. It joins the
+    weight-update group when asked (``/init_weights_update_group`` or
+    ``/init_weight_transfer_engine``), then receives each announced bucket by broadcast from
+    rank 0, in the announced order, into freshly allocated tensors of the announced dtypes and
+    shapes. ``tensors`` holds the latest tensor by name, ``received`` every name in arrival
+    order, ``calls`` every ``(route, body)``, ``weight_version`` the last version applied.
+    With ``fail_updates`` set, an update is received and then refused (``success: false``,
+    the old weights kept), as a server whose load failed answers.
+    """
+
+    def __init__(self, protocol: str = "sglang", *, timeout_s: float = 60.0) -> None:
+        import threading
+        from http.server import ThreadingHTTPServer
+
+        self.protocol = protocol
+        self.timeout_s = timeout_s
+        self.tensors: dict[str, Any] = {}
+        self.received: list[str] = []
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.weight_version: str | None = None
+        self.fail_updates = False
+        self._group: Any = None
+        self._store: Any = None
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> WeightUpdateReceiver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _join(self, info: dict[str, Any]) -> None:
+        from datetime import timedelta
+
+        import torch.distributed as dist
+
+        from .distributed.weight_sync import new_process_group
+
+        self._store = dist.TCPStore(
+            info["master_address"],
+            int(info["master_port"]),
+            int(info["world_size"]),
+            is_master=False,
+            timeout=timedelta(seconds=self.timeout_s),
+        )
+        prefix = dist.PrefixStore(info.get("group_name", "weight_update_group"), self._store)
+        self._group = new_process_group(
+            prefix, int(info["rank_offset"]), int(info["world_size"]), "gloo", self.timeout_s
+        )
+
+    def _receive(self, names: list[str], dtypes: list[str], shapes: list[list[int]]) -> None:
+        import torch
+
+        from .distributed.weight_sync import broadcast
+
+        if self._group is None:
+            raise RuntimeError("update before the weight-update group was initialised")
+        for name, dtype, shape in zip(names, dtypes, shapes, strict=True):
+            t = torch.empty(shape, dtype=getattr(torch, dtype))
+            broadcast(self._group, t, self.timeout_s)
+            self.received.append(name)
+            if not self.fail_updates:
+                self.tensors[name] = t
+
+    def _route(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            self.calls.append((route, body))
+            if route in ("/init_weights_update_group", "/init_weight_transfer_engine"):
+                self._join(body.get("init_info", body))
+            elif route == "/update_weights_from_distributed":
+                self._receive(body["names"], body["dtypes"], body["shapes"])
+                if self.fail_updates:
+                    return {"success": False, "message": "load failed; old weights kept"}
+                self.weight_version = body.get("weight_version")
+            elif route == "/update_weights":
+                info = body["update_info"]
+                self._receive(info["names"], info["dtype_names"], info["shapes"])
+            elif route == "/get_weight_version":
+                return {"weight_version": self.weight_version}
+            return {"success": True, "message": "ok"}
+
+    def _handler(self) -> Any:
+        from http.server import BaseHTTPRequestHandler
+
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _answer(self, status: int, reply: dict[str, Any]) -> None:
+                data = json.dumps(reply).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                try:
+                    self._answer(200, receiver._route(self.path, body))
+                except Exception as e:  # reported to the sender as the server would
+                    self._answer(500, {"success": False, "message": str(e)})
+
+            def do_GET(self) -> None:
+                self._answer(200, receiver._route(self.path, {}))
+
+        return Handler
+
+
 __all__ = [
     "ScriptedPolicyHandle",
+    "WeightUpdateReceiver",
     "emit_test_event",
     "score_with_plugins",
     "scripted_policy_config",

@@ -20,9 +20,10 @@ def main(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     learner_cfg = LearnerConfig.from_dict(spec["learner"]).to_dict()
     info = init_distributed("cpu", 120.0)
-    learner = FsdpLearner(
-        {"model": {"path": spec["model"]}, "learner": learner_cfg}, device=info.device
-    )
+    config = {"model": {"path": spec["model"]}, "learner": learner_cfg}
+    if "inference" in spec:
+        config["inference"] = spec["inference"]
+    learner = FsdpLearner(config, device=info.device)
     if info.rank != 0:
         learner.serve()
         dist.destroy_process_group()
@@ -35,6 +36,8 @@ def main(spec_path: str) -> None:
     if spec.get("die_rank") is not None:
         learner._send("no-such-command", {})  # the other rank fails; this one must not hang
         learner._send("shutdown", {})
+    if spec.get("push_version") is not None:
+        learner.push_weights(spec["push_version"])
     learner.export_hf(spec["out"])
     learner.shutdown()
     out = Path(spec["out"])

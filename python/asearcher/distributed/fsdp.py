@@ -53,6 +53,7 @@ class Command:
 
     STEP = "ppo_step"
     EXPORT = "export_hf"
+    SYNC = "push_weights"
     SAVE = "save_state"
     LOAD = "load_state"
     STOP = "shutdown"
@@ -94,6 +95,7 @@ class FsdpLearner:
         self.optimizer = self._build_optimizer()
         self._stopped = False
         self._busy = False
+        self._broadcaster: Any = None
 
     # --------------------------------------------------------------------------------------
     # set-up
@@ -174,6 +176,14 @@ class FsdpLearner:
         self._export_hf_local(directory)
         self._busy = False
 
+    def push_weights(self, version: int) -> None:
+        """Broadcasts the weights into the servers (``inference.weight_sync = "distributed"``):
+        every rank gathers each parameter in the same order, rank 0 sends them in buckets."""
+        self._busy = True
+        self._send(Command.SYNC, {"version": version})
+        self._push_weights_local(version)
+        self._busy = False
+
     def model_config_json(self) -> str:
         return self.model.config.to_json_string()
 
@@ -207,6 +217,8 @@ class FsdpLearner:
                 self._ppo_step_local(share, args["steps"])
             elif cmd == Command.EXPORT:
                 self._export_hf_local(args["dir"])
+            elif cmd == Command.SYNC:
+                self._push_weights_local(args["version"])
             elif cmd == Command.SAVE:
                 self._save_state_local(args["dir"])
             elif cmd == Command.LOAD:
@@ -417,6 +429,39 @@ class FsdpLearner:
         config["torch_dtype"] = config["dtype"] = self.fsdp["export_dtype"]
         config["use_cache"] = True
         (out / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+    def _full_weights(self) -> Any:
+        """``(HF name, full tensor in the export dtype)`` per parameter; each ``full_tensor`` is
+        a collective, so every rank walks the same parameters in the same order."""
+        dtype = _DTYPES[self.fsdp["export_dtype"]]
+        for name, p in self.model.named_parameters():
+            full = p.full_tensor() if hasattr(p, "full_tensor") else p.detach()
+            yield name.replace("_checkpoint_wrapped_module.", ""), full.detach().to(dtype)
+
+    def _push_weights_local(self, version: int) -> None:
+        if self.rank != 0:
+            for _ in self._full_weights():
+                pass
+            return
+        if self._broadcaster is None:
+            self._broadcaster = self._new_broadcaster()
+        self._broadcaster.send(self._full_weights(), version)
+
+    def _new_broadcaster(self) -> Any:
+        from .weight_sync import WeightBroadcaster
+
+        inf = self.config["inference"]
+        addr = inf.get("sync_master_addr") or os.environ.get("MASTER_ADDR", "127.0.0.1")
+        return WeightBroadcaster(
+            inf["servers"],
+            protocol="sglang",
+            server_world_size=int(inf["server_world_size"]),
+            master_addr=addr,
+            master_port=int(inf["sync_master_port"]),
+            backend="nccl" if self.device.type == "cuda" else "gloo",
+            bucket_bytes=int(inf["sync_bucket_mb"]) << 20,
+            timeout_s=float(inf["timeout_s"]),
+        )
 
     def _state(self) -> dict[str, Any]:
         from torch.distributed.checkpoint.state_dict import (

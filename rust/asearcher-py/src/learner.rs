@@ -6,7 +6,7 @@
 //! object trains on it.
 //!
 //! The Python object provides `world_size`, `ppo_step(plan, version) -> dict`, `set_steps(n)`,
-//! `export_hf(dir)`, `model_config_json() -> str`, `save_state(dir)`, `load_state(dir)` and
+//! `export_hf(dir)`, `push_weights(version)`, `model_config_json() -> str`, `save_state(dir)`, `load_state(dir)` and
 //! `shutdown()`. Its methods run on the trainer's thread with the GIL held; the exception it
 //! raises is kept and re-raised unchanged by `Trainer.poll`.
 
@@ -119,6 +119,14 @@ impl PolicyLearner for PyLearner {
 
     fn export_hf(&mut self, dir: &Path) -> Result<()> {
         self.call("export_hf", |py| path_arg(py, dir), |_| Ok(()))
+    }
+
+    fn push_weights(&mut self, version: u64) -> Result<()> {
+        self.call(
+            "push_weights",
+            |py| Ok(vec![version.into_pyobject(py)?.into_any().unbind()]),
+            |_| Ok(()),
+        )
     }
 
     fn model_config_json(&self) -> Result<Vec<u8>> {

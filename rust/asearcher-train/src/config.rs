@@ -148,6 +148,35 @@ pub struct InferenceConfig {
     pub max_context: usize,
     /// Timeout of one server call, seconds (`sglang`).
     pub timeout_s: f64,
+    /// How new weights reach the servers: `disk` (HF safetensors under `weights_dir`, loaded
+    /// with `/update_weights_from_disk`) or `distributed` (broadcast from the trainer's rank 0
+    /// into the servers' GPUs with `/init_weights_update_group` and
+    /// `/update_weights_from_distributed`; needs `learner.backend = "fsdp"`).
+    pub weight_sync: WeightSyncMode,
+    /// `distributed` sync: most megabytes announced and broadcast per bucket.
+    pub sync_bucket_mb: usize,
+    /// `distributed` sync: the address the servers reach the trainer's rank 0 at (`null`: the
+    /// `MASTER_ADDR` of torchrun, else 127.0.0.1).
+    pub sync_master_addr: Option<String>,
+    /// `distributed` sync: the port of the weight-update group's store (0: a free one).
+    pub sync_master_port: u16,
+    /// `distributed` sync: GPUs of each server (its tensor x pipeline parallel size); server
+    /// `i` joins the group as ranks `1 + i * server_world_size ...`.
+    pub server_world_size: usize,
+}
+
+/// How new weights reach inference servers.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightSyncMode {
+    /// Written to disk in HF layout and loaded by each server.
+    #[default]
+    Disk,
+    /// Broadcast by collective (NCCL on GPUs, gloo on the CPU) through the servers' own
+    /// weight-update API.
+    Distributed,
 }
 
 impl Default for InferenceConfig {
@@ -161,6 +190,11 @@ impl Default for InferenceConfig {
             max_running: None,
             max_context: 0,
             timeout_s: 600.0,
+            weight_sync: WeightSyncMode::Disk,
+            sync_bucket_mb: 1024,
+            sync_master_addr: None,
+            sync_master_port: 0,
+            server_world_size: 1,
         }
     }
 }
@@ -303,6 +337,19 @@ impl TrainConfig {
         let inf = &self.inference;
         let fsdp = self.learner.backend == crate::learner::LearnerBackend::Fsdp;
         match inf.backend {
+            _ if inf.weight_sync == WeightSyncMode::Distributed && !fsdp => Err(TrainError::config(
+                "inference.weight_sync",
+                "`distributed` sync is sent by the fsdp learner's rank 0; with the tch learner \
+                 use `disk`",
+            )),
+            _ if inf.weight_sync == WeightSyncMode::Distributed
+                && (inf.sync_bucket_mb == 0 || inf.server_world_size == 0) =>
+            {
+                Err(TrainError::config(
+                    "inference.sync_bucket_mb",
+                    "sync_bucket_mb and server_world_size must be at least 1",
+                ))
+            }
             InferenceBackend::Embedded if fsdp => Err(TrainError::config(
                 "inference.backend",
                 "the `fsdp` learner sends its weights to inference servers: set \

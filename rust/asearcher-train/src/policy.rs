@@ -32,6 +32,17 @@ pub trait PolicyLearner: Send {
     /// Writes the current weights in Hugging Face layout (config.json + safetensors) to `dir`.
     fn export_hf(&mut self, dir: &Path) -> Result<()>;
 
+    /// Broadcasts the current weights to the inference servers as policy `version` through
+    /// their weight-update API (`inference.weight_sync = "distributed"`); the servers are
+    /// paused around it by the caller.
+    fn push_weights(&mut self, _version: u64) -> Result<()> {
+        Err(crate::TrainError::WeightSync {
+            target: "the inference servers".into(),
+            message: "this learner cannot broadcast weights; use inference.weight_sync = \"disk\""
+                .into(),
+        })
+    }
+
     /// The `config.json` of the model being trained (kept with each checkpoint).
     fn model_config_json(&self) -> Result<Vec<u8>>;
 

@@ -5,7 +5,12 @@
 //!   under the new weights), or, without `interrupt`, continue with the cache they have;
 //! - servers: the weights are written in HF layout (safetensors) to `weights_dir/v<version>`, then
 //!   every server is paused (in-flight requests end as `abort` and the pool re-sends them),
-//!   loads them with `/update_weights_from_disk`, and continues. Old versions are deleted.
+//!   loads them with `/update_weights_from_disk`, and continues. Old versions are deleted;
+//! - servers by broadcast: every server is paused, the learner broadcasts its weights through
+//!   the servers' weight-update API (`/update_weights_from_distributed`), every server continues.
+//!
+//! A server that fails an update keeps serving its old weights; the pool's version is then not
+//! raised (its tokens keep the old tag) and the error is returned for the step to record.
 
 use crate::policy::PolicyLearner;
 use crate::{Result, TrainError};
@@ -29,6 +34,10 @@ pub enum WeightSync {
         dir: PathBuf,
         keep: usize,
     },
+    Distributed {
+        servers: Vec<SglangServer>,
+        pool: Arc<ServerPool>,
+    },
 }
 
 impl WeightSync {
@@ -51,6 +60,15 @@ impl WeightSync {
             dir,
             keep,
         })
+    }
+
+    /// Servers reached at `urls` that receive weights by broadcast from the learner.
+    pub fn distributed(urls: &[String], pool: Arc<ServerPool>, timeout: Duration) -> Result<Self> {
+        let servers = urls
+            .iter()
+            .map(|u| SglangServer::new(u, timeout))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(WeightSync::Distributed { servers, pool })
     }
 
     /// Sends the learner's weights as policy `version`; returns the seconds it took.
@@ -81,6 +99,10 @@ impl WeightSync {
                 push_to_servers(servers, &path, version).await?;
                 pool.set_version(version);
                 prune_versions(dir, *keep);
+            }
+            WeightSync::Distributed { servers, pool } => {
+                broadcast_to_servers(servers, learner, version).await?;
+                pool.set_version(version);
             }
         }
         Ok(started.elapsed().as_secs_f64())
@@ -148,6 +170,32 @@ async fn push_to_servers(servers: &[SglangServer], path: &Path, version: u64) ->
             target: format!("{} server(s)", failures.len()),
             message: failures.join("; "),
         })
+    }
+}
+
+/// Pauses every server, has the learner broadcast its weights, and continues every server
+/// (also after a failure: they keep serving their old weights).
+async fn broadcast_to_servers(
+    servers: &[SglangServer],
+    learner: &mut dyn PolicyLearner,
+    version: u64,
+) -> Result<()> {
+    let paused = futures::future::join_all(servers.iter().map(|s| s.pause_generation())).await;
+    let pushed = match paused.into_iter().find_map(|r| r.err()) {
+        Some(e) => Err(TrainError::WeightSync {
+            target: "a server".into(),
+            message: format!("pause_generation: {e}"),
+        }),
+        None => learner.push_weights(version),
+    };
+    let resumed = futures::future::join_all(servers.iter().map(|s| s.continue_generation())).await;
+    pushed?;
+    match resumed.into_iter().find_map(|r| r.err()) {
+        Some(e) => Err(TrainError::WeightSync {
+            target: "a server".into(),
+            message: format!("continue_generation: {e}"),
+        }),
+        None => Ok(()),
     }
 }
 

@@ -13,7 +13,7 @@
 //! are cut back to the steps it contains, and the engine resumes its groups, so no step is
 //! repeated or skipped and no question is lost or trained on twice.
 
-use crate::config::{InferenceBackend, TrainConfig};
+use crate::config::{InferenceBackend, TrainConfig, WeightSyncMode};
 use crate::embedded::{EmbeddedBackend, TokenizerDetok};
 use crate::learner::{Learner, LearnerBackend, LearnerConfig, StepStats};
 use crate::policy::{save_final, PolicyLearner};
@@ -86,6 +86,9 @@ pub struct StepRecord {
     pub gen_tokens_per_s: f64,
     /// Where the checkpoint of this step was written, if one was.
     pub checkpoint: Option<String>,
+    /// Why the weights of this step did not reach the servers (they keep serving the previous
+    /// version); `None` when the sync succeeded.
+    pub sync_error: Option<String>,
     pub learner: StepStats,
     pub rollout: RolloutStats,
 }
@@ -327,8 +330,17 @@ impl Trainer {
         self.step += 1;
         self.learner.set_steps(self.step);
         let t = Instant::now();
-        self.rt
-            .block_on(self.sync.push(self.learner.as_mut(), self.step))?;
+        let sync_error = match self
+            .rt
+            .block_on(self.sync.push(self.learner.as_mut(), self.step))
+        {
+            Ok(_) => None,
+            Err(e @ TrainError::WeightSync { .. }) if self.generator.is_none() => {
+                tracing::warn!(step = self.step, error = %e, "weight sync failed; the servers keep the previous weights");
+                Some(e.to_string())
+            }
+            Err(e) => return Err(e),
+        };
         self.engine.set_version(self.step);
         let sync_s = t.elapsed().as_secs_f64();
         for g in &mut batch {
@@ -358,6 +370,7 @@ impl Trainer {
             tool_calls_mean: mean_of(&batch, |t| Some(t.tool_calls() as f64)),
             gen_tokens_per_s: rollout.output_tokens.saturating_sub(last_tokens) as f64 / elapsed,
             checkpoint: None,
+            sync_error,
             learner: stats,
             rollout,
         })
@@ -485,8 +498,14 @@ async fn start_inference(
                 .clone()
                 .unwrap_or_else(|| cfg.run.out_dir.join("weights"));
             let timeout = Duration::from_secs_f64(inf.timeout_s);
-            let sync =
-                WeightSync::servers(&inf.servers, pool.clone(), dir, inf.keep_weights, timeout)?;
+            let sync = match inf.weight_sync {
+                WeightSyncMode::Disk => {
+                    WeightSync::servers(&inf.servers, pool.clone(), dir, inf.keep_weights, timeout)?
+                }
+                WeightSyncMode::Distributed => {
+                    WeightSync::distributed(&inf.servers, pool.clone(), timeout)?
+                }
+            };
             if step > 0 {
                 sync.push(learner, step).await?;
             }
