@@ -168,6 +168,19 @@ def test_fsdp_step_on_two_ranks_equals_one_rank_and_the_tch_learner(tmp_path, va
     assert tch_stats["groups_filtered_zero_variance"] == 1
 
 
+def test_fused_head_equals_the_materialized_log_softmax_reference_under_fsdp(tmp_path):
+    model = make_tiny_qwen(tmp_path / "model", "qwen2", hidden_size=32, layers=2)
+    vocab = json.loads((model / "config.json").read_text())["vocab_size"]
+    groups = make_groups(vocab, seed=3)
+    fused = run_fsdp(tmp_path, model, groups, 2, "fused")
+    reference = run_fsdp(tmp_path, model, groups, 2, "materialized", head="materialized")
+    assert_weights_close(fused, reference, 1e-5)
+    a = json.loads((fused / "stats.json").read_text())["stats"]
+    b = json.loads((reference / "stats.json").read_text())["stats"]
+    for key in ("loss", "grad_norm", "clip_frac", "approx_kl", "entropy_mean"):
+        assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+
+
 def test_plan_keeps_groups_whole_and_gives_every_rank_the_same_micro_batch_count(tmp_path):
     groups = make_groups(500)
     trajs = [[_core.Trajectory.from_json(t) for t in g] for g in groups]

@@ -23,9 +23,10 @@ def main(spec_path: str) -> None:
     config = {"model": {"path": spec["model"]}, "learner": learner_cfg}
     if "inference" in spec:
         config["inference"] = spec["inference"]
-    learner = FsdpLearner(config, device=info.device)
+    learner = FsdpLearner(config, device=info.device, head=spec.get("head", "fused"))
     if info.rank != 0:
         learner.serve()
+        _report_rss(spec, info.rank)
         dist.destroy_process_group()
         return
     groups = [[_core.Trajectory.from_json(line) for line in g] for g in spec["groups"]]
@@ -42,7 +43,18 @@ def main(spec_path: str) -> None:
     learner.shutdown()
     out = Path(spec["out"])
     (out / "stats.json").write_text(json.dumps({"stats": stats, "batch": batch}))
+    _report_rss(spec, 0)
     dist.destroy_process_group()
+
+
+def _report_rss(spec: dict, rank: int) -> None:
+    """With ``report_rss``: this rank's peak RSS (MiB) into ``out/rss-rank<r>.txt``."""
+    if spec.get("report_rss"):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        Path(spec["out"]).mkdir(parents=True, exist_ok=True)
+        (Path(spec["out"]) / f"rss-rank{rank}.txt").write_text(f"{peak:.1f}")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 
 from .. import _core
-from ..ops import fused_ppo_loss, token_logprobs
+from ..ops import fused_ppo_loss, ppo_loss, token_logprobs
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -78,9 +78,16 @@ class FsdpLearner:
     """One rank's part of the FSDP2 learner.
 
     ``config`` is the whole train config as a dict (``model``, ``learner``...); the process
-    group must be initialised (:func:`asearcher.distributed.init_distributed`)."""
+    group must be initialised (:func:`asearcher.distributed.init_distributed`). ``head`` is
+    ``"fused"`` (the chunked kernels) or ``"materialized"``: full float32 logits, log_softmax
+    and gather, the reference the fused path is tested and benchmarked against."""
 
-    def __init__(self, config: dict[str, Any], *, device: torch.device) -> None:
+    def __init__(
+        self, config: dict[str, Any], *, device: torch.device, head: str = "fused"
+    ) -> None:
+        if head not in ("fused", "materialized"):
+            raise ValueError(f"head must be fused or materialized, got {head!r}")
+        self.head = head
         self.config = config
         self.learner = config["learner"]
         self.fsdp = self.learner["fsdp"]
@@ -357,6 +364,8 @@ class FsdpLearner:
         targets = m["targets"].to(self.device)
 
         def head(hidden: torch.Tensor, weight: torch.Tensor) -> Any:
+            if self.head == "materialized":
+                return _materialized(hidden, weight, targets, temperature)[0]
             return token_logprobs(
                 hidden, weight, targets, temperature=temperature, chunk_size=self._chunk()
             )
@@ -370,7 +379,31 @@ class FsdpLearner:
         inputs = {k: m[k].to(dev) for k in ("targets", "behav", "advantages", "mask")}
         prox = m.get("prox")
 
+        settings = {
+            "eps_clip": float(ppo["eps_clip"]),
+            "eps_clip_high": ppo["eps_clip_high"],
+            "behav_weight_cap": ppo["behav_weight_cap"],
+            "behav_weight_mode": ppo["cap_mode"],
+            "entropy_coef": float(ppo["entropy_coef"]),
+        }
+
+        def materialized(hidden: torch.Tensor, weight: torch.Tensor) -> Any:
+            logp, entropy = _materialized(
+                hidden, weight, inputs["targets"], float(ppo["temperature"])
+            )
+            return ppo_loss(
+                logp,
+                prox,
+                inputs["behav"],
+                inputs["advantages"],
+                inputs["mask"],
+                entropy=entropy,
+                **settings,
+            )
+
         def head(hidden: torch.Tensor, weight: torch.Tensor) -> Any:
+            if self.head == "materialized":
+                return materialized(hidden, weight)
             return fused_ppo_loss(
                 hidden,
                 weight,
@@ -381,11 +414,7 @@ class FsdpLearner:
                 prox_logp=prox,
                 temperature=float(ppo["temperature"]),
                 chunk_size=self._chunk(),
-                eps_clip=float(ppo["eps_clip"]),
-                eps_clip_high=ppo["eps_clip_high"],
-                behav_weight_cap=ppo["behav_weight_cap"],
-                behav_weight_mode=ppo["cap_mode"],
-                entropy_coef=float(ppo["entropy_coef"]),
+                **settings,
             )
 
         return self._run(m, head)
@@ -497,6 +526,17 @@ class FsdpLearner:
         dcp.load(state, checkpoint_id=path)
         set_model_state_dict(self.model, state["model"])
         set_optimizer_state_dict(self.model, self.optimizer, state["optim"])
+
+
+def _materialized(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logprobs and entropies through the full float32 ``[tokens, vocab]`` logits."""
+    logits = (hidden.float() @ weight.float().T) / temperature
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(1, targets.unsqueeze(1)).squeeze(1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy
 
 
 def _mesh(device: torch.device, world: int) -> Any:
