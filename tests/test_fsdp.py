@@ -232,3 +232,32 @@ def test_two_ranks_broadcast_the_trained_weights_into_a_server_over_the_sglang_p
         route_name = "/update_weights_from_distributed"
         calls = [body for route, body in server.calls if route == route_name]
         assert len(calls) >= 1 and server.received == [n for c in calls for n in c["names"]]
+
+
+def test_the_cluster_example_is_a_valid_fsdp_config():
+    from asearcher.config import TrainConfig
+
+    example = Path(__file__).parent.parent / "examples" / "cluster.toml"
+    cfg = TrainConfig.from_file(example)
+    cfg.validate()
+    assert (cfg.learner.backend, cfg.inference.backend) == ("fsdp", "sglang")
+
+
+def test_fsdp_config_mistakes_are_named(tmp_path):
+    import asearcher
+    from asearcher.exceptions import ConfigError
+
+    model = make_tiny_qwen(tmp_path / "model", "qwen2", hidden_size=32, layers=1)
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question": "q", "answer": "a"}\n')
+    base = {"model": {"path": str(model)}, "data": {"train": str(questions)}}
+    fsdp = {**base, "learner": {"backend": "fsdp"}}
+    with pytest.raises(ConfigError, match="inference.backend"):
+        asearcher.Trainer(fsdp)  # fsdp sends weights to servers: embedded inference refused
+    servers = {"backend": "sglang", "servers": ["http://127.0.0.1:9"]}
+    with pytest.raises(ConfigError, match="torchrun"):
+        asearcher.Trainer({**fsdp, "inference": servers})
+    with pytest.raises(ConfigError, match="inference.weight_sync"):
+        asearcher.Trainer({**base, "inference": {**servers, "weight_sync": "distributed"}})
+    with pytest.raises(ConfigError, match="learner.fsdp.param_dtype"):
+        asearcher.Trainer({**base, "learner": {"fsdp": {"param_dtype": "fp8"}}})
