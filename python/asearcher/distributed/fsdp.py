@@ -108,20 +108,29 @@ class FsdpLearner:
     # set-up
 
     def _build_model(self, path: Path) -> tuple[Any, bool]:
+        """The model with its parameters on the meta device on every rank (no rank holds a full
+        copy), sharded, then allocated shard by shard and filled from the checkpoint that rank 0
+        alone reads (broadcast to the others). Buffers (rotary frequencies) are computed for
+        real on every rank and kept."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM
 
-        model: Any = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch.float32, attn_implementation=self.fsdp["attn_implementation"]
-        )
+        hf_config = AutoConfig.from_pretrained(path)
+        with _parameters_on_meta():
+            model: Any = AutoModelForCausalLM.from_config(
+                hf_config, dtype=torch.float32, attn_implementation=self.fsdp["attn_implementation"]
+            )
         model.config.use_cache = False
         tied = bool(getattr(model.config, "tie_word_embeddings", False))
+        if tied:
+            model.tie_weights()
+        buffers = {n: b.detach().to(self.device) for n, b in model.named_buffers()}
         self._freeze(model)
         if self.fsdp["activation_checkpointing"]:
             kwargs = {"use_reentrant": False}
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         model.forward = types.MethodType(_head_forward, model)
-        model.to(self.device)
         mesh = _mesh(self.device, self.world_size)
         policy = MixedPrecisionPolicy(
             param_dtype=_DTYPES[self.fsdp["param_dtype"]],
@@ -133,6 +142,13 @@ class FsdpLearner:
         if not tied:
             fully_shard(model.get_input_embeddings(), mesh=mesh, mp_policy=policy)
         fully_shard(model, mesh=mesh, mp_policy=policy)
+        model.to_empty(device=self.device)
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name])
+        full = _read_hf_weights(path, model, tied) if self.rank == 0 else {}
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
+        set_model_state_dict(model, full, options=options)
         return model, tied
 
     def _freeze(self, model: torch.nn.Module) -> None:
@@ -526,6 +542,49 @@ class FsdpLearner:
         dcp.load(state, checkpoint_id=path)
         set_model_state_dict(self.model, state["model"])
         set_optimizer_state_dict(self.model, self.optimizer, state["optim"])
+
+
+class _parameters_on_meta:
+    """Within it, new module parameters are created on the meta device (buffers stay real)."""
+
+    def __enter__(self) -> None:
+        self._register = torch.nn.Module.register_parameter
+
+        def register(module: torch.nn.Module, name: str, param: Any) -> None:
+            self._register(module, name, param)
+            if param is not None:
+                kind = type(module._parameters[name])
+                meta = module._parameters[name].to(torch.device("meta"))  # type: ignore[union-attr]
+                module._parameters[name] = kind(meta, requires_grad=param.requires_grad)
+
+        torch.nn.Module.register_parameter = register  # type: ignore[method-assign]
+
+    def __exit__(self, *exc: object) -> None:
+        torch.nn.Module.register_parameter = self._register  # type: ignore[method-assign]
+
+
+def _read_hf_weights(path: Path, model: Any, tied: bool) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors (every safetensors file of ``path``) as float32, checked against
+    the model's parameter names: a missing or unexpected tensor is an error naming both."""
+    from safetensors.torch import load_file
+
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{path}: no *.safetensors weights")
+    weights: dict[str, torch.Tensor] = {}
+    for f in files:
+        weights.update({k: v.float() for k, v in load_file(str(f)).items()})
+    expected = set(model.state_dict().keys())
+    if tied:
+        weights.pop("lm_head.weight", None)
+        expected.discard("lm_head.weight")
+    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: the checkpoint does not match the model built from its config.json "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
+    return weights
 
 
 def _materialized(
