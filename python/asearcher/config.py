@@ -541,6 +541,10 @@ class FsdpConfig(Config):
         timeout_s (float, default 600.0):
             Seconds a collective may wait for the other ranks before the run fails with an
             error naming the operation (a dead rank never hangs the others).
+        idle_timeout_s (float, default 86400.0):
+            Seconds the other ranks wait for rank 0's next command (rank 0 may wait that
+            long for the rollouts to fill a batch); a rank 0 that dies ends the job earlier
+            through torchrun.
     """
 
     _root = None
@@ -564,6 +568,10 @@ class FsdpConfig(Config):
     timeout_s: float = 600.0
     """Seconds a collective may wait for the other ranks before the run fails with an error
     naming the operation (a dead rank never hangs the others).
+    """
+    idle_timeout_s: float = 86400.0
+    """Seconds the other ranks wait for rank 0's next command (rank 0 may wait that long for
+    the rollouts to fill a batch); a rank 0 that dies ends the job earlier through torchrun.
     """
 
 
@@ -773,7 +781,7 @@ class LearnerConfig(Config):
             Which learner trains: `tch` (in this process, on `model.device`) or `fsdp`
             (PyTorch FSDP2 over a Hugging Face model, one process per GPU under `torchrun`;
             see docs/scale.md).
-        fsdp (FsdpConfig, default {"param_dtype": "bfloat16", "reduce_dtype": "float32", "activation_checkpointing": true, "attn_implementation": "sdpa", "export_dtype": "bfloat16", "timeout_s": 600.0}):
+        fsdp (FsdpConfig, default {"param_dtype": "bfloat16", "reduce_dtype": "float32", "activation_checkpointing": true, "attn_implementation": "sdpa", "export_dtype": "bfloat16", "timeout_s": 600.0, "idle_timeout_s": 86400.0}):
             Settings of the `fsdp` backend (ignored by `tch`).
         ppo (PpoConfig, default {"eps_clip": 0.2, "eps_clip_high": null, "behav_weight_cap": 5.0, "cap_mode": "mask", "decoupled": true, "temperature": 1.0, "entropy_coef": 0.0, "minibatches": 1}):
             The PPO-family loss.
@@ -1108,7 +1116,7 @@ class TrainConfig(Config):
             policy), concurrency.
         inference (InferenceConfig, default {"backend": "embedded", "servers": [], "weights_dir": null, "keep_weights": 2, "interrupt": true, "max_running": null, "max_context": 0, "timeout_s": 600.0, "weight_sync": "disk", "sync_bucket_mb": 1024, "sync_master_addr": null, "sync_master_port": 0, "server_world_size": 1}):
             Where generation runs and how new weights reach it.
-        learner (LearnerConfig, default {"backend": "tch", "fsdp": {"param_dtype": "bfloat16", "reduce_dtype": "float32", "activation_checkpointing": true, "attn_implementation": "sdpa", "export_dtype": "bfloat16", "timeout_s": 600.0}, "ppo": {"eps_clip": 0.2, "eps_clip_high": null, "behav_weight_cap": 5.0, "cap_mode": "mask", "decoupled": true, "temperature": 1.0, "entropy_coef": 0.0, "minibatches": 1}, "advantages": {"normalize_std": false, "reward_scale": 1.0, "reward_bias": 0.0, "token_normalize": true}, "version_spread": {"max_versions": null, "policy": "drop"}, "optimizer": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-08, "weight_decay": 0.01, "master_weights": true}, "schedule": {"kind": "constant", "lr": 1e-06, "warmup_steps": 0, "total_steps": 0, "min_lr_ratio": 0.0}, "grad_clip": 1.0, "micro_batch_tokens": 4096, "chunk_tokens": null, "frozen": []}):
+        learner (LearnerConfig, default {"backend": "tch", "fsdp": {"param_dtype": "bfloat16", "reduce_dtype": "float32", "activation_checkpointing": true, "attn_implementation": "sdpa", "export_dtype": "bfloat16", "timeout_s": 600.0, "idle_timeout_s": 86400.0}, "ppo": {"eps_clip": 0.2, "eps_clip_high": null, "behav_weight_cap": 5.0, "cap_mode": "mask", "decoupled": true, "temperature": 1.0, "entropy_coef": 0.0, "minibatches": 1}, "advantages": {"normalize_std": false, "reward_scale": 1.0, "reward_bias": 0.0, "token_normalize": true}, "version_spread": {"max_versions": null, "policy": "drop"}, "optimizer": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-08, "weight_decay": 0.01, "master_weights": true}, "schedule": {"kind": "constant", "lr": 1e-06, "warmup_steps": 0, "total_steps": 0, "min_lr_ratio": 0.0}, "grad_clip": 1.0, "micro_batch_tokens": 4096, "chunk_tokens": null, "frozen": []}):
             The optimisation: loss, advantages, filters, optimizer, schedule, micro-batches.
         run (RunConfig, default {"out_dir": "runs/train", "steps": null, "checkpoint_every": 1, "keep_last": 2, "resume": true, "save_trajectories": true, "seed": 0}):
             Length of the run, outputs and checkpoints.
@@ -1175,7 +1183,7 @@ class WarmStartConfig(Config):
             `cpu`, `cuda`, `cuda:N`.
         dtype (str, default "float32"):
             `float32`, `bfloat16` or `float16`.
-        learner (LearnerConfig, default {"backend": "tch", "fsdp": {"param_dtype": "bfloat16", "reduce_dtype": "float32", "activation_checkpointing": true, "attn_implementation": "sdpa", "export_dtype": "bfloat16", "timeout_s": 600.0}, "ppo": {"eps_clip": 0.2, "eps_clip_high": null, "behav_weight_cap": 5.0, "cap_mode": "mask", "decoupled": true, "temperature": 1.0, "entropy_coef": 0.0, "minibatches": 1}, "advantages": {"normalize_std": false, "reward_scale": 1.0, "reward_bias": 0.0, "token_normalize": true}, "version_spread": {"max_versions": null, "policy": "drop"}, "optimizer": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-08, "weight_decay": 0.01, "master_weights": true}, "schedule": {"kind": "constant", "lr": 1e-06, "warmup_steps": 0, "total_steps": 0, "min_lr_ratio": 0.0}, "grad_clip": 1.0, "micro_batch_tokens": 4096, "chunk_tokens": null, "frozen": []}):
+        learner (LearnerConfig, default {"backend": "tch", "fsdp": {"param_dtype": "bfloat16", "reduce_dtype": "float32", "activation_checkpointing": true, "attn_implementation": "sdpa", "export_dtype": "bfloat16", "timeout_s": 600.0, "idle_timeout_s": 86400.0}, "ppo": {"eps_clip": 0.2, "eps_clip_high": null, "behav_weight_cap": 5.0, "cap_mode": "mask", "decoupled": true, "temperature": 1.0, "entropy_coef": 0.0, "minibatches": 1}, "advantages": {"normalize_std": false, "reward_scale": 1.0, "reward_bias": 0.0, "token_normalize": true}, "version_spread": {"max_versions": null, "policy": "drop"}, "optimizer": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-08, "weight_decay": 0.01, "master_weights": true}, "schedule": {"kind": "constant", "lr": 1e-06, "warmup_steps": 0, "total_steps": 0, "min_lr_ratio": 0.0}, "grad_clip": 1.0, "micro_batch_tokens": 4096, "chunk_tokens": null, "frozen": []}):
             Optimizer, schedule, clipping and micro-batch budget (the PPO settings are
             unused).
     """

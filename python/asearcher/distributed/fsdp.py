@@ -95,8 +95,10 @@ class FsdpLearner:
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
         self.steps = 0
-        timeout = timedelta(seconds=float(self.fsdp["timeout_s"]))
-        self.control = dist.new_group(backend="gloo", timeout=timeout)
+        # Commands wait as long as rank 0 may wait for a batch; in-step collectives of the
+        # default group keep `timeout_s`.
+        idle = timedelta(seconds=float(self.fsdp["idle_timeout_s"]))
+        self.control = dist.new_group(backend="gloo", timeout=idle)
         self.model, self.tied = self._build_model(Path(config["model"]["path"]))
         self.params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.optimizer = self._build_optimizer()
@@ -146,7 +148,7 @@ class FsdpLearner:
         with torch.no_grad():
             for name, b in model.named_buffers():
                 b.copy_(buffers[name])
-        full = _read_hf_weights(path, model, tied) if self.rank == 0 else {}
+        full: dict[str, Any] = _read_hf_weights(path, model, tied) if self.rank == 0 else {}
         options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
         set_model_state_dict(model, full, options=options)
         return model, tied
@@ -552,15 +554,15 @@ class _parameters_on_meta:
 
         def register(module: torch.nn.Module, name: str, param: Any) -> None:
             self._register(module, name, param)
-            if param is not None:
-                kind = type(module._parameters[name])
-                meta = module._parameters[name].to(torch.device("meta"))  # type: ignore[union-attr]
-                module._parameters[name] = kind(meta, requires_grad=param.requires_grad)
+            current: Any = module._parameters[name]
+            if current is not None:
+                meta = current.to(torch.device("meta"))
+                module._parameters[name] = type(current)(meta, requires_grad=param.requires_grad)
 
-        torch.nn.Module.register_parameter = register  # type: ignore[method-assign]
+        setattr(torch.nn.Module, "register_parameter", register)  # noqa: B010
 
     def __exit__(self, *exc: object) -> None:
-        torch.nn.Module.register_parameter = self._register  # type: ignore[method-assign]
+        setattr(torch.nn.Module, "register_parameter", self._register)  # noqa: B010
 
 
 def _read_hf_weights(path: Path, model: Any, tied: bool) -> dict[str, torch.Tensor]:

@@ -225,7 +225,8 @@ class WeightBroadcaster:
             self.connect()
         if self.protocol == "vllm":
             self._post_all("/start_weight_update", {"is_checkpoint_format": True})
-        sent, bucket, size = 0, [], 0
+        sent, size = 0, 0
+        bucket: list[tuple[str, torch.Tensor]] = []
         for name, t in tensors:
             t = t.detach()
             if self.backend == "gloo" and t.device.type != "cpu":

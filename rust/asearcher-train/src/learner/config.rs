@@ -109,6 +109,9 @@ pub struct FsdpConfig {
     /// Seconds a collective may wait for the other ranks before the run fails with an error
     /// naming the operation (a dead rank never hangs the others).
     pub timeout_s: f64,
+    /// Seconds the other ranks wait for rank 0's next command (rank 0 may wait that long for
+    /// the rollouts to fill a batch); a rank 0 that dies ends the job earlier through torchrun.
+    pub idle_timeout_s: f64,
 }
 
 impl Default for FsdpConfig {
@@ -120,6 +123,7 @@ impl Default for FsdpConfig {
             attn_implementation: "sdpa".into(),
             export_dtype: "bfloat16".into(),
             timeout_s: 600.0,
+            idle_timeout_s: 86_400.0,
         }
     }
 }
@@ -151,7 +155,8 @@ impl FsdpConfig {
                 ),
             ));
         }
-        positive("learner.fsdp.timeout_s", self.timeout_s)
+        positive("learner.fsdp.timeout_s", self.timeout_s)?;
+        positive("learner.fsdp.idle_timeout_s", self.idle_timeout_s)
     }
 }
 
