@@ -3,9 +3,9 @@ same scored batch: seconds per PPO step (proximal pass + training passes, as eac
 it), training tokens per second per process, and peak RSS per process.
 
 Model: a Qwen2-shaped random model (H=256, 4 layers, vocab 8,192) written by transformers. Batch:
-8 groups x 4 trajectories x 512 tokens (64 prompt + 448 generated) = 16,384 tokens of fresh
-random ids, micro-batches of 4,096 tokens, one minibatch. Each case runs in fresh processes, 3
-steps per run (the last one is timed), --runs runs; the table gives the median and the range.
+4 groups x 4 trajectories x 512 tokens (64 prompt + 448 generated) = 8,192 tokens of fresh
+random ids, micro-batches of 2,048 tokens, one minibatch. Each case runs in fresh processes, 2
+steps per run (the second one is timed), --runs runs; the table gives the median and the range.
 
     python benches/bench_fsdp.py                 # prints the table
     python benches/bench_fsdp.py --write-docs    # also replaces its section of docs/benchmarks.md
@@ -48,6 +48,9 @@ def make_model(directory: Path) -> Path:
     )
 
 
+GROUPS, PER_GROUP, LENGTH = 4, 4, 512
+
+
 def make_groups(vocab: int, seed: int) -> list[list[str]]:
     import random
 
@@ -55,11 +58,11 @@ def make_groups(vocab: int, seed: int) -> list[list[str]]:
 
     rng = random.Random(seed)
     groups = []
-    for g in range(8):
+    for g in range(GROUPS):
         trajs = []
-        for k in range(4):
-            prompt = [rng.randrange(3, vocab) for _ in range(64)]
-            out = [rng.randrange(3, vocab) for _ in range(448)]
+        for k in range(PER_GROUP):
+            prompt = [rng.randrange(3, vocab) for _ in range(LENGTH // 8)]
+            out = [rng.randrange(3, vocab) for _ in range(LENGTH - LENGTH // 8)]
             lps = [rng.uniform(-9.5, -8.5) for _ in out]
             trajs.append(_trajectory(f"q{g}", k, [_turn(prompt, out, lps, 0)], float(k % 2)))
         groups.append(trajs)
@@ -69,7 +72,7 @@ def make_groups(vocab: int, seed: int) -> list[list[str]]:
 def learner_config(checkpointing: bool) -> dict:
     return {
         "schedule": {"lr": 1e-5},
-        "micro_batch_tokens": 4096,
+        "micro_batch_tokens": 2048,
         "fsdp": {
             "param_dtype": "float32",
             "export_dtype": "float32",
@@ -99,14 +102,16 @@ def run_case(tmp: Path, model: Path, groups, case: str, world: int, run: int) ->
         "version": 1,
         "learner": learner_config(checkpointing),
         "out": str(tmp / f"{case}-{world}-{run}"),
-        "steps": 3,
+        "steps": 2,
         "report_rss": True,
     }
     path = tmp / f"{case}-{world}-{run}.json"
     path.write_text(json.dumps(spec))
-    if case == "tch":
+    if case.startswith("tch"):
+        threads = str(world) if case == "tch-threads" else "1"
+        env = {**ENV, "OMP_NUM_THREADS": threads}
         done = subprocess.run(
-            [sys.executable, "-c", TCH_SCRIPT, str(path)], env=ENV, capture_output=True, text=True
+            [sys.executable, "-c", TCH_SCRIPT, str(path)], env=env, capture_output=True, text=True
         )
         if done.returncode:
             raise SystemExit(done.stderr[-3000:])
@@ -151,7 +156,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--write-docs", action="store_true")
     args = ap.parse_args()
-    cases = [("tch", 1), ("fsdp", 1), ("fsdp", 2), ("fsdp+ac", 2)]
+    # ("tch-threads", 2): one tch process with 2 intra-op threads, the same cores as 2 ranks.
+    cases = [("tch", 1), ("tch-threads", 2), ("fsdp", 1), ("fsdp", 2), ("fsdp+ac", 2)]
     rows = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -161,9 +167,11 @@ def main() -> None:
             for run in range(args.runs):
                 groups = make_groups(8192, seed=100 * run + world)  # fresh tokens every run
                 results.append(run_case(tmp, model, groups, case, world, run))
-                print(case, world, run, results[-1]["stats"]["seconds_train"], flush=True)
+                stats = results[-1]["stats"]
+                secs = stats["seconds_prox"] + stats["seconds_train"]
+                print(f"{case} x{world} run {run}: {secs:.2f} s", file=sys.stderr, flush=True)
             rows[(case, world)] = summarise(results, world)
-    total = 8 * 4 * 512
+    total = GROUPS * PER_GROUP * LENGTH
     base = statistics.median(rows[("tch", 1)]["seconds"])
     lines = [
         "| Learner | Processes | s / step, median (range) | Training tokens/s per process "
@@ -172,14 +180,16 @@ def main() -> None:
     ]
     names = {
         "tch": "embedded tch",
+        "tch-threads": "embedded tch, 2 threads (1 process)",
         "fsdp": "FSDP2, no activation checkpointing",
         "fsdp+ac": "FSDP2 + activation checkpointing",
     }
     for (case, world), row in rows.items():
         med = statistics.median(row["seconds"])
-        per_proc = [total / s / world for s in row["seconds"]]
+        procs = 1 if case == "tch-threads" else world
+        per_proc = [total / s / procs for s in row["seconds"]]
         lines.append(
-            f"| {names[case]} | {world} | {fmt_range(row['seconds'])} | "
+            f"| {names[case]} | {procs} | {fmt_range(row['seconds'])} | "
             f"{fmt_range(per_proc, digits=0)} | {base / med:.2f}x step speed | {row['rss']:,.0f} |"
         )
     table = "\n".join(lines)
@@ -197,16 +207,20 @@ def write_docs(table: str, runs: int) -> None:
         f"{start}\n## FSDP2 learner vs the embedded tch learner (CPU, `benches/bench_fsdp.py`)\n\n"
         f"Machine: {os.cpu_count()} cores ({cpu}), torch {torch.__version__}, gloo; "
         f"OMP_NUM_THREADS=1 in every process. {runs} runs per row, each in fresh processes on "
-        "fresh random tokens; one PPO step of 16,384 tokens (32 trajectories x 512), "
-        "micro-batches of 4,096 tokens, Qwen2-shaped model H=256, 4 layers, vocab 8,192, "
-        "float32. Seconds per step are the learner's own proximal + training time of the 3rd "
-        "step (model loading, process start and export excluded).\n\n"
+        f"fresh random tokens; one PPO step of {GROUPS * PER_GROUP * LENGTH:,} tokens "
+        f"({GROUPS * PER_GROUP} trajectories x {LENGTH}), micro-batches of 2,048 tokens, "
+        "Qwen2-shaped model H=256, 4 layers, vocab 8,192, float32. Seconds per step are the "
+        "learner's own proximal + training time of the 2nd step (model loading, process "
+        "start and export excluded).\n\n"
         f"{table}\n\n"
-        "Reading it: on 2 CPU cores the two FSDP ranks each run one thread, so the 2-rank rows "
-        "show the cost of sharding (all-gathers, reduce-scatters emulated by gloo) rather than a "
-        "speed-up; the embedded learner avoids all collectives and is the faster choice on one "
-        "machine without GPUs. FSDP's purpose is memory per GPU and many GPUs; see the GPU "
-        "script `benches/gpu_fsdp.py` and docs/scale.md.\n"
+        "Reading it: one FSDP rank does what the embedded learner does per process (same "
+        "tokens/s within noise; a little more memory for the Python model and the optimizer). "
+        "Two ranks on the two cores lose some tokens/s per process to the collectives "
+        "(all-gathers and reduce-scatters, which gloo emulates) and activation checkpointing "
+        "costs its recomputation but lowers peak memory; compare the 2-rank rows with the "
+        "2-thread tch row, which uses the same cores in one process. FSDP's purpose is memory "
+        "per GPU and many GPUs, which a 2-core CPU cannot show; see `benches/gpu_fsdp.py` and "
+        "docs/scale.md.\n"
         f"{end}"
     )
     path = ROOT / "docs" / "benchmarks.md"

@@ -168,6 +168,21 @@ def test_fsdp_step_on_two_ranks_equals_one_rank_and_the_tch_learner(tmp_path, va
     assert tch_stats["groups_filtered_zero_variance"] == 1
 
 
+def test_a_rank_with_no_sequence_still_joins_and_the_step_equals_the_tch_step(tmp_path):
+    model = make_tiny_qwen(tmp_path / "model", "qwen2", hidden_size=32, layers=2)
+    vocab = json.loads((model / "config.json").read_text())["vocab_size"]
+    groups = make_groups(vocab)[:1]  # one group: rank 1 gets only empty micro-batches
+    trajs = [[_core.Trajectory.from_json(t) for t in g] for g in groups]
+    plan, _ = plan_ppo_step(trajs, 1, LearnerConfig.from_dict(LEARNER).to_dict(), 2)
+    assert all(not mb["input_ids"] for m in plan["ranks"][1] for mb in m)
+    tch_stats = tch_ppo_step(model, trajs, 1, LearnerConfig.from_dict(LEARNER), tmp_path / "tch")
+    two = run_fsdp(tmp_path, model, groups, 2, "idle")
+    assert_weights_close(two, tmp_path / "tch", 1e-5)
+    stats = json.loads((two / "stats.json").read_text())["stats"]
+    assert stats["loss"] == pytest.approx(tch_stats["loss"], rel=1e-4, abs=1e-6)
+    assert stats["grad_norm"] == pytest.approx(tch_stats["grad_norm"], rel=1e-4)
+
+
 def test_fused_head_equals_the_materialized_log_softmax_reference_under_fsdp(tmp_path):
     model = make_tiny_qwen(tmp_path / "model", "qwen2", hidden_size=32, layers=2)
     vocab = json.loads((model / "config.json").read_text())["vocab_size"]
