@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import asearcher
 import pytest
 import torch
 from asearcher import _core
@@ -129,8 +130,16 @@ def run_fsdp(tmp: Path, model: Path, groups, nproc: int, name: str, **extra) -> 
     return out
 
 
+def load_weights(directory: Path) -> dict:
+    """Every tensor of an HF export, sharded or not."""
+    out: dict = {}
+    for f in sorted(directory.glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+
+
 def assert_weights_close(a: Path, b: Path, rtol: float) -> None:
-    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    wa, wb = load_weights(a), load_weights(b)
     assert set(wa) == set(wb)
     for name in wa:
         diff = (wa[name] - wb[name]).norm() / wb[name].norm().clamp_min(1e-12)
@@ -176,8 +185,11 @@ def test_a_rank_with_no_sequence_still_joins_and_the_step_equals_the_tch_step(tm
     plan, _ = plan_ppo_step(trajs, 1, LearnerConfig.from_dict(LEARNER).to_dict(), 2)
     assert all(not mb["input_ids"] for m in plan["ranks"][1] for mb in m)
     tch_stats = tch_ppo_step(model, trajs, 1, LearnerConfig.from_dict(LEARNER), tmp_path / "tch")
-    two = run_fsdp(tmp_path, model, groups, 2, "idle")
+    two = run_fsdp(tmp_path, model, groups, 2, "idle", max_shard_bytes=20_000)
+    index = json.loads((two / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 2  # a sharded export, as HF writes one
     assert_weights_close(two, tmp_path / "tch", 1e-5)
+    assert asearcher.QwenModel.load(two).config["num_hidden_layers"] == 2  # our loader reads it
     stats = json.loads((two / "stats.json").read_text())["stats"]
     assert stats["loss"] == pytest.approx(tch_stats["loss"], rel=1e-4, abs=1e-6)
     assert stats["grad_norm"] == pytest.approx(tch_stats["grad_norm"], rel=1e-4)

@@ -24,6 +24,8 @@ def main(spec_path: str) -> None:
     if "inference" in spec:
         config["inference"] = spec["inference"]
     learner = FsdpLearner(config, device=info.device, head=spec.get("head", "fused"))
+    if spec.get("max_shard_bytes"):
+        learner.max_shard_bytes = spec["max_shard_bytes"]
     if info.rank != 0:
         learner.serve()
         _report_rss(spec, info.rank)

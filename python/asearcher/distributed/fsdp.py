@@ -36,6 +36,9 @@ import torch.distributed as dist
 from .. import _core
 from ..ops import fused_ppo_loss, ppo_loss, token_logprobs
 
+# Largest safetensors file of an export; bigger models get shards and an index, as HF writes.
+MAX_SHARD_BYTES = 5 * 2**30
+
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # Keys of the token-weighted diagnostic sums reduced over ranks (same as the tch learner).
@@ -105,6 +108,7 @@ class FsdpLearner:
         self._stopped = False
         self._busy = False
         self._broadcaster: Any = None
+        self.max_shard_bytes = MAX_SHARD_BYTES
 
     # --------------------------------------------------------------------------------------
     # set-up
@@ -456,7 +460,6 @@ class FsdpLearner:
 
     def _export_hf_local(self, directory: str) -> None:
         """Every rank gathers the full state dict (a collective); rank 0 writes it."""
-        from safetensors.torch import save_file
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -471,7 +474,7 @@ class FsdpLearner:
         }
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+        _save_sharded(tensors, out, self.max_shard_bytes)
         config = json.loads(self.model.config.to_json_string())
         config["torch_dtype"] = config["dtype"] = self.fsdp["export_dtype"]
         config["use_cache"] = True
@@ -544,6 +547,33 @@ class FsdpLearner:
         dcp.load(state, checkpoint_id=path)
         set_model_state_dict(self.model, state["model"])
         set_optimizer_state_dict(self.model, self.optimizer, state["optim"])
+
+
+def _save_sharded(tensors: dict[str, torch.Tensor], out: Path, max_bytes: int) -> None:
+    """``model.safetensors``, or ``model-0000k-of-0000n.safetensors`` files of at most
+    ``max_bytes`` each (a larger tensor alone) with ``model.safetensors.index.json``."""
+    from safetensors.torch import save_file
+
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += nbytes
+    if len(shards) == 1:
+        save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for k, shard in enumerate(shards, 1):
+        file = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(out / file), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, file))
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
 class _parameters_on_meta:
