@@ -193,40 +193,29 @@ class FsdpLearner:
             {"micro": rank, "minibatch_loss_tokens": plan["minibatch_loss_tokens"]}
             for rank in plan["ranks"]
         ]
-        self._busy = True
-        own = self._send(Command.STEP, {"steps": self.steps}, shares)
-        stats = self._ppo_step_local(own, self.steps)
-        self._busy = False
-        return stats
+        return self._command(
+            Command.STEP,
+            {"steps": self.steps},
+            lambda own: self._ppo_step_local(own, self.steps),
+            shares,
+        )
 
     def export_hf(self, directory: str) -> None:
-        self._busy = True
-        self._send(Command.EXPORT, {"dir": directory})
-        self._export_hf_local(directory)
-        self._busy = False
+        self._command(Command.EXPORT, {"dir": directory}, lambda _: self._export_local(directory))
 
     def push_weights(self, version: int) -> None:
         """Broadcasts the weights into the servers (``inference.weight_sync = "distributed"``):
         every rank gathers each parameter in the same order, rank 0 sends them in buckets."""
-        self._busy = True
-        self._send(Command.SYNC, {"version": version})
-        self._push_weights_local(version)
-        self._busy = False
+        self._command(Command.SYNC, {"version": version}, lambda _: self._push_local(version))
 
     def model_config_json(self) -> str:
         return self.model.config.to_json_string()
 
     def save_state(self, directory: str) -> None:
-        self._busy = True
-        self._send(Command.SAVE, {"dir": directory})
-        self._save_state_local(directory)
-        self._busy = False
+        self._command(Command.SAVE, {"dir": directory}, lambda _: self._save_state_local(directory))
 
     def load_state(self, directory: str) -> None:
-        self._busy = True
-        self._send(Command.LOAD, {"dir": directory})
-        self._load_state_local(directory)
-        self._busy = False
+        self._command(Command.LOAD, {"dir": directory}, lambda _: self._load_state_local(directory))
 
     def shutdown(self) -> None:
         """Tells the other ranks to leave :meth:`serve` (once). After a command failed half-way
@@ -245,9 +234,9 @@ class FsdpLearner:
             if cmd == Command.STEP:
                 self._ppo_step_local(share, args["steps"])
             elif cmd == Command.EXPORT:
-                self._export_hf_local(args["dir"])
+                self._export_local(args["dir"])
             elif cmd == Command.SYNC:
-                self._push_weights_local(args["version"])
+                self._push_local(args["version"])
             elif cmd == Command.SAVE:
                 self._save_state_local(args["dir"])
             elif cmd == Command.LOAD:
@@ -257,6 +246,20 @@ class FsdpLearner:
 
     # --------------------------------------------------------------------------------------
     # control messages
+
+    def _command(
+        self,
+        cmd: str,
+        args: dict[str, Any],
+        local: Callable[[Any], Any],
+        shares: list[Any] | None = None,
+    ) -> Any:
+        """Rank 0: sends ``cmd`` (and each rank its share), then does its own part. While it
+        runs the learner is busy: a failure half-way leaves it so, and shutdown sends nothing."""
+        self._busy = True
+        result = local(self._send(cmd, args, shares))
+        self._busy = False
+        return result
 
     def _send(self, cmd: str, args: dict[str, Any], shares: list[Any] | None = None) -> Any:
         """Rank 0: the command to every rank, and each rank its share; returns rank 0's."""
@@ -458,7 +461,7 @@ class FsdpLearner:
     # --------------------------------------------------------------------------------------
     # weights and state
 
-    def _export_hf_local(self, directory: str) -> None:
+    def _export_local(self, directory: str) -> None:
         """Every rank gathers the full state dict (a collective); rank 0 writes it."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -488,7 +491,7 @@ class FsdpLearner:
             full = p.full_tensor() if hasattr(p, "full_tensor") else p.detach()
             yield name.replace("_checkpoint_wrapped_module.", ""), full.detach().to(dtype)
 
-    def _push_weights_local(self, version: int) -> None:
+    def _push_local(self, version: int) -> None:
         if self.rank != 0:
             for _ in self._full_weights():
                 pass

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,6 +24,7 @@ from .._config import as_config_dict
 from ..config import TrainConfig
 from ..exceptions import ConfigError
 from .fsdp import FsdpLearner
+from .weight_sync import free_port
 
 log = logging.getLogger("asearcher.distributed")
 
@@ -39,12 +39,6 @@ class RankInfo:
     device: torch.device
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def init_distributed(device: str, timeout_s: float) -> RankInfo:
     """Initialises the default process group from torchrun's environment (``RANK``,
     ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``), or as a one-rank group on
@@ -56,7 +50,7 @@ def init_distributed(device: str, timeout_s: float) -> RankInfo:
             WORLD_SIZE="1",
             LOCAL_RANK="0",
             MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(_free_port()),
+            MASTER_PORT=str(free_port()),
         )
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", "0"))

@@ -131,7 +131,8 @@ def broadcast(group: Any, tensor: torch.Tensor, timeout_s: float) -> None:
     group.broadcast([tensor], opts).wait(timedelta(seconds=timeout_s))
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on loopback now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -166,7 +167,7 @@ class WeightBroadcaster:
         self.server_world_size = server_world_size
         self.world_size = 1 + len(self.servers) * server_world_size
         self.master_addr = master_addr
-        self.master_port = master_port or _free_port()
+        self.master_port = master_port or free_port()
         self.backend = backend
         self.bucket_bytes = max(1, int(bucket_bytes))
         self.timeout_s = timeout_s

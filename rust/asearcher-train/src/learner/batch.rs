@@ -282,9 +282,18 @@ pub(super) fn adv_abs_mean(seqs: &[TokenSequence]) -> f64 {
     }
 }
 
-fn float_field<'a>(s: &'a TokenSequence, name: &str) -> &'a [f32] {
+/// A float field of a shifted sequence (empty if it holds integers).
+pub(super) fn float_field<'a>(s: &'a TokenSequence, name: &str) -> &'a [f32] {
     match &s.fields[name] {
         TokenValues::Float(v) => v,
         TokenValues::Int(_) => &[],
+    }
+}
+
+/// An integer field of a shifted sequence (empty if it holds floats).
+pub(super) fn int_field<'a>(s: &'a TokenSequence, name: &str) -> &'a [i64] {
+    match &s.fields[name] {
+        TokenValues::Int(v) => v,
+        TokenValues::Float(_) => &[],
     }
 }

@@ -13,11 +13,14 @@
 //! A micro-batch is one packed row: sequences laid end to end with position ids restarting at 0
 //! for each, which is how Hugging Face models tell packed sequences apart.
 
-use super::batch::{adv_abs_mean, normalize_token_advantages, prepare_owned, ADV, BEHAV, TARGET};
+use super::batch::{
+    adv_abs_mean, float_field, int_field, normalize_token_advantages, prepare_owned, ADV, BEHAV,
+    TARGET,
+};
 use super::{LearnerConfig, StepStats};
 use crate::{Result, TrainError};
 use asearcher_rollout::scheduler::Group;
-use asearcher_torch::train::{pack_by_tokens, Oversize, TokenSequence, TokenValues};
+use asearcher_torch::train::{pack_by_tokens, Oversize, TokenSequence};
 
 /// One packed row of sequences, shifted for training (position `t` carries the target, mask,
 /// behaviour logprob and advantage of token `t + 1`).
@@ -177,20 +180,6 @@ fn concat(seqs: &[TokenSequence], members: impl Iterator<Item = usize>) -> Packe
         m.loss_tokens += s.loss_tokens();
     }
     m
-}
-
-fn int_field<'a>(s: &'a TokenSequence, name: &str) -> &'a [i64] {
-    match &s.fields[name] {
-        TokenValues::Int(v) => v,
-        TokenValues::Float(_) => &[],
-    }
-}
-
-fn float_field<'a>(s: &'a TokenSequence, name: &str) -> &'a [f32] {
-    match &s.fields[name] {
-        TokenValues::Float(v) => v,
-        TokenValues::Int(_) => &[],
-    }
 }
 
 #[cfg(test)]
