@@ -31,7 +31,9 @@ from .training import FitResult, Trainer, WarmStartResult, read_metrics, warm_st
 
 __version__: str = _core.__version__
 
-_logging.getLogger("asearcher").addHandler(_logging.NullHandler())
+# No NullHandler: until the application configures logging, asearcher's warnings reach stderr
+# through logging's last-resort handler (repeats are rate-limited in the Rust bridge), so a run
+# that drops work never does so silently.
 
 
 def set_log_level(level: int | str) -> None:

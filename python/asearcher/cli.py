@@ -355,6 +355,11 @@ def _eval_flag_overrides(args: argparse.Namespace) -> list[str]:
     put("agent.max_turns", args.max_turns)
     put("rollout.max_concurrent", args.max_concurrent)
     put("max_questions", args.max_questions)
+    put("warn_error_rate", args.warn_error_rate)
+    if args.restart:
+        put("resume", "restart")
+    elif args.allow_changes:
+        put("resume", "allow_changes")
     if args.judge_url:
         put("judge.url", args.judge_url)
         put("judge.model", args.judge_model or "judge")
@@ -387,6 +392,23 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--judge-api-key-env", default=None, help="env var holding the judge's key")
     e.add_argument("--max-questions", type=int, default=None, help="questions per benchmark")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+    again = e.add_mutually_exclusive_group()
+    again.add_argument(
+        "--restart",
+        action="store_true",
+        help="delete the results already in --output-dir and start over",
+    )
+    again.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="continue results of a different setup (the changes are recorded)",
+    )
+    e.add_argument(
+        "--warn-error-rate",
+        type=float,
+        default=None,
+        help="warn above this share of failed trajectories / tool calls / reward errors (0.1)",
+    )
     e.set_defaults(func=cmd_eval)
 
 

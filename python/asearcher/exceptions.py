@@ -98,6 +98,22 @@ class EngineStoppedError(RolloutError, RuntimeError):
     """The rollout engine was shut down while a call waited on it."""
 
 
+class SystematicFailureError(RolloutError, RuntimeError):
+    """The first trajectories (or tool calls) all failed with the same error: a systematic error
+    (a missing chat template, a dead server, no toolbox), not bad luck. The engine stopped; the
+    message names the cause and the config key to check (``rollout.fail_fast_after``)."""
+
+
+class RunFailedError(RolloutError, RuntimeError):
+    """A run ended without a usable result: every trajectory or every tool call failed. What was
+    done is saved (the message says where) and a re-run retries the failures."""
+
+
+class ResumeMismatchError(ConfigError):
+    """An output directory holds results of a different setup; the message lists each differing
+    field with its saved and current value, and how to start over or continue deliberately."""
+
+
 class TrainingError(AsearcherError, RuntimeError):
     """Training failed or was misused (started twice, polled before start)."""
 
@@ -128,9 +144,12 @@ __all__ = [
     "ModelError",
     "PageRefusedError",
     "RequestRejectedError",
+    "ResumeMismatchError",
+    "RunFailedError",
     "RewardError",
     "RolloutError",
     "SearchIndexError",
+    "SystematicFailureError",
     "TensorError",
     "ToolError",
     "ToolTimeoutError",

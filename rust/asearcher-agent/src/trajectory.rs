@@ -34,6 +34,10 @@ pub struct ToolCallRecord {
     pub error: Option<String>,
     /// Characters of observation shown to the model.
     pub observation_chars: usize,
+    /// The observation text the tool returned (what the agent was shown: the rendered
+    /// documents, or the page's parts), or the error message the agent observed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observation: Option<String>,
 }
 
 /// One generation and what followed it.
@@ -70,6 +74,29 @@ pub struct TrajectoryError {
     pub traceback: Option<String>,
     /// The turn it happened at, if any.
     pub turn: Option<usize>,
+    /// What failed within its kind: the reward stage (a plugin's name, `judge`, `primary`), the
+    /// tool (`search`, `access`). Reports count errors per stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+}
+
+impl TrajectoryError {
+    /// An error of `kind` with its message (no traceback, turn or stage).
+    pub fn new(kind: &str, message: impl Into<String>) -> Self {
+        TrajectoryError {
+            kind: kind.into(),
+            message: message.into(),
+            traceback: None,
+            turn: None,
+            stage: None,
+        }
+    }
+
+    /// The same error, attributed to `stage`.
+    pub fn at_stage(mut self, stage: impl Into<String>) -> Self {
+        self.stage = Some(stage.into());
+        self
+    }
 }
 
 /// One agent run on one question.
@@ -92,6 +119,10 @@ pub struct Trajectory {
     /// The training reward (the configured primary score); `None` until scored or when scoring failed.
     pub reward: Option<f64>,
     pub errors: Vec<TrajectoryError>,
+    /// The errors of earlier runs of this sample that failed and were run again (an evaluation
+    /// resumed over failed trajectories keeps what went wrong before).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_errors: Vec<TrajectoryError>,
     /// Unix time (seconds) the run started and its wall-clock duration.
     pub started_at: f64,
     pub elapsed_s: f64,
@@ -120,7 +151,19 @@ impl ToolCallRecord {
                     .iter()
                     .map(|c| c.chars().count())
                     .sum::<usize>(),
+            observation: Some(observation_text(observation)),
         }
+    }
+}
+
+/// The text of an observation: its rendered text, else its chunks, else its error.
+fn observation_text(o: &ToolObservation) -> String {
+    if !o.text.is_empty() {
+        o.text.clone()
+    } else if !o.chunks.is_empty() {
+        o.chunks.join("\n\n")
+    } else {
+        o.error.clone().unwrap_or_default()
     }
 }
 
@@ -230,6 +273,7 @@ impl Trajectory {
             rewards: BTreeMap::new(),
             reward: None,
             errors: Vec::new(),
+            earlier_errors: Vec::new(),
             started_at,
             elapsed_s: 0.0,
             metadata: serde_json::Map::new(),

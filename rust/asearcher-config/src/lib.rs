@@ -6,8 +6,11 @@
 //!   its dotted path (`learner.ppo.eps_clipp`), with the closest valid key suggested;
 //! - [`load`] / [`from_value`]: the three above in order, paths in a file resolved against the
 //!   file's directory (a [`Document`] says which fields are paths);
+//! - [`fingerprint`]: what determines an output directory's results, and resuming only on a match;
 //! - [`schema_of`]: the JSON schema of a config type (doc comments, types, defaults), the source
 //!   of the generated Python dataclasses (`python/asearcher/config.py`) and `docs/config.md`.
+
+pub mod fingerprint;
 
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;

@@ -37,6 +37,9 @@ mod py {
     pyo3::import_exception!(asearcher.exceptions, TrainingError);
     pyo3::import_exception!(asearcher.exceptions, TrainingDataError);
     pyo3::import_exception!(asearcher.exceptions, WeightSyncError);
+    pyo3::import_exception!(asearcher.exceptions, SystematicFailureError);
+    pyo3::import_exception!(asearcher.exceptions, RunFailedError);
+    pyo3::import_exception!(asearcher.exceptions, ResumeMismatchError);
 }
 
 /// The exception for an I/O failure at a named path or address.
@@ -138,6 +141,9 @@ pub fn rollout_err(e: RolloutError) -> PyErr {
         RolloutError::Reward { .. } => py::RewardError::new_err(msg),
         RolloutError::BadLine { .. } => py::BadLineError::new_err(msg),
         RolloutError::Stopped => py::EngineStoppedError::new_err(msg),
+        RolloutError::Systematic { .. } => py::SystematicFailureError::new_err(msg),
+        RolloutError::RunFailed { .. } => py::RunFailedError::new_err(msg),
+        RolloutError::ResumeMismatch(_) => py::ResumeMismatchError::new_err(msg),
     }
 }
 
@@ -149,7 +155,8 @@ pub fn train_err(e: TrainError) -> PyErr {
         TrainError::Torch(t) => torch_err(t),
         TrainError::Rollout(r) => rollout_err(r),
         TrainError::Io { .. } => io_err(msg),
-        TrainError::Data(_) => py::TrainingDataError::new_err(msg),
+        TrainError::Data(_) | TrainError::NoSteps(_) => py::TrainingDataError::new_err(msg),
+        TrainError::ResumeMismatch(_) => py::ResumeMismatchError::new_err(msg),
         TrainError::WeightSync { .. } => py::WeightSyncError::new_err(msg),
         TrainError::Stopped(_) | TrainError::Learner(_) => py::TrainingError::new_err(msg),
     }

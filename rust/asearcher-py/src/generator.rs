@@ -171,7 +171,7 @@ impl CallParams {
 pub struct PyGenerator {
     handle: GeneratorHandle,
     next_rid: AtomicU64,
-    model_dir: PathBuf,
+    pub(crate) model_dir: PathBuf,
 }
 
 /// The detokenizer of `model_dir` when it has a tokenizer.json (else stop strings are refused).

@@ -1,11 +1,16 @@
 //! Bridges `tracing` events to the Python logger named "asearcher". Events below the logger's
 //! effective level are dropped without taking the GIL; the level is re-read at most once a second
-//! (or at once through `refresh_log_level`).
+//! (or at once through `refresh_log_level`). Warnings and errors that repeat (the same message
+//! from the same place, whatever their fields) are rate-limited: the first is logged, the
+//! repeats within [`REPEAT_WINDOW_MS`] are counted, and the next one logged after the window says
+//! how many were held back, so 10,000 failing tool calls do not flood a notebook.
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
+use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -14,6 +19,32 @@ use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static MIN_LEVEL: AtomicI64 = AtomicI64::new(30);
 static LEVEL_READ_AT_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Repeats of a warning within this many milliseconds of the last one logged are counted, not
+/// logged.
+pub const REPEAT_WINDOW_MS: u64 = 10_000;
+
+/// Per (target, message): when it was last logged and the repeats held back since.
+static REPEATS: Mutex<Option<HashMap<(String, String), (u64, u64)>>> = Mutex::new(None);
+
+/// `None`: hold this repeat back; `Some(n)`: log it, `n` repeats were held back before it.
+fn admit_repeat(target: &str, text: &str, now: u64) -> Option<u64> {
+    let mut guard = REPEATS.lock().unwrap_or_else(|p| p.into_inner());
+    let map = guard.get_or_insert_with(HashMap::new);
+    if map.len() > 10_000 {
+        map.clear();
+    }
+    let entry = map
+        .entry((target.to_string(), text.to_string()))
+        .or_insert((0, 0));
+    if entry.0 != 0 && now.saturating_sub(entry.0) < REPEAT_WINDOW_MS {
+        entry.1 += 1;
+        return None;
+    }
+    let held = entry.1;
+    *entry = (now, 0);
+    Some(held)
+}
 
 fn py_level(level: &Level) -> i64 {
     match *level {
@@ -98,6 +129,14 @@ impl<S: Subscriber> Layer<S> for PythonLogLayer {
         let mut msg = Message::default();
         event.record(&mut msg);
         let target = event.metadata().target().to_string();
+        let mut repeats = String::new();
+        if level >= 30 {
+            match admit_repeat(&target, &msg.text, now_ms()) {
+                None => return,
+                Some(0) => {}
+                Some(n) => repeats = format!(" (and {n} more like it held back)"),
+            }
+        }
         let _ = Python::try_attach(|py| -> PyResult<()> {
             if stale {
                 refresh_log_level(py)?;
@@ -105,7 +144,7 @@ impl<S: Subscriber> Layer<S> for PythonLogLayer {
             if level < MIN_LEVEL.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            let line = format!("{}{} [{target}]", msg.text, msg.fields);
+            let line = format!("{}{}{repeats} [{target}]", msg.text, msg.fields);
             logger(py)?.call_method1("log", (level, line))?;
             Ok(())
         });

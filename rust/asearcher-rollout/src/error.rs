@@ -50,6 +50,22 @@ pub enum RolloutError {
     /// The engine was shut down while the call waited.
     #[error("the rollout engine has stopped")]
     Stopped,
+    /// The first trajectories (or tool calls) all failed the same way: a systematic error, not
+    /// bad luck. The engine stopped; `hint` names what to check.
+    #[error("systematic failure: the first {count} {what} all failed with the same error ({kind}): {message}\n{hint}")]
+    Systematic {
+        what: String,
+        count: u32,
+        kind: String,
+        message: String,
+        hint: String,
+    },
+    /// A run finished but produced nothing usable (every trajectory or tool call failed).
+    #[error("{message}")]
+    RunFailed { message: String },
+    /// An output directory holds results of a different setup.
+    #[error(transparent)]
+    ResumeMismatch(#[from] asearcher_config::fingerprint::ResumeMismatch),
 }
 
 impl RolloutError {

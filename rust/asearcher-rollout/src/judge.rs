@@ -324,12 +324,9 @@ impl Scorer for JudgeScorer {
                 }
                 Outcome::Failed(message) => {
                     t.rewards.insert(JUDGE_KEY.into(), 0.0);
-                    t.errors.push(TrajectoryError {
-                        kind: "reward".into(),
-                        message: format!("reward `{JUDGE_KEY}` failed: {message}"),
-                        traceback: None,
-                        turn: None,
-                    });
+                    let message = format!("reward `{JUDGE_KEY}` failed: {message}");
+                    t.errors
+                        .push(TrajectoryError::new("reward", message).at_stage(JUDGE_KEY));
                 }
             }
         }

@@ -315,10 +315,12 @@ impl Scorer for PluginScorer {
                     t.rewards.insert(name.clone(), score);
                 }
                 Err(failure) => t.errors.push(TrajectoryError {
-                    kind: "reward".into(),
-                    message: format!("reward `{name}` failed: {}", failure.message),
                     traceback: failure.traceback,
-                    turn: None,
+                    ..TrajectoryError::new(
+                        "reward",
+                        format!("reward `{name}` failed: {}", failure.message),
+                    )
+                    .at_stage(name.clone())
                 }),
             }
         }
@@ -448,12 +450,9 @@ impl Scorer for RewardPipeline {
                 (score, format!("primary reward `{}`", self.primary))
             };
             if t.reward.is_none() && !t.errors.iter().any(|e| e.kind == "reward") {
-                t.errors.push(TrajectoryError {
-                    kind: "reward".into(),
-                    message: format!("no stage recorded the {missing}"),
-                    traceback: None,
-                    turn: None,
-                });
+                let message = format!("no stage recorded the {missing}");
+                t.errors
+                    .push(TrajectoryError::new("reward", message).at_stage("primary"));
             }
         }
     }

@@ -51,7 +51,8 @@ pub struct RunLimits {
 /// workers: implementations must be cheap and must not block.
 pub trait StatsSink: Send + Sync {
     fn generation(&self, latency_ms: f64, output_tokens: usize);
-    fn tool_call(&self, latency_ms: f64, failed: bool);
+    /// A tool call ended; `error` is its failure (after the toolbox's retries).
+    fn tool_call(&self, latency_ms: f64, tool: &str, error: Option<&str>);
 }
 
 /// Everything a trajectory runs against. Cheap to clone.
@@ -283,10 +284,8 @@ impl Run<'_> {
         let turn = live.trajectory.turns.len().checked_sub(1);
         tracing::debug!(trajectory = %self.spec.id, kind, %message, "trajectory error");
         live.trajectory.errors.push(TrajectoryError {
-            kind: kind.into(),
-            message,
-            traceback: None,
             turn,
+            ..TrajectoryError::new(kind, message)
         });
     }
 
@@ -408,7 +407,11 @@ impl Run<'_> {
         let result = self.within(call_tool(toolbox, &call)).await?;
         let latency_ms = started.elapsed().as_secs_f64() * 1e3;
         if let Some(stats) = &self.ctx.stats {
-            stats.tool_call(latency_ms, result.is_err());
+            stats.tool_call(
+                latency_ms,
+                call.kind.name(),
+                result.as_ref().err().map(|e| e.as_str()),
+            );
         }
         let (observation, record) = match result {
             Ok(out) => observe(&call, out, latency_ms),
@@ -491,7 +494,8 @@ pub(crate) fn observe(
     out: ToolOutput,
     latency_ms: f64,
 ) -> (ToolObservation, ToolCallRecord) {
-    let record = tool_record(call, latency_ms, out.cached, None, out.text.chars().count());
+    let mut record = tool_record(call, latency_ms, out.cached, None, out.text.chars().count());
+    record.observation = Some(out.text.clone());
     let observation = ToolObservation {
         docs: out.docs.into_iter().map(observed_doc).collect(),
         text: out.text,
@@ -513,6 +517,7 @@ fn tool_record(
         input: call.argument.clone(),
         latency_ms,
         cached,
+        observation: error.clone(),
         error,
         observation_chars: chars,
     }

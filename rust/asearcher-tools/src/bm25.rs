@@ -76,6 +76,10 @@ struct IndexMeta {
     analyzer: String,
     corpus: String,
     stats: BuildStats,
+    /// SHA-256 of the corpus file and the analyzer, written at build time: the index's identity
+    /// wherever it is copied (cache keys, fingerprints). Absent in indexes built before it.
+    #[serde(default)]
+    build_id: Option<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -116,6 +120,26 @@ fn index_err(path: &Path, e: impl std::fmt::Display) -> ToolError {
         path: path.to_path_buf(),
         msg: e.to_string(),
     }
+}
+
+/// The first 16 bytes (hex) of the SHA-256 of the analyzer name and the corpus file.
+fn build_id(corpus: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = std::fs::File::open(corpus).map_err(|e| ToolError::io(corpus, e))?;
+    let mut hasher = Sha256::new();
+    hasher.update(ANALYZER.as_bytes());
+    hasher.update([0u8]);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| ToolError::io(corpus, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let digest = hasher.finalize();
+    Ok(digest[..16].iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// A read-only BM25 index over a corpus, safe to query from many threads at once.
@@ -161,6 +185,7 @@ impl LocalIndex {
                     analyzer: ANALYZER.into(),
                     corpus: corpus.display().to_string(),
                     stats: stats.clone(),
+                    build_id: Some(build_id(corpus)?),
                 };
                 let json = serde_json::to_vec_pretty(&meta).expect("meta serialises");
                 std::fs::write(tmp.join(META_FILE), json)
@@ -231,6 +256,22 @@ impl LocalIndex {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The index's identity, the same wherever the directory is copied or however its path is
+    /// spelled: the build id (a hash of the corpus and analyzer), or for an index built before
+    /// build ids, its analyzer and build counts.
+    pub fn identity(&self) -> String {
+        match &self.meta.build_id {
+            Some(id) => format!("bm25:{id}"),
+            None => {
+                let s = &self.meta.stats;
+                format!(
+                    "bm25:{}:{}docs:{}bytes",
+                    self.meta.analyzer, s.docs, s.corpus_bytes
+                )
+            }
+        }
     }
 
     /// Number of passages in the index.

@@ -19,7 +19,8 @@ pub const EMPTY_PAGE: &str = "No More Information is Found for this URL.";
 /// Anything that answers search queries.
 #[async_trait]
 pub trait SearchBackend: Send + Sync {
-    /// A stable name, part of cache keys (`local:<path>`, `retrieval`, `serper`).
+    /// A stable name, part of cache keys and fingerprints: an identity, never a path
+    /// (`local:bm25:<build id>`, `retrieval`, `serper`).
     fn name(&self) -> String;
     async fn search_batch(&self, queries: &[String], k: usize) -> Result<Vec<Vec<Document>>>;
 }
@@ -34,7 +35,7 @@ pub trait PageSource: Send + Sync {
 #[async_trait]
 impl SearchBackend for Arc<LocalIndex> {
     fn name(&self) -> String {
-        format!("local:{}", self.path().display())
+        format!("local:{}", self.identity())
     }
     async fn search_batch(&self, queries: &[String], k: usize) -> Result<Vec<Vec<Document>>> {
         let (idx, qs) = (self.clone(), queries.to_vec());
@@ -47,7 +48,7 @@ impl SearchBackend for Arc<LocalIndex> {
 #[async_trait]
 impl PageSource for Arc<LocalIndex> {
     fn name(&self) -> String {
-        format!("local:{}", self.path().display())
+        format!("local:{}", self.identity())
     }
     async fn access(&self, url: &str) -> Result<Option<Page>> {
         let (idx, url) = (self.clone(), url.to_string());
@@ -159,6 +160,21 @@ impl Toolbox {
 
     pub fn config(&self) -> &ToolboxConfig {
         &self.cfg
+    }
+
+    /// What the agent's observations depend on, for fingerprints: the search backend's and
+    /// page source's identities and the rendering limits (not the cache: it replays the same).
+    pub fn identity(&self) -> serde_json::Value {
+        let c = &self.cfg;
+        json!({
+            "search": self.search.name(),
+            "pages": self.pages.as_ref().map(|p| p.name()),
+            "top_k": c.top_k,
+            "doc_chars": c.doc_chars,
+            "page_max_chars": c.chunking.max_chars,
+            "chunk_chars": c.chunking.chunk_chars,
+            "max_chunks": c.chunking.max_chunks,
+        })
     }
 
     /// Runs many searches (batched into one backend call where nothing is cached).

@@ -213,8 +213,13 @@ pub struct RunConfig {
     pub checkpoint_every: u64,
     /// Checkpoints kept.
     pub keep_last: usize,
-    /// Continue from the newest checkpoint in `out_dir` when there is one.
+    /// Continue from the newest checkpoint in `out_dir` when there is one, and only when the
+    /// run's fingerprint (`out_dir/fingerprint.json`: everything but the operational keys, with
+    /// the model, data and index by content) matches; a difference is an error naming each key.
     pub resume: bool,
+    /// Resume even though the fingerprint differs (a changed learning rate, say); the changes
+    /// are recorded in the history of `fingerprint.json`.
+    pub allow_changes: bool,
     /// Append every trained group's trajectories to `trajectories.jsonl`.
     pub save_trajectories: bool,
     /// The run's one seed: question order (with `data.shuffle`) and the generation seeds.
@@ -229,6 +234,7 @@ impl Default for RunConfig {
             checkpoint_every: 1,
             keep_last: 2,
             resume: true,
+            allow_changes: false,
             save_trajectories: true,
             seed: 0,
         }

@@ -17,11 +17,25 @@ const MAX_RESENDS: u32 = 16;
 /// The embedded generator as an [`LlmBackend`].
 pub struct EmbeddedBackend {
     handle: gen::GeneratorHandle,
+    /// The model directory, for the backend's identity.
+    model: Option<String>,
 }
 
 impl EmbeddedBackend {
     pub fn new(handle: gen::GeneratorHandle) -> Self {
-        Self { handle }
+        Self {
+            handle,
+            model: None,
+        }
+    }
+
+    /// Names the model directory the generator was loaded from (its identity in fingerprints).
+    pub fn with_model(mut self, model_dir: &std::path::Path) -> Self {
+        let dir = model_dir
+            .canonicalize()
+            .unwrap_or_else(|_| model_dir.to_path_buf());
+        self.model = Some(dir.display().to_string());
+        self
     }
 
     async fn call(&self, req: &GenRequest) -> Result<gen::GenerateOutput> {
@@ -158,6 +172,13 @@ impl LlmBackend for EmbeddedBackend {
 
     fn describe(&self) -> String {
         "embedded generator".into()
+    }
+
+    async fn identity(&self) -> String {
+        match &self.model {
+            Some(dir) => format!("{dir}@{}", self.handle.version()),
+            None => asearcher_config::fingerprint::UNKNOWN.into(),
+        }
     }
 }
 

@@ -29,6 +29,13 @@ pub enum TrainError {
     /// A learner outside this crate (the FSDP ranks) failed; the message says where.
     #[error("the learner failed: {0}")]
     Learner(String),
+    /// The data ran out before a single step: every group was filtered or dropped. The message
+    /// says how many, why, and what to change.
+    #[error("no training step was made: {0}")]
+    NoSteps(String),
+    /// `run.out_dir` holds a run of a different setup; the message names each differing key.
+    #[error(transparent)]
+    ResumeMismatch(#[from] asearcher_config::fingerprint::ResumeMismatch),
     /// The run was stopped (Ctrl-C, `stop()`), after the last complete step.
     #[error("training stopped: {0}")]
     Stopped(String),

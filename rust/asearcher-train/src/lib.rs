@@ -12,6 +12,7 @@
 pub mod config;
 pub mod embedded;
 pub mod error;
+pub mod fingerprint;
 pub mod learner;
 pub mod policy;
 pub mod sync;

@@ -158,7 +158,25 @@ impl Trainer {
         mut learner: Box<dyn PolicyLearner>,
     ) -> Result<Self> {
         cfg.validate()?;
+        // Everything that can refuse the run is checked before anything is written.
         let out_dir = cfg.run.out_dir.clone();
+        let toolbox = toolbox_of(&cfg, &parts)?;
+        if toolbox.is_none() {
+            tracing::warn!(
+                "no toolbox (`tools.index` unset and no toolbox= given): every search and access \
+                 the agent makes fails with \"no search tools are configured\""
+            );
+        }
+        let parts = TrainParts {
+            toolbox: toolbox.clone(),
+            scorer: parts.scorer,
+        };
+        let tokenizer = Arc::new(
+            Tokenizer::from_dir(cfg.tokenizer_dir())
+                .map_err(|e| TrainError::config("model.tokenizer", e.to_string()))?,
+        );
+        let fields = crate::fingerprint::train_fingerprint(&cfg, toolbox.as_ref())?;
+        let resume = crate::fingerprint::check(&cfg, &fields)?;
         std::fs::create_dir_all(&out_dir).map_err(|e| TrainError::io(&out_dir, e))?;
         let ckpt = CheckpointManager::new(out_dir.join("checkpoints"), cfg.run.keep_last)?;
         let loaded = if cfg.run.resume {
@@ -178,18 +196,15 @@ impl Trainer {
             }
             None => (0, None),
         };
-        let out = Outputs::open(&out_dir, step)?;
-        write_json(&out_dir.join("config.json"), &cfg)?;
-        let tokenizer = Arc::new(
-            Tokenizer::from_dir(cfg.tokenizer_dir())
-                .map_err(|e| TrainError::config("model.tokenizer", e.to_string()))?,
-        );
         let (backend, sync, generator) =
             rt.block_on(start_inference(&cfg, learner.as_mut(), step))?;
         let engine = {
             let _enter = rt.enter();
             start_engine(&cfg, &parts, backend, tokenizer, snapshot, step)?
         };
+        let out = Outputs::open(&out_dir, step)?;
+        write_json(&out_dir.join("config.json"), &cfg)?;
+        crate::fingerprint::record(&cfg, &fields, &resume)?;
         if step > 0 {
             tracing::info!(step, dir = %out_dir.display(), "resumed training");
         }
@@ -278,6 +293,14 @@ impl Trainer {
                 break "stopped";
             }
         };
+        if ended_by == "data" && self.step == 0 {
+            self.rt.block_on(self.engine.shutdown());
+            self.learner.shutdown();
+            return Err(TrainError::NoSteps(no_step_reason(
+                &self.engine.stats(),
+                &self.cfg.rollout,
+            )));
+        }
         if saved_at != self.step {
             self.save_checkpoint()?;
         }
@@ -298,9 +321,11 @@ impl Trainer {
         let want = self.cfg.rollout.batch_size;
         let stop = self.stop.clone();
         let engine = &self.engine;
-        Ok(self.rt.block_on(async move {
+        let rollout = &self.cfg.rollout;
+        let batch = self.rt.block_on(async move {
             let next = engine.next_batch(want);
             tokio::pin!(next);
+            let mut filtered = FilterWatch::new(engine.stats().filtered_groups, want);
             loop {
                 tokio::select! {
                     batch = &mut next => return batch,
@@ -308,10 +333,15 @@ impl Trainer {
                         if stop.load(Ordering::Relaxed) {
                             return None;
                         }
+                        filtered.check(&engine.stats(), rollout);
                     }
                 }
             }
-        }))
+        });
+        match (batch, self.engine.failure()) {
+            (None, Some(failure)) => Err(failure.into()),
+            (batch, _) => Ok(batch),
+        }
     }
 
     /// One step on `batch`: learn, bump the version, push the weights, record.
@@ -738,4 +768,77 @@ mod tests {
         truncate_to_step(&path, 0, |v| v.get("step")?.as_u64()).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
     }
+}
+
+/// Warns (once per wait, then at every further `2 * batch_size` groups) when the engine keeps
+/// filtering groups while a batch is awaited: the trainer is not stuck, it has nothing to learn.
+struct FilterWatch {
+    at_start: u64,
+    next_warning: u64,
+    batch: u64,
+}
+
+impl FilterWatch {
+    fn new(filtered: u64, batch: usize) -> Self {
+        let batch = batch.max(1) as u64;
+        Self {
+            at_start: filtered,
+            next_warning: 2 * batch,
+            batch,
+        }
+    }
+
+    fn check(
+        &mut self,
+        stats: &RolloutStats,
+        rollout: &asearcher_rollout::scheduler::RolloutConfig,
+    ) {
+        let since = stats.filtered_groups.saturating_sub(self.at_start);
+        if since >= self.next_warning {
+            self.next_warning += 2 * self.batch;
+            tracing::warn!("{}", filter_message(since, stats, rollout));
+        }
+    }
+}
+
+fn filter_message(
+    filtered: u64,
+    stats: &RolloutStats,
+    rollout: &asearcher_rollout::scheduler::RolloutConfig,
+) -> String {
+    format!(
+        "{filtered} groups filtered while waiting for a batch of {}: each group of {} had \
+         zero reward variance (every sample scored the same, usually 0 for a model that never \
+         answers right), so it carries no GRPO signal (`rollout.filter_zero_variance`). \
+         {} trajectories finished, {} failed, {} dropped. Start from a stronger model \
+         (`model.path` / warm start), use easier data, raise `rollout.group_size`, or set \
+         `rollout.filter_zero_variance = false` to train on them anyway",
+        rollout.batch_size, rollout.group_size, stats.finished, stats.failed, stats.dropped
+    )
+}
+
+/// Why the data ran out before the first step, from the engine's counters.
+fn no_step_reason(
+    stats: &RolloutStats,
+    rollout: &asearcher_rollout::scheduler::RolloutConfig,
+) -> String {
+    if stats.filtered_groups > 0 {
+        return format!(
+            "the data ran out; {}",
+            filter_message(stats.filtered_groups, stats, rollout)
+        );
+    }
+    if stats.dropped_groups > 0 || stats.dropped > 0 {
+        return format!(
+            "the data ran out; {} groups were dropped because their trajectories failed \
+             ({} trajectories failed after `rollout.max_attempts` runs each); see the WARNING \
+             lines for the errors",
+            stats.dropped_groups, stats.dropped
+        );
+    }
+    format!(
+        "the data ran out after {} questions, fewer than one batch of `rollout.batch_size` = {} \
+         groups",
+        stats.position, rollout.batch_size
+    )
 }

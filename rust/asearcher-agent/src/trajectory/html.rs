@@ -126,6 +126,13 @@ fn turn(i: usize, t: &TurnRecord, out: &mut String) {
     }
     if let Some(tool) = &t.tool {
         let _ = write!(out, "<div>tool: {}</div>", tool_line(tool));
+        if let Some(seen) = &tool.observation {
+            let _ = write!(
+                out,
+                "<details><summary>what the agent saw</summary><pre>{}</pre></details>",
+                escape(seen)
+            );
+        }
     }
     out.push_str("</div>");
 }

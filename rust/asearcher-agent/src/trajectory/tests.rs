@@ -29,6 +29,7 @@ fn sample_run() -> Trajectory {
         message: "plugin <bad> raised".into(),
         traceback: Some("Traceback...\nValueError".into()),
         turn: Some(2),
+        stage: Some("bad".into()),
     });
     run
 }
@@ -124,4 +125,13 @@ fn html_escapes_and_folds() {
     assert!(html.contains("Bram Stoker"));
     assert!(html.contains("NoAction"));
     assert!(html.contains("search <code>Dracula author</code> &middot; 1.5 ms"));
+    // What the agent saw, and in the record.
+    assert!(
+        html.contains("what the agent saw</summary><pre>[Doc 1](u):\nBram Stoker wrote Dracula.")
+    );
+    let tool = t.turns.iter().find_map(|turn| turn.tool.as_ref()).unwrap();
+    assert_eq!(
+        tool.observation.as_deref(),
+        Some("[Doc 1](u):\nBram Stoker wrote Dracula.")
+    );
 }

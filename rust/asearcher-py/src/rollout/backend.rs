@@ -17,7 +17,10 @@ pub fn backend_from_py(obj: &Bound<'_, PyAny>) -> PyResult<Arc<dyn LlmBackend>> 
         return Ok(p.get().shared() as Arc<dyn LlmBackend>);
     }
     if let Ok(g) = obj.cast::<PyGenerator>() {
-        return Ok(Arc::new(EmbeddedBackend::new(g.get().handle())));
+        let g = g.get();
+        return Ok(Arc::new(
+            EmbeddedBackend::new(g.handle()).with_model(&g.model_dir),
+        ));
     }
     if let Ok(urls) = obj.extract::<Vec<String>>() {
         if !obj.is_instance_of::<pyo3::types::PyString>() {

@@ -140,16 +140,12 @@ impl PyRolloutEngine {
     /// then None. With the staleness gate, call `set_version` between batches.
     fn next_batch(&self, py: Python<'_>, n_groups: usize) -> PyResult<Option<Vec<PyGroup>>> {
         let engine = self.inner.clone();
-        wait_for_future(py, async move {
-            Ok(groups_to_py(engine.next_batch(n_groups).await))
-        })
+        wait_for_future(py, async move { next_groups(&engine, n_groups).await })
     }
 
     fn anext_batch<'py>(&self, py: Python<'py>, n_groups: usize) -> PyResult<Bound<'py, PyAny>> {
         let engine = self.inner.clone();
-        awaitable(py, async move {
-            Ok(groups_to_py(engine.next_batch(n_groups).await))
-        })
+        awaitable(py, async move { next_groups(&engine, n_groups).await })
     }
 
     /// Stops admitting questions, waits for the groups in flight and returns every ready group.
@@ -239,4 +235,15 @@ impl PyRolloutEngine {
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyRolloutEngine>()
+}
+
+/// The next groups; a systematic failure that stopped the engine is raised, not a silent end.
+async fn next_groups(engine: &RolloutEngine, n_groups: usize) -> PyResult<Option<Vec<PyGroup>>> {
+    let batch = engine.next_batch(n_groups).await;
+    if batch.is_none() {
+        if let Some(failure) = engine.failure() {
+            return Err(rollout_err(failure));
+        }
+    }
+    Ok(groups_to_py(batch))
 }

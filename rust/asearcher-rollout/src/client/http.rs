@@ -131,6 +131,21 @@ impl Endpoint {
         })
     }
 
+    /// GETs `{base}{path}` and parses the JSON answer.
+    pub async fn get_json(&self, path: &str) -> Result<Value> {
+        let rb = self.client.get(format!("{}{path}", self.base));
+        let resp = self
+            .authorize(rb)
+            .send()
+            .await
+            .map_err(|e| self.send_error(e))?;
+        let bytes = self.success_body(resp).await?;
+        serde_json::from_slice(&bytes).map_err(|e| RolloutError::Protocol {
+            server: self.base.clone(),
+            message: format!("{path} answered invalid JSON ({e})"),
+        })
+    }
+
     /// GETs `{base}{path}`; any 2xx is success, the body is ignored (SGLang's `/health` is
     /// empty).
     pub async fn get_ok(&self, path: &str) -> Result<()> {

@@ -76,6 +76,11 @@ pub trait ServerProtocol: Send + Sync {
     async fn health(&self) -> Result<()>;
     /// Asks the server to abort a request (best effort).
     async fn abort(&self, rid: &str) -> Result<()>;
+    /// What the server serves (model path and weight version), for fingerprints; `None` when
+    /// it cannot tell or cannot be reached.
+    async fn identity(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A finished generation: all tokens (across re-sends), each with its behaviour logprob and the
@@ -105,6 +110,12 @@ pub trait LlmBackend: Send + Sync {
     }
     /// Short description for logs and stats (`"pool of 4 sglang servers"`).
     fn describe(&self) -> String;
+    /// What is served (model path, weight version), for the fingerprint of an output directory;
+    /// [`asearcher_config::fingerprint::UNKNOWN`] when the backend cannot tell. Never an address:
+    /// the same model behind another URL is the same model.
+    async fn identity(&self) -> String {
+        asearcher_config::fingerprint::UNKNOWN.into()
+    }
 }
 
 /// A chat model behind `/v1/chat/completions` (LLM judges, prompt-based agents through a chat

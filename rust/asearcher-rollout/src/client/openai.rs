@@ -72,6 +72,11 @@ impl ServerProtocol for OpenAiCompletionsServer {
         self.http.get_ok("/health").await
     }
 
+    async fn identity(&self) -> Option<String> {
+        let models = self.http.get_json("/v1/models").await.ok()?;
+        Some(models.get("data")?.get(0)?.get("id")?.as_str()?.to_string())
+    }
+
     /// The OpenAI API has no abort endpoint; vLLM aborts a request when its connection closes,
     /// which happens when the pool drops the call.
     async fn abort(&self, _rid: &str) -> Result<()> {

@@ -783,6 +783,16 @@ impl LlmBackend for ServerPool {
         self.inner.version.load(Ordering::Relaxed)
     }
 
+    /// The first server's answer that can be read: every server of a pool serves one model.
+    async fn identity(&self) -> String {
+        for slot in self.inner.snapshot().iter() {
+            if let Some(identity) = slot.server.identity().await {
+                return identity;
+            }
+        }
+        asearcher_config::fingerprint::UNKNOWN.into()
+    }
+
     fn describe(&self) -> String {
         let n = self.inner.snapshot().len();
         format!(

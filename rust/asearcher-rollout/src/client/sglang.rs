@@ -128,6 +128,15 @@ impl ServerProtocol for SglangServer {
         self.http.get_ok("/health").await
     }
 
+    async fn identity(&self) -> Option<String> {
+        let info = self.http.get_json("/get_model_info").await.ok()?;
+        let path = info.get("model_path")?.as_str()?;
+        Some(match info.get("weight_version").and_then(|v| v.as_str()) {
+            Some(version) => format!("{path}@{version}"),
+            None => path.to_string(),
+        })
+    }
+
     async fn abort(&self, rid: &str) -> Result<()> {
         self.http
             .post("/abort_request", &json!({ "rid": rid }))

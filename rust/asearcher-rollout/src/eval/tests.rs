@@ -403,7 +403,7 @@ fn avg_and_pass_follow_the_definitions() {
         t("a", 0, Some(1.0)),
         t("a", 1, Some(0.0)),
         t("a", 2, None),      // a run without the metric counts 0
-        t("a", 1, Some(1.0)), // a duplicate (question, sample): the first counts
+        t("a", 1, Some(1.0)), // a later record of (question, sample): it supersedes
         t("b", 0, Some(0.0)),
         t("b", 5, Some(1.0)),  // sample >= k: ignored
         t("zz", 0, Some(1.0)), // not a question of the benchmark
@@ -411,6 +411,255 @@ fn avg_and_pass_follow_the_definitions() {
     let r = summarize("x", 3, &qs, &trajs);
     assert_eq!((r.questions, r.trajectories), (2, 4));
     let em = r.metrics["em"];
-    assert!(close(em.avg_at_k, (1.0 / 3.0 + 0.0) / 2.0), "{em:?}");
+    assert!(close(em.avg_at_k, (2.0 / 3.0 + 0.0) / 2.0), "{em:?}");
     assert!(close(em.pass_at_k, 0.5), "{em:?}");
+}
+
+/// A reward plugin that raises on every trajectory.
+struct Broken;
+
+#[async_trait::async_trait]
+impl RewardPlugin for Broken {
+    fn name(&self) -> &str {
+        "broken"
+    }
+    async fn score_batch(
+        &self,
+        batch: &[Trajectory],
+    ) -> Vec<Result<f64, crate::reward::PluginFailure>> {
+        batch
+            .iter()
+            .map(|_| {
+                Err(crate::reward::PluginFailure {
+                    message: "ValueError: no".into(),
+                    traceback: None,
+                })
+            })
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_errors_everywhere_shows_as_errors_not_absent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, out) = (tmp.path().join("data"), tmp.path().join("out"));
+    write_benchmarks(&data);
+    let server = policy_server(0.0).await;
+    let cfg = EvalConfig {
+        benchmarks: Some(vec!["beta".into()]),
+        ..config(&data, &out, 2)
+    };
+    let mut p = parts(&server.url());
+    p.plugins = vec![Arc::new(Broken)];
+    let report = run_eval(&cfg, p, &no_progress).await.unwrap();
+    let b = &report.benchmarks[0];
+    assert_eq!(
+        b.reward_errors.get("broken"),
+        Some(&6),
+        "{:?}",
+        b.reward_errors
+    );
+    assert_eq!(b.with_reward_errors, 6);
+    assert!(!b.metrics.contains_key("broken"));
+    assert!(report.metric_keys().contains(&"broken".to_string()));
+    let table = report.to_table();
+    assert!(
+        table.contains("broken avg@2") && table.contains("error"),
+        "{table}"
+    );
+    assert!(table.contains("reward err"), "{table}");
+    let warnings = report.warnings(cfg.warn_error_rate);
+    assert!(
+        warnings.iter().any(|w| w.contains("`broken`")),
+        "{warnings:?}"
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_trajectories_are_re_run_on_resume_keeping_their_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, out) = (tmp.path().join("data"), tmp.path().join("out"));
+    write_benchmarks(&data);
+    let cfg = EvalConfig {
+        benchmarks: Some(vec!["beta".into()]),
+        ..config(&data, &out, 2)
+    };
+    // A dead server: every trajectory fails, the run is an error, the results are saved.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let err = run_eval(&cfg, parts(&dead), &no_progress)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RolloutError::RunFailed { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("every trajectory failed (6 of 6)") && msg.contains("inference"),
+        "{msg}"
+    );
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join(RESULTS_FILE)).unwrap()).unwrap();
+    assert_eq!(saved["benchmarks"][0]["failed"], 6);
+
+    // The right server: the failed ones run again (they were never done).
+    let server = policy_server(0.0).await;
+    let report = run_eval(&cfg, parts(&server.url()), &no_progress)
+        .await
+        .unwrap();
+    let b = &report.benchmarks[0];
+    assert_eq!((b.resumed, b.ran, b.failed), (0, 6, 0));
+    assert!(b.metrics["f1"].avg_at_k > 0.9);
+    let file = out.join("beta").join(TRAJECTORIES_FILE);
+    let all = read_trajectories(&file).unwrap();
+    assert_eq!(all.len(), 12, "the failed records stay in the file");
+    for t in &all[6..] {
+        assert!(!t.earlier_errors.is_empty(), "{}", t.id);
+        assert_eq!(t.earlier_errors[0].kind, "inference");
+    }
+    server.shutdown().await.unwrap();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_of_another_setup_is_refused_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, out) = (tmp.path().join("data"), tmp.path().join("out"));
+    write_benchmarks(&data);
+    let server = policy_server(0.3).await;
+    let cfg = EvalConfig {
+        benchmarks: Some(vec!["beta".into()]),
+        ..config(&data, &out, 2)
+    };
+    let first = run_eval(&cfg, parts(&server.url()), &no_progress)
+        .await
+        .unwrap();
+    let snapshot = |dir: &Path| -> Vec<(PathBuf, Vec<u8>)> {
+        let mut files = vec![];
+        for p in [RESULTS_FILE, "fingerprint.json", "beta/trajectories.jsonl"] {
+            files.push((dir.join(p), std::fs::read(dir.join(p)).unwrap()));
+        }
+        files
+    };
+    let before = snapshot(&out);
+
+    let mut changed = cfg.clone();
+    changed.agent.max_turns = Some(20);
+    changed.agent.sampling.temperature = 0.5;
+    let err = run_eval(&changed, parts(&server.url()), &no_progress)
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, RolloutError::ResumeMismatch(_)), "{msg}");
+    assert!(
+        msg.contains("agent.max_turns") && msg.contains("agent.sampling.temperature"),
+        "{msg}"
+    );
+    assert!(msg.contains("--restart"), "{msg}");
+
+    // Changed data: a saved question's text differs.
+    let q = data.join("beta").join(QUESTIONS_FILE);
+    let text = std::fs::read_to_string(&q).unwrap();
+    let mut lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    lines[0]["question"] = "A different question?".into();
+    let edited: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    std::fs::write(&q, edited.join("\n") + "\n").unwrap();
+    let err = run_eval(&cfg, parts(&server.url()), &no_progress)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("data.beta."), "{err}");
+    std::fs::write(&q, &text).unwrap();
+    assert_eq!(snapshot(&out), before, "refused resumes write nothing");
+
+    // Unchanged: resumed with identical metrics and nothing run.
+    let again = run_eval(&cfg, parts(&server.url()), &no_progress)
+        .await
+        .unwrap();
+    assert_eq!(again.benchmarks[0].metrics, first.benchmarks[0].metrics);
+    assert_eq!(again.benchmarks[0].ran, 0);
+
+    // Deliberate changes are recorded; a restart starts over.
+    let allowed = EvalConfig {
+        resume: ResumeMode::AllowChanges,
+        ..changed.clone()
+    };
+    run_eval(&allowed, parts(&server.url()), &no_progress)
+        .await
+        .unwrap();
+    let fp = fingerprint::read(&out).unwrap().unwrap();
+    assert_eq!(fp.history.len(), 1);
+    assert!(fp.history[0]
+        .changes
+        .iter()
+        .any(|d| d.key == "agent.max_turns"));
+    let restart = EvalConfig {
+        resume: ResumeMode::Restart,
+        ..changed
+    };
+    let fresh = run_eval(&restart, parts(&server.url()), &no_progress)
+        .await
+        .unwrap();
+    assert_eq!(
+        (fresh.benchmarks[0].resumed, fresh.benchmarks[0].ran),
+        (0, 6)
+    );
+    assert!(fingerprint::read(&out).unwrap().unwrap().history.is_empty());
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systematic_failures_stop_the_run_and_name_the_cause() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, out) = (tmp.path().join("data"), tmp.path().join("out"));
+    write_benchmarks(&data);
+    // Every trajectory fails the same way (a dead server): stopped after fail_fast_after.
+    let cfg = config(&data, &out, 4);
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let err = run_eval(&cfg, parts(&dead), &no_progress)
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, RolloutError::Systematic { .. }), "{msg}");
+    assert!(
+        msg.contains("first 8 trajectories") && msg.contains("inference.servers"),
+        "{msg}"
+    );
+
+    // No toolbox: every search fails with the same error.
+    let server = policy_server(0.0).await;
+    let mut p = parts(&server.url());
+    p.toolbox = None;
+    let cfg = EvalConfig {
+        output_dir: tmp.path().join("out2"),
+        ..config(&data, &out, 4)
+    };
+    let err = run_eval(&cfg, p, &no_progress)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tool calls") && err.contains("toolbox="),
+        "{err}"
+    );
+
+    // Off: the run ends with every trajectory failed instead.
+    let mut cfg = EvalConfig {
+        output_dir: tmp.path().join("out3"),
+        ..config(&data, &out, 4)
+    };
+    cfg.rollout.fail_fast_after = None;
+    let err = run_eval(&cfg, parts(&dead), &no_progress)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RolloutError::RunFailed { .. }), "{err}");
+    server.shutdown().await.unwrap();
 }

@@ -40,6 +40,7 @@ fn traj(id: &str, golds: &[&str], answer: Option<&str>, turns: Vec<TurnRecord>) 
         rewards: BTreeMap::new(),
         reward: None,
         errors: Vec::new(),
+        earlier_errors: Vec::new(),
         started_at: 0.0,
         elapsed_s: 0.0,
         metadata: Default::default(),

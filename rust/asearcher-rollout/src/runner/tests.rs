@@ -13,7 +13,8 @@ impl StatsSink for Sink {
     fn generation(&self, latency_ms: f64, output_tokens: usize) {
         self.gens.lock().unwrap().push((latency_ms, output_tokens));
     }
-    fn tool_call(&self, _latency_ms: f64, failed: bool) {
+    fn tool_call(&self, _latency_ms: f64, _tool: &str, error: Option<&str>) {
+        let failed = error.is_some();
         self.tools.lock().unwrap().push(failed);
     }
 }

@@ -49,6 +49,11 @@ pub struct RolloutConfig {
     pub trajectory_timeout_s: Option<f64>,
     /// What a failed tool call does. Default `observe`.
     pub tool_errors: ToolErrorPolicy,
+    /// Stop and raise when this many trajectory attempts (or tool calls) in a row, before the
+    /// first success, fail with the same error: a systematic error (a missing chat template, a
+    /// dead server, no toolbox) rather than bad luck. `null`: never (each sample is retried and
+    /// dropped as `on_error` says). Default 8.
+    pub fail_fast_after: Option<u32>,
 }
 
 impl asearcher_config::Document for RolloutConfig {
@@ -71,6 +76,7 @@ impl Default for RolloutConfig {
             max_attempts: 3,
             trajectory_timeout_s: None,
             tool_errors: ToolErrorPolicy::Observe,
+            fail_fast_after: Some(8),
         }
     }
 }
@@ -92,6 +98,12 @@ impl RolloutConfig {
         }
         if self.batch_size == 0 {
             return Err(RolloutError::config("batch_size", "must be at least 1"));
+        }
+        if self.fail_fast_after == Some(0) {
+            return Err(RolloutError::config(
+                "fail_fast_after",
+                "must be at least 1 (or null to never stop early)",
+            ));
         }
         if self.max_attempts == 0 {
             return Err(RolloutError::config("max_attempts", "must be at least 1"));

@@ -16,6 +16,7 @@ mod config;
 mod snapshot;
 mod source;
 mod stats;
+mod watch;
 
 pub use config::{admission_capacity, OnError, RolloutConfig};
 pub use snapshot::{EngineSnapshot, PendingGroup, PendingSample};
@@ -46,6 +47,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use watch::FailureWatch;
 
 /// Builds the agent of one sample (question, sample index). An error becomes a failed
 /// trajectory (error kind `"agent"`), handled like any failure.
@@ -146,6 +148,7 @@ struct Inner {
     gate: Mutex<Gate>,
     source: Mutex<QuestionSource>,
     stats: Arc<Collector>,
+    watch: Arc<FailureWatch>,
     /// Wakes the admission loop (a slot freed, the version changed, a shutdown).
     admit: Notify,
     /// Wakes consumers (a group is ready, the run ended).
@@ -201,7 +204,16 @@ impl RolloutEngine {
                 timeout: cfg.trajectory_timeout_s.map(Duration::from_secs_f64),
                 tool_errors: cfg.tool_errors,
             },
-            stats: Some(stats.clone() as Arc<dyn StatsSink>),
+            stats: None,
+        };
+        let cancel = CancellationToken::new();
+        let watch = Arc::new(FailureWatch::new(cfg.fail_fast_after, cancel.clone()));
+        let run = RunContext {
+            stats: Some(Arc::new(EngineSink {
+                stats: stats.clone(),
+                watch: watch.clone(),
+            }) as Arc<dyn StatsSink>),
+            ..run
         };
         let resumed: Vec<Arc<AdmittedGroup>> = gate.admitted.values().cloned().collect();
         let inner = Arc::new(Inner {
@@ -212,9 +224,10 @@ impl RolloutEngine {
             gate: Mutex::new(gate),
             source: Mutex::new(source),
             stats,
+            watch,
             admit: Notify::new(),
             ready: Notify::new(),
-            cancel: CancellationToken::new(),
+            cancel,
             tasks: TaskTracker::new(),
         });
         for group in resumed {
@@ -315,6 +328,12 @@ impl RolloutEngine {
     pub fn is_done(&self) -> bool {
         let gate = lock(&self.inner.gate);
         gate.stopped || (gate.closed && gate.in_flight == 0 && gate.ready.is_empty())
+    }
+
+    /// The systematic failure that stopped the engine (see `rollout.fail_fast_after`), if any:
+    /// after `next_batch` returns `None`, check this before treating the run as complete.
+    pub fn failure(&self) -> Option<RolloutError> {
+        self.inner.watch.failure()
     }
 
     /// A snapshot of the live statistics.
@@ -486,6 +505,9 @@ impl Inner {
             self.stats.running.fetch_sub(1, Relaxed);
             if !ran {
                 self.stats.cancelled.fetch_add(1, Relaxed);
+                if self.watch.is_tripped() {
+                    self.stop();
+                }
                 return SampleEnd::Cancelled;
             }
             let (failed, stop, errors) = {
@@ -494,10 +516,18 @@ impl Inner {
                 (is_failure(t), t.stop_reason, t.errors.clone())
             };
             if !failed {
+                self.watch.trajectory_ok();
                 self.stats.finished.fetch_add(1, Relaxed);
                 self.stats.stop_reason(stop);
                 slot.finished.store(true, SeqCst);
                 return SampleEnd::Kept;
+            }
+            if let Some(first) = errors.first() {
+                if self.watch.trajectory_failed(&first.kind, &first.message) {
+                    tracing::error!(trajectory = %spec.id, kind = %first.kind, error = %first.message, "systematic failure: stopping the rollout engine");
+                    self.stop();
+                    return SampleEnd::Cancelled;
+                }
             }
             let retry = self.cfg.on_error == OnError::Retry && spec.attempt < self.cfg.max_attempts;
             tracing::debug!(trajectory = %spec.id, attempt = spec.attempt, retry, ?errors, "trajectory failed");
@@ -648,13 +678,32 @@ impl Inner {
             let message = format!("the scorer panicked: {}", panic_message(&panic));
             for t in batch.iter_mut() {
                 t.reward = None;
-                t.errors.push(TrajectoryError {
-                    kind: "reward".into(),
-                    message: message.clone(),
-                    traceback: None,
-                    turn: None,
-                });
+                t.errors
+                    .push(TrajectoryError::new("reward", message.clone()).at_stage("scorer"));
             }
+        }
+    }
+}
+
+/// The runner's stats sink: the engine's counters and the systematic-failure watch.
+struct EngineSink {
+    stats: Arc<Collector>,
+    watch: Arc<FailureWatch>,
+}
+
+impl StatsSink for EngineSink {
+    fn generation(&self, latency_ms: f64, output_tokens: usize) {
+        self.stats.generation(latency_ms, output_tokens);
+    }
+
+    fn tool_call(&self, latency_ms: f64, tool: &str, error: Option<&str>) {
+        self.stats.tool_call(latency_ms, tool, error);
+        if self.watch.tool_call(tool, error) {
+            tracing::error!(
+                tool,
+                error,
+                "systematic failure of tool calls: stopping the rollout engine"
+            );
         }
     }
 }
@@ -716,12 +765,7 @@ fn zero_variance(trajectories: &[Trajectory]) -> bool {
 fn agent_failure(spec: &RunSpec, message: String) -> Trajectory {
     let mut t = empty_trajectory(spec, "unknown");
     t.stop_reason = StopReason::Error;
-    t.errors.push(TrajectoryError {
-        kind: "agent".into(),
-        message,
-        traceback: None,
-        turn: None,
-    });
+    t.errors.push(TrajectoryError::new("agent", message));
     t
 }
 

@@ -291,9 +291,9 @@ impl StatsSink for Collector {
         locked(&self.rate).add(output_tokens as u64);
     }
 
-    fn tool_call(&self, latency_ms: f64, failed: bool) {
+    fn tool_call(&self, latency_ms: f64, _tool: &str, error: Option<&str>) {
         self.tool_calls.fetch_add(1, Relaxed);
-        if failed {
+        if error.is_some() {
             self.tool_errors.fetch_add(1, Relaxed);
         }
         locked(&self.tool_latency).push(latency_ms);
@@ -328,7 +328,7 @@ mod tests {
         let c = Collector::new();
         c.generation(10.0, 7);
         c.generation(30.0, 3);
-        c.tool_call(5.0, true);
+        c.tool_call(5.0, "search", Some("down"));
         c.stop_reason(StopReason::Timeout);
         c.stop_reason(StopReason::Timeout);
         c.consumed(0);
