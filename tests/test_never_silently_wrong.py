@@ -100,7 +100,9 @@ def test_1_a_resume_with_another_agent_or_turns_is_refused_and_writes_nothing(
     saved = json.loads(before["results.json"])
     assert results["benchmarks"][0]["metrics"] == saved["benchmarks"][0]["metrics"]
     # Deliberately: --restart starts over with the other agent.
-    assert eval_cli(data_dir, out, policy.url, "--agent", "search_r1", "--restart", tools=tools) in (
+    assert eval_cli(
+        data_dir, out, policy.url, "--agent", "search_r1", "--restart", tools=tools
+    ) in (
         0,
         1,
     )
@@ -121,8 +123,12 @@ def test_2_failures_are_not_done_a_rerun_with_the_right_server_runs_them(
     assert eval_cli(data_dir, out, policy.url, tools=tools) == 0
     b = json.loads((out / "results.json").read_text())["benchmarks"][0]
     assert (b["resumed"], b["ran"], b["failed"]) == (0, 4, 0)
-    reruns = [json.loads(t) for t in (out / "alpha" / "trajectories.jsonl").read_text().splitlines()]
+    reruns = [
+        json.loads(t) for t in (out / "alpha" / "trajectories.jsonl").read_text().splitlines()
+    ]
     assert all(t["earlier_errors"][0]["kind"] == "inference" for t in reruns[4:])
+    shown = repr(asearcher.load_trajectories(out / "alpha" / "trajectories.jsonl")[0])
+    assert "Some(" not in shown and "answer=None" in shown, shown
 
 
 def test_3_a_dead_retrieval_server_fails_the_run(data_dir, policy, tmp_path, capsys):
@@ -172,7 +178,9 @@ def test_5_cache_replay_hits_the_same_index_under_another_path(sample_index, tmp
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_qwen(tmp_path_factory.mktemp("model") / "m", hidden_size=32, intermediate_size=64)
+    return make_tiny_qwen(
+        tmp_path_factory.mktemp("model") / "m", hidden_size=32, intermediate_size=64
+    )
 
 
 def train_config(model_dir: Path, index: LocalSearch, out: Path, tmp: Path, **over) -> dict:
@@ -212,12 +220,14 @@ def test_7_a_tokenizer_without_a_chat_template_is_named(policy, sample_index, tm
     cfg_file.write_text(json.dumps(config))
     (tok / "chat_template.jinja").unlink(missing_ok=True)
     questions = [json.loads(line) for line in sample_questions_path().read_text().splitlines()[:8]]
-    with pytest.raises(asearcher.AsearcherError) as e:
-        with asearcher.RolloutEngine(
+    with (
+        pytest.raises(asearcher.AsearcherError) as e,
+        asearcher.RolloutEngine(
             questions, [policy.url], tok, toolbox=Toolbox(sample_index), config={"group_size": 2}
-        ) as engine:
-            while engine.next_batch(2):
-                pass
+        ) as engine,
+    ):
+        while engine.next_batch(2):
+            pass
     assert "chat template" in str(e.value).lower(), e.value
 
 
@@ -271,3 +281,29 @@ def test_8_forgetting_the_toolbox_stops_the_run(data_dir, policy, tmp_path):
             progress=False,
         )
     assert "toolbox" in str(e.value), e.value
+
+
+def test_duplicate_passage_ids_are_reported_at_build_time(tmp_path, capsys):
+    corpus = tmp_path / "corpus.jsonl"
+    rows = [{"id": "p1", "contents": "alpha"}, {"id": "p2", "contents": "beta"}]
+    rows += [{"id": "p1", "contents": "gamma"}]
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["index", "build", str(corpus), "--out", str(tmp_path / "idx"), "--quiet"]) == 0
+    assert "1 passages reuse an earlier passage's id" in capsys.readouterr().out
+
+
+def test_a_methods_work_with_asyncio_run(policy, sample_index):
+    import asyncio
+
+    prompt = asearcher.default_prompts("asearcher")["prompt"] + "\n"
+    questions = [json.loads(line) for line in sample_questions_path().read_text().splitlines()[:2]]
+    with asearcher.RolloutEngine(
+        questions,
+        [policy.url],
+        sample_tokenizer_path(),
+        toolbox=Toolbox(sample_index, pages=sample_index),
+        agent={"max_turns": 8, "prompts": {"prompt": prompt}},
+        config={"group_size": 1, "max_staleness": None},
+    ) as engine:
+        groups = asyncio.run(engine.anext_batch(2))  # made before the loop runs
+    assert len(groups) == 2

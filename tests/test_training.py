@@ -19,7 +19,7 @@ import asearcher
 import pytest
 import torch
 from asearcher.data import sample_questions_path
-from asearcher.exceptions import ConfigError
+from asearcher.exceptions import ConfigError, WeightSyncError
 from asearcher.tools import LocalSearch
 from tiny_models import make_tiny_qwen
 
@@ -173,6 +173,28 @@ def test_weights_reach_our_model_server_through_disk(
         for v in turn["output_versions"]
     }
     assert versions == {0, 1, 2}, versions
+
+
+def test_a_sync_that_fails_every_step_stops_the_run(
+    tmp_path, model_dir, questions_file, sample_index
+):
+    # A server of another model shape: it generates, but cannot load the trained weights.
+    other = make_tiny_qwen(tmp_path / "other", hidden_size=48, intermediate_size=64)
+    with asearcher.start_model_server(other, max_running=8) as server:
+        cfg = make_config(
+            model_dir,
+            questions_file,
+            sample_index,
+            tmp_path / "bad-sync",
+            inference={"backend": "sglang", "servers": [server.url], "max_failed_syncs": 2},
+            run={"steps": 5},
+        )
+        with pytest.raises(WeightSyncError, match="2 syncs failed in a row") as e:
+            asearcher.Trainer(cfg).fit(progress=False)
+        assert "max_failed_syncs" in str(e.value)
+    records = asearcher.read_metrics(tmp_path / "bad-sync")
+    assert [r["step"] for r in records] == [1]
+    assert records[0]["sync_error"], records[0]
 
 
 def _train_cmd(config: Path) -> list[str]:

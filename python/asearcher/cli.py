@@ -37,6 +37,11 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         f"indexed {stats.get('docs', len(index))} passages in {stats.get('seconds', 0):.1f}s "
         f"-> {args.out}"
         + (f" ({stats['skipped_lines']} bad lines skipped)" if stats.get("skipped_lines") else "")
+        + (
+            f" (warning: {stats['duplicate_ids']} passages reuse an earlier passage's id)"
+            if stats.get("duplicate_ids")
+            else ""
+        )
     )
     return 0
 

@@ -47,6 +47,9 @@ built or panicked).
 PageMode = Literal["direct", "jina"]
 """How pages are read: fetched directly under an address policy, or through a reader service."""
 
+ResumeMode = Literal["match", "restart", "allow_changes"]
+"""What a run does with an output directory that already holds results."""
+
 RuleMetric = Literal["f1", "em", "cem"]
 """The rule metric a [`RuleScorer`] trains on."""
 
@@ -316,6 +319,11 @@ class RolloutConfig(Config):
             Wall-clock limit of one trajectory in seconds; `None`: none. Default none.
         tool_errors (ToolErrorPolicy, default "observe"):
             What a failed tool call does. Default `observe`.
+        fail_fast_after (int | None, default 8):
+            Stop and raise when this many trajectory attempts (or tool calls) in a row,
+            before the first success, fail with the same error: a systematic error (a
+            missing chat template, a dead server, no toolbox) rather than bad luck. `null`:
+            never (each sample is retried and dropped as `on_error` says). Default 8.
     """
 
     _root = "RolloutConfig"
@@ -346,6 +354,12 @@ class RolloutConfig(Config):
     """Wall-clock limit of one trajectory in seconds; `None`: none. Default none."""
     tool_errors: ToolErrorPolicy = "observe"
     """What a failed tool call does. Default `observe`."""
+    fail_fast_after: int | None = 8
+    """Stop and raise when this many trajectory attempts (or tool calls) in a row, before the
+    first success, fail with the same error: a systematic error (a missing chat template, a
+    dead server, no toolbox) rather than bad luck. `null`: never (each sample is retried and
+    dropped as `on_error` says). Default 8.
+    """
 
 
 @dataclass(kw_only=True)
@@ -476,7 +490,7 @@ class EvalConfig(Config):
             Where trajectories and `results.json` go. Default `eval_out`.
         max_questions (int | None, default null):
             Only the first this many questions of each benchmark. Default: all.
-        rollout (RolloutConfig, default {"group_size": 16, "max_concurrent": 128, "batch_size": 128, "max_staleness": 4, "filter_zero_variance": null, "on_error": "retry", "max_attempts": 3, "trajectory_timeout_s": null, "tool_errors": "observe"}):
+        rollout (RolloutConfig, default {"group_size": 16, "max_concurrent": 128, "batch_size": 128, "max_staleness": 4, "filter_zero_variance": null, "on_error": "retry", "max_attempts": 3, "trajectory_timeout_s": null, "tool_errors": "observe", "fail_fast_after": 8}):
             The engine's settings; `group_size` is set to `k`, the staleness gate is off,
             zero-variance filtering is off and failed trajectories are kept (they score 0).
         agent (AgentConfig, default {"kind": "asearcher", "max_turns": null, "sampling": {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "max_new_tokens": 1024}, "context_budget": 32768, "min_new_tokens": 32, "prompts": {}, "force_turns": null, "history_chars": 25000, "page_chunk_chars": null, "max_page_chunks": 10, "note_chars": 100, "docs_for_answer_phase": 20, "max_generation_failures": 32, "answer_attempts": 1, "summary_chars": 2000, "allow_early_answer": false, "action_precedence": "first_in_text", "max_argument_chars": 2000}):
@@ -485,6 +499,15 @@ class EvalConfig(Config):
             The rule reward; every rule score (f1, em, cem, format) is recorded as a metric.
         judge (JudgeConfig | None, default null):
             An LLM judge; its verdicts are recorded as the `judge` metric.
+        resume (ResumeMode, default "match"):
+            What to do when `output_dir` holds results: continue them only if they came from
+            the same setup (`match`, default; a difference is an error naming each field),
+            delete them and start over (`restart`), or continue with the differences
+            recorded (`allow_changes`).
+        warn_error_rate (float, default 0.1):
+            A warning is logged (and the CLI prints it) when the share of failed
+            trajectories, of trajectories with a failed tool call, or of one reward stage's
+            errors exceeds this. Default 0.1.
     """
 
     _root = "EvalConfig"
@@ -517,6 +540,16 @@ class EvalConfig(Config):
     """The rule reward; every rule score (f1, em, cem, format) is recorded as a metric."""
     judge: JudgeConfig | None = None
     """An LLM judge; its verdicts are recorded as the `judge` metric."""
+    resume: ResumeMode = "match"
+    """What to do when `output_dir` holds results: continue them only if they came from the same
+    setup (`match`, default; a difference is an error naming each field), delete them and
+    start over (`restart`), or continue with the differences recorded (`allow_changes`).
+    """
+    warn_error_rate: float = 0.1
+    """A warning is logged (and the CLI prints it) when the share of failed trajectories, of
+    trajectories with a failed tool call, or of one reward stage's errors exceeds this.
+    Default 0.1.
+    """
 
 
 @dataclass(kw_only=True)
@@ -617,6 +650,11 @@ class InferenceConfig(Config):
         server_world_size (int, default 1):
             `distributed` sync: GPUs of each server (its tensor x pipeline parallel size);
             server `i` joins the group as ranks `1 + i * server_world_size ...`.
+        max_failed_syncs (int, default 3):
+            Weight syncs to the servers that may fail in a row before the run stops with the
+            error (a failed sync is recorded in the step's `sync_error` and the servers keep
+            serving the previous weights, so training drifts off-policy; the same failure
+            every step is systematic). Default 3.
     """
 
     _root = None
@@ -661,6 +699,12 @@ class InferenceConfig(Config):
     server_world_size: int = 1
     """`distributed` sync: GPUs of each server (its tensor x pipeline parallel size); server
     `i` joins the group as ranks `1 + i * server_world_size ...`.
+    """
+    max_failed_syncs: int = 3
+    """Weight syncs to the servers that may fail in a row before the run stops with the error
+    (a failed sync is recorded in the step's `sync_error` and the servers keep serving the
+    previous weights, so training drifts off-policy; the same failure every step is
+    systematic). Default 3.
     """
 
 
@@ -1042,7 +1086,13 @@ class RunConfig(Config):
         keep_last (int, default 2):
             Checkpoints kept.
         resume (bool, default true):
-            Continue from the newest checkpoint in `out_dir` when there is one.
+            Continue from the newest checkpoint in `out_dir` when there is one, and only
+            when the run's fingerprint (`out_dir/fingerprint.json`: everything but the
+            operational keys, with the model, data and index by content) matches; a
+            difference is an error naming each key.
+        allow_changes (bool, default false):
+            Resume even though the fingerprint differs (a changed learning rate, say); the
+            changes are recorded in the history of `fingerprint.json`.
         save_trajectories (bool, default true):
             Append every trained group's trajectories to `trajectories.jsonl`.
         seed (int, default 0):
@@ -1065,7 +1115,14 @@ class RunConfig(Config):
     keep_last: int = 2
     """Checkpoints kept."""
     resume: bool = True
-    """Continue from the newest checkpoint in `out_dir` when there is one."""
+    """Continue from the newest checkpoint in `out_dir` when there is one, and only when the
+    run's fingerprint (`out_dir/fingerprint.json`: everything but the operational keys, with
+    the model, data and index by content) matches; a difference is an error naming each key.
+    """
+    allow_changes: bool = False
+    """Resume even though the fingerprint differs (a changed learning rate, say); the changes
+    are recorded in the history of `fingerprint.json`.
+    """
     save_trajectories: bool = True
     """Append every trained group's trajectories to `trajectories.jsonl`."""
     seed: int = 0
@@ -1110,15 +1167,15 @@ class TrainConfig(Config):
         reward (RewardConfig, default {"metric": "f1", "format_gate": true, "invalid_answer_penalty": null, "primary": null, "weights": {}, "plugin_timeout_s": 300.0}):
             The reward: the rule score (F1 by default, with the format gate), which recorded
             score trains (`primary`, or `weights`), the plugins' timeout.
-        rollout (RolloutConfig, default {"group_size": 16, "max_concurrent": 128, "batch_size": 128, "max_staleness": 4, "filter_zero_variance": null, "on_error": "retry", "max_attempts": 3, "trajectory_timeout_s": null, "tool_errors": "observe"}):
+        rollout (RolloutConfig, default {"group_size": 16, "max_concurrent": 128, "batch_size": 128, "max_staleness": 4, "filter_zero_variance": null, "on_error": "retry", "max_attempts": 3, "trajectory_timeout_s": null, "tool_errors": "observe", "fail_fast_after": 8}):
             The rollout scheduler: group size, batch size (groups per step), `max_staleness`
             (eta; 0 is synchronous RL: each batch is generated entirely by the current
             policy), concurrency.
-        inference (InferenceConfig, default {"backend": "embedded", "servers": [], "weights_dir": null, "keep_weights": 2, "interrupt": true, "max_running": null, "max_context": 0, "timeout_s": 600.0, "weight_sync": "disk", "sync_bucket_mb": 1024, "sync_master_addr": null, "sync_master_port": 0, "server_world_size": 1}):
+        inference (InferenceConfig, default {"backend": "embedded", "servers": [], "weights_dir": null, "keep_weights": 2, "interrupt": true, "max_running": null, "max_context": 0, "timeout_s": 600.0, "weight_sync": "disk", "sync_bucket_mb": 1024, "sync_master_addr": null, "sync_master_port": 0, "server_world_size": 1, "max_failed_syncs": 3}):
             Where generation runs and how new weights reach it.
         learner (LearnerConfig, default {"backend": "tch", "fsdp": {"param_dtype": "bfloat16", "reduce_dtype": "float32", "activation_checkpointing": true, "attn_implementation": "sdpa", "export_dtype": "bfloat16", "timeout_s": 600.0, "idle_timeout_s": 86400.0}, "ppo": {"eps_clip": 0.2, "eps_clip_high": null, "behav_weight_cap": 5.0, "cap_mode": "mask", "decoupled": true, "temperature": 1.0, "entropy_coef": 0.0, "minibatches": 1}, "advantages": {"normalize_std": false, "reward_scale": 1.0, "reward_bias": 0.0, "token_normalize": true}, "version_spread": {"max_versions": null, "policy": "drop"}, "optimizer": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-08, "weight_decay": 0.01, "master_weights": true}, "schedule": {"kind": "constant", "lr": 1e-06, "warmup_steps": 0, "total_steps": 0, "min_lr_ratio": 0.0}, "grad_clip": 1.0, "micro_batch_tokens": 4096, "chunk_tokens": null, "frozen": []}):
             The optimisation: loss, advantages, filters, optimizer, schedule, micro-batches.
-        run (RunConfig, default {"out_dir": "runs/train", "steps": null, "checkpoint_every": 1, "keep_last": 2, "resume": true, "save_trajectories": true, "seed": 0}):
+        run (RunConfig, default {"out_dir": "runs/train", "steps": null, "checkpoint_every": 1, "keep_last": 2, "resume": true, "allow_changes": false, "save_trajectories": true, "seed": 0}):
             Length of the run, outputs and checkpoints.
     """
 
@@ -1271,6 +1328,7 @@ __all__ = [
     "PageReaderSettings",
     "PoolConfig",
     "PpoConfig",
+    "ResumeMode",
     "RetrievalSettings",
     "RewardConfig",
     "RolloutConfig",

@@ -28,7 +28,9 @@ class EvalReport:
     """The results of an evaluation: one entry per benchmark with Avg@k / Pass@k per metric.
 
     ``report.benchmarks`` is a list of dicts (``name``, ``questions``, ``trajectories``,
-    ``failed``, ``mean_turns``, ``metrics`` = ``{metric: {"avg_at_k", "pass_at_k"}}``, ...);
+    ``failed``, ``with_tool_errors``, ``tool_calls``, ``failed_tool_calls``, ``reward_errors`` =
+    ``{stage: trajectories}``, ``with_reward_errors``, ``mean_turns``, ``metrics`` =
+    ``{metric: {"avg_at_k", "pass_at_k"}}``, ``resumed``, ``ran``, ...);
     ``report["name"]`` is one of them; ``table()`` is the fixed-width table that ``print(report)``
     shows; ``_repr_html_`` renders it in notebooks.
     """
@@ -80,21 +82,28 @@ class EvalReport:
         rows = []
         for b in self.benchmarks:
             cells = []
+            errors = b.get("reward_errors", {})
             for m in keys:
                 score = b["metrics"].get(m)
+                mark = "*" if errors.get(m) else ""
                 if score is None:
-                    cells.append("<td>-</td><td>-</td>")
+                    cell = "error" if errors.get(m) else "-"
+                    cells.append(f"<td>{cell}</td><td>{cell}</td>")
                 else:
                     cells.append(
-                        f"<td>{score['avg_at_k']:.3f}</td><td>{score['pass_at_k']:.3f}</td>"
+                        f"<td>{score['avg_at_k']:.3f}{mark}</td>"
+                        f"<td>{score['pass_at_k']:.3f}{mark}</td>"
                     )
+            counts = (b["failed"], b.get("with_tool_errors", 0), b.get("with_reward_errors", 0))
             rows.append(
                 f"<tr><td>{html.escape(b['name'])}</td><td>{b['questions']}</td>{''.join(cells)}"
-                f"<td>{b['failed']}</td><td>{b['mean_turns']:.1f}</td></tr>"
+                + "".join(f"<td>{c}</td>" for c in counts)
+                + f"<td>{b['mean_turns']:.1f}</td></tr>"
             )
         return (
             "<table><thead><tr><th>benchmark</th><th>n</th>"
-            f"{head}<th>failed</th><th>turns</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+            f"{head}<th>failed</th><th>tool err</th><th>reward err</th><th>turns</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>"
         )
 
 
@@ -109,6 +118,7 @@ def _config_json(
     reward: Any,
     judge: Any,
     max_questions: int | None,
+    resume: str | None = None,
 ) -> str:
     """The EvalConfig as JSON: ``config`` (an EvalConfig, a dict of one, a config file, or the
     data directory) with the keyword arguments that were given on top."""
@@ -126,6 +136,7 @@ def _config_json(
         "k": k,
         "output_dir": os.fspath(output_dir) if output_dir is not None else None,
         "max_questions": max_questions,
+        "resume": resume,
         "judge": as_config_dict(judge),
         "rollout": as_config_dict(rollout),
         "agent": as_config_dict(agent),
@@ -178,6 +189,7 @@ def evaluate(
     judge: JudgeConfig | dict[str, Any] | None = None,
     plugins: Iterable[Callable[..., Any]] = (),
     max_questions: int | None = None,
+    resume: str | None = None,
     progress: bool = True,
 ) -> EvalReport:
     """Runs the agent ``k`` times on every question of the benchmarks and returns the report.
@@ -188,7 +200,12 @@ def evaluate(
     ``Generator`` or a list of SGLang URLs; ``tokenizer``: a directory or an
     ``asearcher.Tokenizer``; ``toolbox``: an ``asearcher.tools.Toolbox`` (none: the agent cannot
     search); ``agent`` / ``rollout`` / ``reward`` / ``judge``: an AgentConfig, RolloutConfig,
-    RewardConfig, JudgeConfig (or dicts of them). Blocks
+    RewardConfig, JudgeConfig (or dicts of them); ``resume``: what to do with results already in
+    ``output_dir`` — ``"match"`` (default: continue only the same setup; otherwise a
+    ``ResumeMismatchError`` lists what differs), ``"restart"`` (delete them) or
+    ``"allow_changes"`` (continue, the changes recorded in ``fingerprint.json``). A run whose
+    every trajectory or tool call failed raises ``RunFailedError`` (the results are saved); the
+    first trajectories all failing the same way raise ``SystematicFailureError``. Blocks
     (Ctrl-C stops it; finished questions stay saved). In a notebook, ``await aevaluate(...)``.
     """
     cfg = _config_json(
@@ -201,6 +218,7 @@ def evaluate(
         reward=reward,
         judge=judge,
         max_questions=max_questions,
+        resume=resume,
     )
     bar = _Progress(progress)
     try:
@@ -225,6 +243,7 @@ async def aevaluate(
     judge: JudgeConfig | dict[str, Any] | None = None,
     plugins: Iterable[Callable[..., Any]] = (),
     max_questions: int | None = None,
+    resume: str | None = None,
     progress: bool = True,
 ) -> EvalReport:
     """``evaluate`` as a coroutine (the event loop keeps running while the agents work)."""
@@ -238,6 +257,7 @@ async def aevaluate(
         reward=reward,
         judge=judge,
         max_questions=max_questions,
+        resume=resume,
     )
     bar = _Progress(progress)
     try:

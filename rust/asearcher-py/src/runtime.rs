@@ -40,11 +40,29 @@ where
     }
 }
 
-/// Wraps `fut` as a Python awaitable.
+/// Wraps `fut` as a Python awaitable. Called inside a running event loop it is an asyncio
+/// future at once; called outside one (`asyncio.run(engine.anext_batch(2))` builds the argument
+/// before the loop starts) it is a coroutine that makes the future when first awaited.
 pub fn awaitable<'py, F, T>(py: Python<'py>, fut: F) -> PyResult<Bound<'py, PyAny>>
 where
     F: Future<Output = PyResult<T>> + Send + 'static,
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
-    pyo3_async_runtimes::tokio::future_into_py(py, fut)
+    let asyncio = py.import("asyncio")?;
+    if asyncio.call_method0("get_running_loop").is_ok() {
+        return pyo3_async_runtimes::tokio::future_into_py(py, fut);
+    }
+    let slot = std::sync::Mutex::new(Some(fut));
+    let make = pyo3::types::PyCFunction::new_closure(py, None, None, move |args, _kwargs| {
+        let py = args.py();
+        let fut = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match fut {
+            Some(fut) => pyo3_async_runtimes::tokio::future_into_py(py, fut).map(Bound::unbind),
+            None => Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "this awaitable was already awaited",
+            )),
+        }
+    })?;
+    py.import("asearcher._awaitables")?
+        .call_method1("deferred", (make,))
 }

@@ -225,6 +225,7 @@ impl PyLocalSearch {
         let d = PyDict::new(py);
         d.set_item("docs", stats.docs)?;
         d.set_item("skipped_lines", stats.skipped_lines)?;
+        d.set_item("duplicate_ids", stats.duplicate_ids)?;
         d.set_item("corpus_bytes", stats.corpus_bytes)?;
         d.set_item("seconds", stats.seconds)?;
         Ok(d)

@@ -163,6 +163,11 @@ pub struct InferenceConfig {
     /// `distributed` sync: GPUs of each server (its tensor x pipeline parallel size); server
     /// `i` joins the group as ranks `1 + i * server_world_size ...`.
     pub server_world_size: usize,
+    /// Weight syncs to the servers that may fail in a row before the run stops with the error
+    /// (a failed sync is recorded in the step's `sync_error` and the servers keep serving the
+    /// previous weights, so training drifts off-policy; the same failure every step is
+    /// systematic). Default 3.
+    pub max_failed_syncs: u32,
 }
 
 /// How new weights reach inference servers.
@@ -195,6 +200,7 @@ impl Default for InferenceConfig {
             sync_master_addr: None,
             sync_master_port: 0,
             server_world_size: 1,
+            max_failed_syncs: 3,
         }
     }
 }

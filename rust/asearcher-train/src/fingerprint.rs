@@ -30,6 +30,7 @@ pub const OPERATIONAL: &[&str] = &[
     "inference.weights_dir",
     "inference.keep_weights",
     "inference.timeout_s",
+    "inference.max_failed_syncs",
     "inference.max_running",
     "inference.sync_master_addr",
     "inference.sync_master_port",

@@ -129,6 +129,8 @@ pub struct Trainer {
     resumed_from: u64,
     stop: Arc<AtomicBool>,
     out: Outputs,
+    /// Weight syncs that failed in a row (see `inference.max_failed_syncs`).
+    failed_syncs: u32,
 }
 
 impl Trainer {
@@ -221,6 +223,7 @@ impl Trainer {
             resumed_from: step,
             stop: Arc::new(AtomicBool::new(false)),
             out,
+            failed_syncs: 0,
         })
     }
 
@@ -364,9 +367,25 @@ impl Trainer {
             .rt
             .block_on(self.sync.push(self.learner.as_mut(), self.step))
         {
-            Ok(_) => None,
+            Ok(_) => {
+                self.failed_syncs = 0;
+                None
+            }
             Err(e @ TrainError::WeightSync { .. }) if self.generator.is_none() => {
-                tracing::warn!(step = self.step, error = %e, "weight sync failed; the servers keep the previous weights");
+                self.failed_syncs += 1;
+                let limit = self.cfg.inference.max_failed_syncs;
+                if self.failed_syncs >= limit {
+                    return Err(TrainError::WeightSync {
+                        target: "the inference servers".into(),
+                        message: format!(
+                            "{} syncs failed in a row (inference.max_failed_syncs = {limit}); \
+                             the servers still serve older weights than step {}. The last \
+                             error: {e}",
+                            self.failed_syncs, self.step
+                        ),
+                    });
+                }
+                tracing::warn!(step = self.step, error = %e, failed_in_a_row = self.failed_syncs, "weight sync failed; the servers keep the previous weights");
                 Some(e.to_string())
             }
             Err(e) => return Err(e),

@@ -171,12 +171,12 @@ impl PyTrajectory {
     fn __repr__(&self) -> String {
         let t = &self.inner;
         format!(
-            "Trajectory(id={:?}, turns={}, stop_reason={}, answer={:?}, reward={:?})",
+            "Trajectory(id={:?}, turns={}, stop_reason={}, answer={}, reward={})",
             t.id,
             t.num_turns(),
             enum_name(&t.stop_reason),
-            t.answer,
-            t.reward
+            py_opt(t.answer.as_ref().map(|a| format!("{a:?}"))),
+            py_opt(t.reward.map(|r| r.to_string()))
         )
     }
 }
@@ -314,4 +314,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(load_trajectories, m)?)?;
     m.add_function(wrap_pyfunction!(save_trajectories, m)?)?;
     Ok(())
+}
+
+/// An optional value as Python shows it: the value, or `None` (not Rust's `Some(...)`).
+pub(crate) fn py_opt(value: Option<String>) -> String {
+    value.unwrap_or_else(|| "None".into())
 }

@@ -50,9 +50,28 @@ impl fmt::Debug for ApiKey {
 pub fn base_url(field: &str, address: &str) -> Result<String> {
     let trimmed = address.trim().trim_end_matches('/');
     let bad = |why: &str| RolloutError::config(field, format!("server address {address:?}: {why}"));
-    let url = reqwest::Url::parse(trimmed).map_err(|e| bad(&e.to_string()))?;
+    let no_scheme = || {
+        bad(&format!(
+            "no http:// or https:// scheme (did you mean \"http://{trimmed}\"?)"
+        ))
+    };
+    let url = match reqwest::Url::parse(trimmed) {
+        Ok(url) => url,
+        Err(_) if !trimmed.contains("://") => return Err(no_scheme()),
+        Err(e) => return Err(bad(&e.to_string())),
+    };
+    if !trimmed.contains("://") {
+        return Err(no_scheme());
+    }
     if !matches!(url.scheme(), "http" | "https") {
         return Err(bad("the scheme must be http or https"));
+    }
+    for route in ["/generate", "/v1/completions", "/v1/chat/completions"] {
+        if let Some(base) = trimmed.strip_suffix(route) {
+            return Err(bad(&format!(
+                "give the server's base address, without the `{route}` route (did you mean {base:?}?)"
+            )));
+        }
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(bad("no host"));
@@ -231,4 +250,32 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
     }
     let half = d / 2;
     half + d.mul_f64(rand::rng().random_range(0.0..=0.5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base_url;
+
+    #[test]
+    fn addresses_get_hints_for_a_missing_scheme_or_a_route() {
+        let e = base_url("servers", "localhost:30000")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("servers") && e.contains("\"http://localhost:30000\""),
+            "{e}"
+        );
+        let e = base_url("servers", "127.0.0.1:30000")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("did you mean"), "{e}");
+        let e = base_url("servers", "http://h:1/generate")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`/generate` route") && e.contains("\"http://h:1\""),
+            "{e}"
+        );
+        assert_eq!(base_url("servers", "http://h:1/").unwrap(), "http://h:1");
+    }
 }
