@@ -24,8 +24,9 @@ static LEVEL_READ_AT_MS: AtomicU64 = AtomicU64::new(0);
 /// logged.
 pub const REPEAT_WINDOW_MS: u64 = 10_000;
 
-/// Per (target, message): when it was last logged and the repeats held back since.
-static REPEATS: Mutex<Option<HashMap<(String, String), (u64, u64)>>> = Mutex::new(None);
+/// Per (target, message): when it was last logged (ms) and the repeats held back since.
+type Repeats = HashMap<(String, String), (u64, u64)>;
+static REPEATS: Mutex<Option<Repeats>> = Mutex::new(None);
 
 /// `None`: hold this repeat back; `Some(n)`: log it, `n` repeats were held back before it.
 fn admit_repeat(target: &str, text: &str, now: u64) -> Option<u64> {

@@ -768,27 +768,6 @@ fn truncate_to_step(path: &Path, step: u64, step_of: fn(&Value) -> Option<u64>) 
     std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn truncation_keeps_only_checkpointed_steps_and_drops_torn_lines() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("metrics.jsonl");
-        std::fs::write(
-            &path,
-            "{\"step\":1}\n{\"step\":2}\n{\"step\":3}\n{\"step\":4,\"x\":",
-        )
-        .unwrap();
-        truncate_to_step(&path, 2, |v| v.get("step")?.as_u64()).unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text, "{\"step\":1}\n{\"step\":2}\n");
-        truncate_to_step(&path, 0, |v| v.get("step")?.as_u64()).unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
-    }
-}
-
 /// Warns (once per wait, then at every further `2 * batch_size` groups) when the engine keeps
 /// filtering groups while a batch is awaited: the trainer is not stuck, it has nothing to learn.
 struct FilterWatch {
@@ -860,4 +839,25 @@ fn no_step_reason(
          groups",
         stats.position, rollout.batch_size
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_keeps_only_checkpointed_steps_and_drops_torn_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        std::fs::write(
+            &path,
+            "{\"step\":1}\n{\"step\":2}\n{\"step\":3}\n{\"step\":4,\"x\":",
+        )
+        .unwrap();
+        truncate_to_step(&path, 2, |v| v.get("step")?.as_u64()).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "{\"step\":1}\n{\"step\":2}\n");
+        truncate_to_step(&path, 0, |v| v.get("step")?.as_u64()).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+    }
 }
