@@ -307,3 +307,16 @@ def test_a_methods_work_with_asyncio_run(policy, sample_index):
     ) as engine:
         groups = asyncio.run(engine.anext_batch(2))  # made before the loop runs
     assert len(groups) == 2
+
+
+def test_each_training_step_counts_its_failures_per_plugin(model_dir, sample_index, tmp_path):
+    def always_raises(trajectory):
+        raise ValueError("no")
+
+    cfg = train_config(
+        model_dir, sample_index, tmp_path / "run", tmp_path, rollout={"filter_zero_variance": False}
+    )
+    result = asearcher.Trainer(cfg, plugins=[always_raises]).fit(progress=False)
+    errors = result.history[0]["errors"]
+    assert errors["reward_errors"]["always_raises"] == 4, errors
+    assert errors["failed"] == 0 and errors["with_tool_errors"] >= 0

@@ -89,8 +89,49 @@ pub struct StepRecord {
     /// Why the weights of this step did not reach the servers (they keep serving the previous
     /// version); `None` when the sync succeeded.
     pub sync_error: Option<String>,
+    /// The failures behind this step's batch (per step, not cumulative like `rollout`).
+    pub errors: StepErrors,
     pub learner: StepStats,
     pub rollout: RolloutStats,
+}
+
+/// Failures among the trajectories of one step's batch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StepErrors {
+    /// Trajectories that ended in an error (kept by `rollout.on_error = "keep"`).
+    pub failed: usize,
+    /// Trajectories with at least one failed tool call, and the failed calls.
+    pub with_tool_errors: usize,
+    pub failed_tool_calls: usize,
+    /// Trajectories with a reward error, by stage (a plugin's name, `judge`, `primary`, ...).
+    pub reward_errors: std::collections::BTreeMap<String, usize>,
+}
+
+/// Counts the failures of a batch (each trajectory once per kind, once per reward stage).
+pub fn step_errors(batch: &[Group]) -> StepErrors {
+    let mut out = StepErrors::default();
+    for t in batch.iter().flat_map(|g| &g.trajectories) {
+        if asearcher_rollout::runner::is_failure(t) {
+            out.failed += 1;
+        }
+        let failed_calls = t
+            .turns
+            .iter()
+            .filter(|turn| turn.tool.as_ref().is_some_and(|c| c.error.is_some()))
+            .count();
+        out.failed_tool_calls += failed_calls;
+        out.with_tool_errors += usize::from(failed_calls > 0);
+        let stages: std::collections::BTreeSet<&str> = t
+            .errors
+            .iter()
+            .filter(|e| e.kind == "reward")
+            .map(|e| e.stage.as_deref().unwrap_or("reward"))
+            .collect();
+        for stage in stages {
+            *out.reward_errors.entry(stage.to_string()).or_default() += 1;
+        }
+    }
+    out
 }
 
 /// Whether the loop goes on after a step.
@@ -420,6 +461,7 @@ impl Trainer {
             gen_tokens_per_s: rollout.output_tokens.saturating_sub(last_tokens) as f64 / elapsed,
             checkpoint: None,
             sync_error,
+            errors: step_errors(&batch),
             learner: stats,
             rollout,
         })
