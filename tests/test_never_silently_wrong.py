@@ -320,3 +320,26 @@ def test_each_training_step_counts_its_failures_per_plugin(model_dir, sample_ind
     errors = result.history[0]["errors"]
     assert errors["reward_errors"]["always_raises"] == 4, errors
     assert errors["failed"] == 0 and errors["with_tool_errors"] >= 0
+
+
+def test_search_into_a_closed_pipe_prints_no_traceback(sample_index):
+    import subprocess
+    import sys
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "asearcher",
+        "search",
+        str(sample_index.path),
+        "war river city world",  # ~270 KB of results: more than a pipe buffers
+        "-k",
+        "2000",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()  # what `| head -1` reads, then the reader goes away
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
