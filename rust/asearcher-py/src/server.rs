@@ -9,6 +9,7 @@ use asearcher_tools::LocalIndex;
 use pyo3::prelude::*;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 fn server_config(host: String, port: u16, default_topk: usize) -> PyResult<ServerConfig> {
@@ -71,23 +72,40 @@ struct RetrievalServerHandle {
     #[pyo3(get)]
     port: u16,
     stop_tx: Mutex<Option<oneshot::Sender<()>>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 #[pymethods]
 impl RetrievalServerHandle {
-    /// Stops the server (idempotent).
-    fn stop(&self) {
+    /// Stops the server and returns once its listener is closed (idempotent): a request made
+    /// after `stop()` is refused, never served by a server still shutting down. Connections
+    /// still open after 5 s are cut.
+    fn stop(&self, py: Python<'_>) {
         if let Some(tx) = self.stop_tx.lock().expect("stop lock").take() {
             let _ = tx.send(());
         }
+        let Some(mut task) = self.task.lock().expect("task lock").take() else {
+            return;
+        };
+        py.detach(|| {
+            runtime().block_on(async {
+                if tokio::time::timeout(Duration::from_secs(5), &mut task)
+                    .await
+                    .is_err()
+                {
+                    task.abort();
+                    let _ = task.await;
+                }
+            })
+        });
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
         slf
     }
 
-    fn __exit__(&self, _a: Py<PyAny>, _b: Py<PyAny>, _c: Py<PyAny>) {
-        self.stop();
+    fn __exit__(&self, py: Python<'_>, _a: Py<PyAny>, _b: Py<PyAny>, _c: Py<PyAny>) {
+        self.stop(py);
     }
 
     fn __repr__(&self) -> String {
@@ -112,7 +130,7 @@ fn start_retrieval_server(
     let server = py.detach(|| bind(idx, cfg))?;
     let addr = server.local_addr().map_err(|e| io_err(e.to_string()))?;
     let (tx, rx) = oneshot::channel::<()>();
-    runtime().spawn(async move {
+    let task = runtime().spawn(async move {
         if let Err(e) = server
             .serve(async move {
                 let _ = rx.await;
@@ -126,6 +144,7 @@ fn start_retrieval_server(
         url: format!("http://{addr}"),
         port: addr.port(),
         stop_tx: Mutex::new(Some(tx)),
+        task: Mutex::new(Some(task)),
     })
 }
 
