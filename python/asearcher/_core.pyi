@@ -410,7 +410,10 @@ class RetrievalServerHandle:
     @property
     def port(self) -> int: ...
     def stop(self) -> None:
-        """Stops the server (idempotent)."""
+        """Stops the server and returns once its listener is closed (idempotent): a request made
+        after `stop()` is refused, never served by a server still shutting down. Connections
+        still open after 5 s are cut.
+        """
     @property
     def url(self) -> str: ...
 
