@@ -280,6 +280,24 @@ impl Trajectory {
         }
     }
 
+    /// Tool calls of this run that failed (after the toolbox's retries).
+    pub fn failed_tool_calls(&self) -> usize {
+        self.turns
+            .iter()
+            .filter(|turn| turn.tool.as_ref().is_some_and(|c| c.error.is_some()))
+            .count()
+    }
+
+    /// The reward stages that recorded an error on this run, each once (`reward` for an error
+    /// saved without a stage).
+    pub fn reward_error_stages(&self) -> std::collections::BTreeSet<&str> {
+        self.errors
+            .iter()
+            .filter(|e| e.kind == "reward")
+            .map(|e| e.stage.as_deref().unwrap_or("reward"))
+            .collect()
+    }
+
     /// The full prompt of turn `turn` rebuilt from the deltas; `None` past the last turn or when
     /// a stored prefix is longer than the previous turn's prompt + output.
     pub fn full_prompt_ids(&self, turn: usize) -> Option<Vec<u32>> {

@@ -114,20 +114,10 @@ pub fn step_errors(batch: &[Group]) -> StepErrors {
         if asearcher_rollout::runner::is_failure(t) {
             out.failed += 1;
         }
-        let failed_calls = t
-            .turns
-            .iter()
-            .filter(|turn| turn.tool.as_ref().is_some_and(|c| c.error.is_some()))
-            .count();
+        let failed_calls = t.failed_tool_calls();
         out.failed_tool_calls += failed_calls;
         out.with_tool_errors += usize::from(failed_calls > 0);
-        let stages: std::collections::BTreeSet<&str> = t
-            .errors
-            .iter()
-            .filter(|e| e.kind == "reward")
-            .map(|e| e.stage.as_deref().unwrap_or("reward"))
-            .collect();
-        for stage in stages {
+        for stage in t.reward_error_stages() {
             *out.reward_errors.entry(stage.to_string()).or_default() += 1;
         }
     }

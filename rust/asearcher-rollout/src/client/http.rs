@@ -135,33 +135,35 @@ impl Endpoint {
     /// POSTs a JSON body to `{base}{path}` and parses the JSON answer.
     pub async fn post<B: serde::Serialize + ?Sized>(&self, path: &str, body: &B) -> Result<Value> {
         let rb = self.client.post(format!("{}{path}", self.base)).json(body);
-        let resp = self
-            .authorize(rb)
-            .send()
-            .await
-            .map_err(|e| self.send_error(e))?;
-        let bytes = self.success_body(resp).await?;
-        serde_json::from_slice(&bytes).map_err(|e| RolloutError::Protocol {
-            server: self.base.clone(),
-            message: format!(
-                "{path} answered invalid JSON ({e}): {}",
-                excerpt(&String::from_utf8_lossy(&bytes))
-            ),
-        })
+        let bytes = self.send(rb).await?;
+        self.parse_json(path, &bytes)
     }
 
     /// GETs `{base}{path}` and parses the JSON answer.
     pub async fn get_json(&self, path: &str) -> Result<Value> {
-        let rb = self.client.get(format!("{}{path}", self.base));
+        let bytes = self
+            .send(self.client.get(format!("{}{path}", self.base)))
+            .await?;
+        self.parse_json(path, &bytes)
+    }
+
+    /// Sends a request (authorized) and returns the body of a 2xx answer.
+    async fn send(&self, rb: reqwest::RequestBuilder) -> Result<bytes::Bytes> {
         let resp = self
             .authorize(rb)
             .send()
             .await
             .map_err(|e| self.send_error(e))?;
-        let bytes = self.success_body(resp).await?;
-        serde_json::from_slice(&bytes).map_err(|e| RolloutError::Protocol {
+        self.success_body(resp).await
+    }
+
+    fn parse_json(&self, path: &str, bytes: &[u8]) -> Result<Value> {
+        serde_json::from_slice(bytes).map_err(|e| RolloutError::Protocol {
             server: self.base.clone(),
-            message: format!("{path} answered invalid JSON ({e})"),
+            message: format!(
+                "{path} answered invalid JSON ({e}): {}",
+                excerpt(&String::from_utf8_lossy(bytes))
+            ),
         })
     }
 
@@ -169,12 +171,7 @@ impl Endpoint {
     /// empty).
     pub async fn get_ok(&self, path: &str) -> Result<()> {
         let rb = self.client.get(format!("{}{path}", self.base));
-        let resp = self
-            .authorize(rb)
-            .send()
-            .await
-            .map_err(|e| self.send_error(e))?;
-        self.success_body(resp).await.map(|_| ())
+        self.send(rb).await.map(|_| ())
     }
 
     async fn success_body(&self, resp: reqwest::Response) -> Result<bytes::Bytes> {

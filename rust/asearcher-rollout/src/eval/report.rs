@@ -94,12 +94,6 @@ pub fn summarize(
         runs.entry(id).or_default().push(t);
     }
     let all: Vec<&Trajectory> = runs.values().flatten().copied().collect();
-    let tool_errors = |t: &&Trajectory| {
-        t.turns
-            .iter()
-            .filter(|turn| turn.tool.as_ref().is_some_and(|c| c.error.is_some()))
-            .count()
-    };
     let keys: BTreeSet<&str> = all
         .iter()
         .flat_map(|t| t.rewards.keys().map(String::as_str))
@@ -115,13 +109,13 @@ pub fn summarize(
         trajectories: all.len(),
         failed: all.iter().filter(|t| is_failure(t)).count(),
         with_errors: all.iter().filter(|t| !t.errors.is_empty()).count(),
-        with_tool_errors: all.iter().filter(|t| tool_errors(t) > 0).count(),
+        with_tool_errors: all.iter().filter(|t| t.failed_tool_calls() > 0).count(),
         tool_calls: all.iter().map(|t| t.tool_calls()).sum(),
-        failed_tool_calls: all.iter().map(tool_errors).sum(),
+        failed_tool_calls: all.iter().map(|t| t.failed_tool_calls()).sum(),
         reward_errors: reward_errors(&all),
         with_reward_errors: all
             .iter()
-            .filter(|t| t.errors.iter().any(|e| e.kind == "reward"))
+            .filter(|t| !t.reward_error_stages().is_empty())
             .count(),
         first_error: all
             .iter()
@@ -140,13 +134,7 @@ pub fn summarize(
 fn reward_errors(all: &[&Trajectory]) -> BTreeMap<String, usize> {
     let mut out: BTreeMap<String, usize> = BTreeMap::new();
     for t in all {
-        let stages: BTreeSet<&str> = t
-            .errors
-            .iter()
-            .filter(|e| e.kind == "reward")
-            .map(|e| e.stage.as_deref().unwrap_or("reward"))
-            .collect();
-        for stage in stages {
+        for stage in t.reward_error_stages() {
             *out.entry(stage.to_string()).or_default() += 1;
         }
     }
