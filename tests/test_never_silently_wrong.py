@@ -209,6 +209,7 @@ def test_6_a_trainer_that_filtered_every_group_says_why(model_dir, sample_index,
     msg = str(e.value)
     assert "zero reward variance" in msg and "rollout.filter_zero_variance" in msg, msg
     assert "groups filtered" in msg
+    assert "scored 0 on every sample" in msg and "Start from a stronger model" in msg, msg
 
 
 def test_7_a_tokenizer_without_a_chat_template_is_named(policy, sample_index, tmp_path):

@@ -399,6 +399,36 @@ def test_embedded_generator_records_garbage_without_crashing(tmp_path: Path, que
         gen.close()
 
 
+def test_seeded_sampling_repeats_and_ordered_groups_come_in_question_order(
+    tmp_path: Path, questions
+):
+    tiny_models = pytest.importorskip("tiny_models")
+    model_dir = tiny_models.make_tiny_qwen(tmp_path / "tiny", "qwen2", seed=0)
+    agent = {"kind": "asearcher", "max_turns": 2, "context_budget": 4096,
+             "sampling": {"max_new_tokens": 16, "temperature": 1.0}}  # fmt: skip
+    cfg = {"group_size": 2, "max_concurrent": 8, "batch_size": 2, "max_staleness": None,
+           "ordered": True}  # fmt: skip
+
+    def sampled(seed: int | None) -> tuple[list[str], list[list[int]]]:
+        # A fresh generator each time: its batches are made of whatever is running.
+        gen = asearcher.Generator(model_dir, max_running=8, max_context=4096)
+        try:
+            with asearcher.RolloutEngine(
+                questions[:6], gen, model_dir, agent=agent, config=cfg, sampling_seed=seed
+            ) as engine:
+                groups = run_all(engine)
+        finally:
+            gen.close()
+        tokens = [turn["output_ids"] for g in groups for t in g.trajectories for turn in t.turns]
+        return [g.question["question"] for g in groups], tokens
+
+    order, tokens = sampled(11)
+    assert order == [q["question"] for q in questions[:6]], "ordered: in question order"
+    assert sampled(11)[1] == tokens, "the same seed draws the same tokens, whatever the batching"
+    assert sampled(12)[1] != tokens
+    assert sampled(None)[1] != tokens
+
+
 def test_rollout_module_exports():
     from asearcher import rollout
 

@@ -6,8 +6,10 @@ skipped, no question lost or trained on twice."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -129,6 +131,71 @@ def test_synchronous_mode_trains_only_on_current_policy_tokens(
     for r in result.history:
         assert r["learner"]["staleness_max"] == 0
         assert r["learner"]["behav_weight_max"] == pytest.approx(1.0, abs=1e-2)
+
+
+def _token_parity(trajectory, answers) -> float:
+    """A reward that varies within a group of a random model (the parity of its sampled token
+    ids): real advantages, real updates."""
+    return float(sum(i for turn in trajectory.turns for i in turn["output_ids"]) % 2)
+
+
+# Timings, the engine's live gauges (a snapshot of what is running at that instant) and paths:
+# what differs between two identical runs.
+_TIMING = re.compile(
+    r"time|seconds|_s$|per_s|_ms$|elapsed|wall|util|^running$|^in_flight$|^ready_groups$"
+    r"|^pending_rewards$|^checkpoint$"
+)
+
+
+def _without_timings(record):
+    if isinstance(record, dict):
+        return {k: _without_timings(v) for k, v in record.items() if not _TIMING.search(k)}
+    if isinstance(record, list):
+        return [_without_timings(v) for v in record]
+    return record
+
+
+def _deterministic_run(model_dir, questions_file, sample_index, out: Path, seed: int):
+    cfg = make_config(
+        model_dir,
+        questions_file,
+        sample_index,
+        out,
+        rollout={"max_staleness": 0, "max_concurrent": 8},
+        reward={"primary": "_token_parity"},
+        run={"steps": 3, "deterministic": True, "seed": seed, "checkpoint_every": 3},
+    )
+    cfg["agent"]["sampling"]["temperature"] = 1.0
+    result = asearcher.Trainer(cfg, plugins=[_token_parity]).fit(progress=False)
+    weights = hashlib.sha256((result.final_dir / "model.safetensors").read_bytes()).hexdigest()
+    tokens = [
+        (t["id"], [turn["output_ids"] for turn in t["turns"]])
+        for t in read_jsonl(out / "trajectories.jsonl")
+    ]
+    return result, [_without_timings(r) for r in result.history], weights, tokens
+
+
+def test_deterministic_runs_repeat_bit_for_bit(tmp_path, model_dir, questions_file, sample_index):
+    first, metrics, weights, tokens = _deterministic_run(
+        model_dir, questions_file, sample_index, tmp_path / "a", seed=3
+    )
+    assert first.steps == 3
+    assert any(r["learner"]["loss_tokens"] > 0 for r in first.history)
+    _, metrics_again, weights_again, tokens_again = _deterministic_run(
+        model_dir, questions_file, sample_index, tmp_path / "b", seed=3
+    )
+    assert tokens_again == tokens
+    assert metrics_again == metrics
+    assert weights_again == weights
+    _, _, weights_other, tokens_other = _deterministic_run(
+        model_dir, questions_file, sample_index, tmp_path / "c", seed=4
+    )
+    assert tokens_other != tokens and weights_other != weights
+    cfg = make_config(
+        model_dir, questions_file, sample_index, tmp_path / "d", run={"deterministic": True}
+    )
+    with pytest.raises(ConfigError, match=r"run\.deterministic.*max_staleness"):
+        asearcher.Trainer(cfg)
 
 
 def test_config_errors_name_the_key(tmp_path, model_dir, questions_file, sample_index):
@@ -320,3 +387,20 @@ def test_a_bad_question_line_is_the_same_bad_line_error_as_in_the_engine(
     cfg = make_config(model_dir, bad, sample_index, tmp_path / "out")
     with pytest.raises(BadLineError, match=r"train.jsonl:2"):
         asearcher.Trainer(cfg)
+
+
+def test_the_plot_draws_reference_lines_and_benchmark_bands(tmp_path):
+    from asearcher.plotting import plot_training
+
+    records = [{"step": i, "reward_mean": i / 10, "f1_mean": i / 20} for i in range(1, 6)]
+    (svg, *_) = plot_training(
+        records,
+        tmp_path / "p.svg",
+        refs=[("warm start", 0.61)],
+        bands=[("benchmark warm start", 0.55, 0.72)],
+    )
+    text = svg.read_text(encoding="utf-8")
+    assert "warm start 0.610" in text
+    assert "benchmark warm start 0.550-0.720" in text
+    band = re.search(r'<rect [^>]*height="([\d.]+)" fill="#7f7f7f" fill-opacity', text)
+    assert band and float(band.group(1)) > 5, "the band spans its interval on the y axis"

@@ -419,7 +419,11 @@ class RetrievalServerHandle:
 
 @final
 class RolloutEngine:
-    """The asynchronous rollout engine."""
+    """The asynchronous rollout engine. `shuffle_seed` reshuffles the questions each epoch;
+    `sampling_seed` seeds every generation request from it and the request id, so sampling
+    repeats on a backend that honours seeds (with `config={"ordered": True}` the groups also come
+    out in question order).
+    """
     def __new__(
         cls,
         questions: str | PathLike[str] | list[dict[str, Any]],
@@ -433,6 +437,7 @@ class RolloutEngine:
         plugins: list[Callable[..., Any]] = ...,
         epochs: int | None = ...,
         shuffle_seed: int | None = ...,
+        sampling_seed: Any = ...,
     ) -> RolloutEngine: ...
     def __enter__(self) -> RolloutEngine: ...
     def __exit__(self, *_args: Any) -> bool: ...

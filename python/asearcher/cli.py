@@ -207,7 +207,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return run_demo(workdir=args.workdir, questions=args.questions)
     from .tinyworld.job import JobSettings, run_job
 
-    settings = JobSettings(size=args.size, seed=args.seed)
+    settings = JobSettings(size=args.size, seed=args.seed, world_seed=args.world_seed)
     if args.rl_steps is not None:
         settings.rl_steps = args.rl_steps
     if args.warm_start_epochs is not None:
@@ -361,6 +361,7 @@ def _eval_flag_overrides(args: argparse.Namespace) -> list[str]:
     put("rollout.max_concurrent", args.max_concurrent)
     put("max_questions", args.max_questions)
     put("warn_error_rate", args.warn_error_rate)
+    put("seed", args.seed)
     if args.restart:
         put("resume", "restart")
     elif args.allow_changes:
@@ -396,6 +397,9 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--judge-model", default=None, help="the judge's model name")
     e.add_argument("--judge-api-key-env", default=None, help="env var holding the judge's key")
     e.add_argument("--max-questions", type=int, default=None, help="questions per benchmark")
+    e.add_argument(
+        "--seed", type=int, default=None, help="seed every request (repeatable sampled runs)"
+    )
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     again = e.add_mutually_exclusive_group()
     again.add_argument(
@@ -550,7 +554,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to work (default: runs/tinyworld; with --tools a temp dir)",
     )
     d.add_argument("--size", default="default", choices=["small", "default"], help="tinyworld size")
-    d.add_argument("--seed", type=int, default=0, help="world and training seed")
+    d.add_argument("--seed", type=int, default=0, help="training seed (and world seed)")
+    d.add_argument(
+        "--world-seed", type=int, default=None, help="the world's seed (default: --seed)"
+    )
     d.add_argument("--rl-steps", type=int, default=None, help="RL steps (default 40)")
     d.add_argument("--warm-start-epochs", type=int, default=None, help="warm-start epochs")
     d.add_argument("--quiet", action="store_true", help="no progress bars")

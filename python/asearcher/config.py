@@ -324,6 +324,12 @@ class RolloutConfig(Config):
             before the first success, fail with the same error: a systematic error (a
             missing chat template, a dead server, no toolbox) rather than bad luck. `null`:
             never (each sample is retried and dropped as `on_error` says). Default 8.
+        ordered (bool, default false):
+            Hand groups to the consumer in admission order instead of completion order: a
+            ready group waits until every group admitted before it is ready or dropped.
+            Batches then do not depend on timing (with `max_staleness = 0` and seeded
+            sampling a training run repeats exactly: `run.deterministic`), at the price of
+            waiting for the slowest group. Default false.
     """
 
     _root = "RolloutConfig"
@@ -359,6 +365,13 @@ class RolloutConfig(Config):
     first success, fail with the same error: a systematic error (a missing chat template, a
     dead server, no toolbox) rather than bad luck. `null`: never (each sample is retried and
     dropped as `on_error` says). Default 8.
+    """
+    ordered: bool = False
+    """Hand groups to the consumer in admission order instead of completion order: a ready
+    group waits until every group admitted before it is ready or dropped. Batches then do not
+    depend on timing (with `max_staleness = 0` and seeded sampling a training run repeats
+    exactly: `run.deterministic`), at the price of waiting for the slowest group. Default
+    false.
     """
 
 
@@ -490,7 +503,7 @@ class EvalConfig(Config):
             Where trajectories and `results.json` go. Default `eval_out`.
         max_questions (int | None, default null):
             Only the first this many questions of each benchmark. Default: all.
-        rollout (RolloutConfig, default {"group_size": 16, "max_concurrent": 128, "batch_size": 128, "max_staleness": 4, "filter_zero_variance": null, "on_error": "retry", "max_attempts": 3, "trajectory_timeout_s": null, "tool_errors": "observe", "fail_fast_after": 8}):
+        rollout (RolloutConfig, default {"group_size": 16, "max_concurrent": 128, "batch_size": 128, "max_staleness": 4, "filter_zero_variance": null, "on_error": "retry", "max_attempts": 3, "trajectory_timeout_s": null, "tool_errors": "observe", "fail_fast_after": 8, "ordered": false}):
             The engine's settings; `group_size` is set to `k`, the staleness gate is off,
             zero-variance filtering is off and failed trajectories are kept (they score 0).
         agent (AgentConfig, default {"kind": "asearcher", "max_turns": null, "sampling": {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "max_new_tokens": 1024}, "context_budget": 32768, "min_new_tokens": 32, "prompts": {}, "force_turns": null, "history_chars": 25000, "page_chunk_chars": null, "max_page_chunks": 10, "note_chars": 100, "docs_for_answer_phase": 20, "max_generation_failures": 32, "answer_attempts": 1, "summary_chars": 2000, "allow_early_answer": false, "action_precedence": "first_in_text", "max_argument_chars": 2000}):
@@ -508,6 +521,11 @@ class EvalConfig(Config):
             A warning is logged (and the CLI prints it) when the share of failed
             trajectories, of trajectories with a failed tool call, or of one reward stage's
             errors exceeds this. Default 0.1.
+        seed (int | None, default null):
+            Seeds every generation request from this and the request id (question, sample,
+            turn), so sampled runs (`k` > 1 at a temperature) repeat on a backend that
+            honours seeds (the embedded generator; SGLang with deterministic sampling).
+            Default none: unseeded.
     """
 
     _root = "EvalConfig"
@@ -549,6 +567,11 @@ class EvalConfig(Config):
     """A warning is logged (and the CLI prints it) when the share of failed trajectories, of
     trajectories with a failed tool call, or of one reward stage's errors exceeds this.
     Default 0.1.
+    """
+    seed: int | None = None
+    """Seeds every generation request from this and the request id (question, sample, turn), so
+    sampled runs (`k` > 1 at a temperature) repeat on a backend that honours seeds (the
+    embedded generator; SGLang with deterministic sampling). Default none: unseeded.
     """
 
 
@@ -1096,8 +1119,18 @@ class RunConfig(Config):
         save_trajectories (bool, default true):
             Append every trained group's trajectories to `trajectories.jsonl`.
         seed (int, default 0):
-            The run's one seed: question order (with `data.shuffle`) and the generation
-            seeds.
+            The run's one seed: question order (with `data.shuffle`), the learner's RNG and
+            the generation seeds (every request of the embedded generator is seeded from it
+            and its request id; remote servers only with `deterministic`).
+        deterministic (bool, default false):
+            Repeat exactly: the same config, data and seed give bit-identical batches,
+            metrics and weights on the same machine. Needs `rollout.max_staleness = 0`
+            (asynchronous collection depends on timing); groups are taken in question order
+            (`rollout.ordered`), every request is seeded, and the embedded generator decodes
+            one request at a time (a batched matrix product rounds differently from a single
+            row's, so batching would make tokens depend on what else was running). Slower;
+            remote servers must sample deterministically themselves (SGLang: `--enable-
+            deterministic-inference`).
     """
 
     _root = None
@@ -1126,7 +1159,19 @@ class RunConfig(Config):
     save_trajectories: bool = True
     """Append every trained group's trajectories to `trajectories.jsonl`."""
     seed: int = 0
-    """The run's one seed: question order (with `data.shuffle`) and the generation seeds."""
+    """The run's one seed: question order (with `data.shuffle`), the learner's RNG and the
+    generation seeds (every request of the embedded generator is seeded from it and its
+    request id; remote servers only with `deterministic`).
+    """
+    deterministic: bool = False
+    """Repeat exactly: the same config, data and seed give bit-identical batches, metrics and
+    weights on the same machine. Needs `rollout.max_staleness = 0` (asynchronous collection
+    depends on timing); groups are taken in question order (`rollout.ordered`), every request
+    is seeded, and the embedded generator decodes one request at a time (a batched matrix
+    product rounds differently from a single row's, so batching would make tokens depend on
+    what else was running). Slower; remote servers must sample deterministically themselves
+    (SGLang: `--enable-deterministic-inference`).
+    """
 
 
 @dataclass(kw_only=True)
@@ -1167,7 +1212,7 @@ class TrainConfig(Config):
         reward (RewardConfig, default {"metric": "f1", "format_gate": true, "invalid_answer_penalty": null, "primary": null, "weights": {}, "plugin_timeout_s": 300.0}):
             The reward: the rule score (F1 by default, with the format gate), which recorded
             score trains (`primary`, or `weights`), the plugins' timeout.
-        rollout (RolloutConfig, default {"group_size": 16, "max_concurrent": 128, "batch_size": 128, "max_staleness": 4, "filter_zero_variance": null, "on_error": "retry", "max_attempts": 3, "trajectory_timeout_s": null, "tool_errors": "observe", "fail_fast_after": 8}):
+        rollout (RolloutConfig, default {"group_size": 16, "max_concurrent": 128, "batch_size": 128, "max_staleness": 4, "filter_zero_variance": null, "on_error": "retry", "max_attempts": 3, "trajectory_timeout_s": null, "tool_errors": "observe", "fail_fast_after": 8, "ordered": false}):
             The rollout scheduler: group size, batch size (groups per step), `max_staleness`
             (eta; 0 is synchronous RL: each batch is generated entirely by the current
             policy), concurrency.
@@ -1175,7 +1220,7 @@ class TrainConfig(Config):
             Where generation runs and how new weights reach it.
         learner (LearnerConfig, default {"backend": "tch", "fsdp": {"param_dtype": "bfloat16", "reduce_dtype": "float32", "activation_checkpointing": true, "attn_implementation": "sdpa", "export_dtype": "bfloat16", "timeout_s": 600.0, "idle_timeout_s": 86400.0}, "ppo": {"eps_clip": 0.2, "eps_clip_high": null, "behav_weight_cap": 5.0, "cap_mode": "mask", "decoupled": true, "temperature": 1.0, "entropy_coef": 0.0, "minibatches": 1}, "advantages": {"normalize_std": false, "reward_scale": 1.0, "reward_bias": 0.0, "token_normalize": true}, "version_spread": {"max_versions": null, "policy": "drop"}, "optimizer": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-08, "weight_decay": 0.01, "master_weights": true}, "schedule": {"kind": "constant", "lr": 1e-06, "warmup_steps": 0, "total_steps": 0, "min_lr_ratio": 0.0}, "grad_clip": 1.0, "micro_batch_tokens": 4096, "chunk_tokens": null, "frozen": []}):
             The optimisation: loss, advantages, filters, optimizer, schedule, micro-batches.
-        run (RunConfig, default {"out_dir": "runs/train", "steps": null, "checkpoint_every": 1, "keep_last": 2, "resume": true, "allow_changes": false, "save_trajectories": true, "seed": 0}):
+        run (RunConfig, default {"out_dir": "runs/train", "steps": null, "checkpoint_every": 1, "keep_last": 2, "resume": true, "allow_changes": false, "save_trajectories": true, "seed": 0, "deterministic": false}):
             Length of the run, outputs and checkpoints.
     """
 

@@ -119,6 +119,7 @@ def _config_json(
     judge: Any,
     max_questions: int | None,
     resume: str | None = None,
+    seed: int | None = None,
 ) -> str:
     """The EvalConfig as JSON: ``config`` (an EvalConfig, a dict of one, a config file, or the
     data directory) with the keyword arguments that were given on top."""
@@ -137,6 +138,7 @@ def _config_json(
         "output_dir": os.fspath(output_dir) if output_dir is not None else None,
         "max_questions": max_questions,
         "resume": resume,
+        "seed": seed,
         "judge": as_config_dict(judge),
         "rollout": as_config_dict(rollout),
         "agent": as_config_dict(agent),
@@ -190,6 +192,7 @@ def evaluate(
     plugins: Iterable[Callable[..., Any]] = (),
     max_questions: int | None = None,
     resume: str | None = None,
+    seed: int | None = None,
     progress: bool = True,
 ) -> EvalReport:
     """Runs the agent ``k`` times on every question of the benchmarks and returns the report.
@@ -203,7 +206,9 @@ def evaluate(
     RewardConfig, JudgeConfig (or dicts of them); ``resume``: what to do with results already in
     ``output_dir`` — ``"match"`` (default: continue only the same setup; otherwise a
     ``ResumeMismatchError`` lists what differs), ``"restart"`` (delete them) or
-    ``"allow_changes"`` (continue, the changes recorded in ``fingerprint.json``). A run whose
+    ``"allow_changes"`` (continue, the changes recorded in ``fingerprint.json``); ``seed``: seeds
+    every request from it and the request id, so a sampled run (``k`` > 1 at a temperature)
+    repeats on the embedded generator (or a server that samples deterministically). A run whose
     every trajectory or tool call failed raises ``RunFailedError`` (the results are saved); the
     first trajectories all failing the same way raise ``SystematicFailureError``. Blocks
     (Ctrl-C stops it; finished questions stay saved). In a notebook, ``await aevaluate(...)``.
@@ -219,6 +224,7 @@ def evaluate(
         judge=judge,
         max_questions=max_questions,
         resume=resume,
+        seed=seed,
     )
     bar = _Progress(progress)
     try:
@@ -244,6 +250,7 @@ async def aevaluate(
     plugins: Iterable[Callable[..., Any]] = (),
     max_questions: int | None = None,
     resume: str | None = None,
+    seed: int | None = None,
     progress: bool = True,
 ) -> EvalReport:
     """``evaluate`` as a coroutine (the event loop keeps running while the agents work)."""
@@ -258,6 +265,7 @@ async def aevaluate(
         judge=judge,
         max_questions=max_questions,
         resume=resume,
+        seed=seed,
     )
     bar = _Progress(progress)
     try:

@@ -8,7 +8,9 @@
 //! it between turns (a turn being generated is not in it yet); [`replay`] brings a rebuilt agent
 //! back to the state of a recorded run so that [`run_live`] can continue it.
 
-use crate::client::{FinishReason, GenOutput, GenRequest, LlmBackend, SamplingParams};
+use crate::client::{
+    request_seed, FinishReason, GenOutput, GenRequest, LlmBackend, SamplingParams,
+};
 use crate::questions::Question;
 use asearcher_agent::agent::{
     Agent, AgentStep, GenFinish, GenerateCall, Generation, ObservedDoc, StopReason, ToolCall,
@@ -65,6 +67,10 @@ pub struct RunContext {
     pub tokenizer: Arc<Tokenizer>,
     pub limits: RunLimits,
     pub stats: Option<Arc<dyn StatsSink>>,
+    /// Seeds every generation request with [`request_seed`]`(seed, rid)` (rids name the
+    /// trajectory, attempt and turn), so sampling does not depend on timing or batching on a
+    /// backend that honours seeds. `None`: unseeded.
+    pub sampling_seed: Option<u64>,
 }
 
 /// Which run this is: the trajectory id, its question and sample index, and the attempt (1 for
@@ -296,8 +302,8 @@ impl Run<'_> {
                 stop_token_ids.push(*id);
             }
         }
+        let rid = self.spec.rid(self.turns());
         GenRequest {
-            rid: self.spec.rid(self.turns()),
             affinity: Some(self.spec.affinity()),
             input_ids: call.prompt_ids.clone(),
             sampling: SamplingParams {
@@ -307,7 +313,9 @@ impl Run<'_> {
                 max_new_tokens: call.sampling.max_new_tokens,
                 stop: call.stop.clone(),
                 stop_token_ids,
+                seed: self.ctx.sampling_seed.map(|s| request_seed(s, &rid)),
             },
+            rid,
         }
     }
 

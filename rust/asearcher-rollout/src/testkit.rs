@@ -192,6 +192,8 @@ pub struct SimCall {
     /// `<information>` blocks in the prompt (tool calls done so far).
     pub observations: usize,
     pub prompt: String,
+    /// The request's sampling seed.
+    pub seed: Option<u64>,
 }
 
 /// The simulated policy's reply to one request.
@@ -261,6 +263,7 @@ impl SimBackend {
             observations: prompt.matches("<information>").count(),
             question,
             prompt,
+            seed: req.sampling.seed,
         })
     }
 }

@@ -3,6 +3,7 @@
 //! update with `abort_in_flight`) with the tokens produced so far, as the server pool does, and
 //! takes versions from the generator's per-token `output_versions`.
 
+use asearcher_rollout::client::pool::resend_seed;
 use asearcher_rollout::client::{FinishReason, GenOutput, GenRequest, LlmBackend};
 use asearcher_rollout::{Result, RolloutError};
 use asearcher_torch::generate as gen;
@@ -95,7 +96,7 @@ fn generator_request(req: &GenRequest) -> gen::GenerateRequest {
             stop: s.stop.clone(),
             stop_token_ids: s.stop_token_ids.clone(),
             ignore_eos: false,
-            seed: None,
+            seed: s.seed,
         },
     }
 }
@@ -110,6 +111,7 @@ fn resend_request(req: &GenRequest, out: &GenOutput) -> GenRequest {
     sampling.max_new_tokens = sampling
         .max_new_tokens
         .saturating_sub(out.output_ids.len() as u32);
+    sampling.seed = resend_seed(&req.sampling, out.resends);
     GenRequest {
         rid: format!("{}~r{}", req.rid, out.resends),
         affinity: req.affinity,

@@ -649,6 +649,7 @@ fn start_engine(
         tokenizer: tokenizer.clone(),
         agents: agent_factory(cfg, tokenizer),
         scorer,
+        sampling_seed: cfg.sampling_seed(),
     };
     let rollout = engine_config(cfg);
     let engine = match snapshot {
@@ -672,6 +673,7 @@ pub fn learner_config(cfg: &TrainConfig) -> LearnerConfig {
 /// the staleness gate.
 fn engine_config(cfg: &TrainConfig) -> RolloutConfig {
     let mut rollout = cfg.rollout.clone();
+    rollout.ordered |= cfg.run.deterministic;
     rollout.filter_zero_variance = Some(
         cfg.rollout
             .filter_zero_variance
@@ -836,12 +838,21 @@ fn filter_message(
     stats: &RolloutStats,
     rollout: &asearcher_rollout::scheduler::RolloutConfig,
 ) -> String {
+    let unsolved = stats.filtered_unsolved.min(stats.filtered_groups);
+    let solved = stats.filtered_groups - unsolved;
+    let advice = if unsolved >= solved {
+        "Start from a stronger model (`model.path` / warm start), use easier data, raise \
+         `rollout.group_size`"
+    } else {
+        "Most were solved by every sample: use harder data, raise `rollout.group_size` or \
+         the sampling temperature"
+    };
     format!(
         "{filtered} groups filtered while waiting for a batch of {}: each group of {} had \
-         zero reward variance (every sample scored the same, usually 0 for a model that never \
-         answers right), so it carries no GRPO signal (`rollout.filter_zero_variance`). \
-         {} trajectories finished, {} failed, {} dropped. Start from a stronger model \
-         (`model.path` / warm start), use easier data, raise `rollout.group_size`, or set \
+         zero reward variance, so it carries no GRPO signal (`rollout.filter_zero_variance`); \
+         since the start {unsolved} of the filtered groups scored 0 on every sample (never \
+         answered right) and {solved} scored the same positive reward on every sample. \
+         {} trajectories finished, {} failed, {} dropped. {advice}, or set \
          `rollout.filter_zero_variance = false` to train on them anyway",
         rollout.batch_size, rollout.group_size, stats.finished, stats.failed, stats.dropped
     )

@@ -83,7 +83,10 @@ fn groups_to_py(groups: Option<Vec<Group>>) -> Option<Vec<PyGroup>> {
     groups.map(|gs| gs.into_iter().map(PyGroup::new).collect())
 }
 
-/// The asynchronous rollout engine.
+/// The asynchronous rollout engine. `shuffle_seed` reshuffles the questions each epoch;
+/// `sampling_seed` seeds every generation request from it and the request id, so sampling
+/// repeats on a backend that honours seeds (with `config={"ordered": True}` the groups also come
+/// out in question order).
 #[pyclass(name = "RolloutEngine", module = "asearcher._core", frozen)]
 pub struct PyRolloutEngine {
     inner: Arc<RolloutEngine>,
@@ -92,7 +95,7 @@ pub struct PyRolloutEngine {
 #[pymethods]
 impl PyRolloutEngine {
     #[new]
-    #[pyo3(signature = (questions, backend, tokenizer, *, toolbox = None, agent = None, config = None, reward = None, plugins = Vec::new(), epochs = Some(1), shuffle_seed = None))]
+    #[pyo3(signature = (questions, backend, tokenizer, *, toolbox = None, agent = None, config = None, reward = None, plugins = Vec::new(), epochs = Some(1), shuffle_seed = None, sampling_seed = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -106,6 +109,7 @@ impl PyRolloutEngine {
         plugins: Vec<Bound<'_, PyAny>>,
         epochs: Option<u32>,
         shuffle_seed: Option<u64>,
+        sampling_seed: Option<u64>,
     ) -> PyResult<Self> {
         let cfg: RolloutConfig = config_from_py(config, "config")?;
         cfg.validate().map_err(rollout_err)?;
@@ -127,6 +131,7 @@ impl PyRolloutEngine {
             agents: agent_factory(agent_cfg, tokenizer.clone()),
             tokenizer,
             scorer: scorer_from_py(py, reward, &plugins)?,
+            sampling_seed,
         };
         let source = QuestionSource::epochs(questions, epochs, shuffle_seed);
         let _rt = runtime().enter();

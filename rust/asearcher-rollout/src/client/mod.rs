@@ -31,6 +31,29 @@ pub struct SamplingParams {
     pub max_new_tokens: u32,
     pub stop: Vec<String>,
     pub stop_token_ids: Vec<u32>,
+    /// Seed of this request's sampler (SGLang's `sampling_seed`, vLLM's `seed`): the same seed,
+    /// prompt and weights draw the same tokens on servers with deterministic sampling. `None`:
+    /// the server's own randomness. Set by [`crate::runner::RunContext::sampling_seed`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+}
+
+/// The seed of request `rid` in a run seeded with `seed`: a stable hash (FNV-1a, then a
+/// SplitMix64 finaliser), the same on every machine and Rust version.
+pub fn request_seed(seed: u64, rid: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
+    for b in rid.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    splitmix64(h)
+}
+
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// One generation request.

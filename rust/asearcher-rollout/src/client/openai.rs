@@ -40,7 +40,7 @@ impl OpenAiCompletionsServer {
 /// The `/v1/completions` body for one request.
 pub(crate) fn completions_body(model: &str, req: &GenRequest) -> Value {
     let s = &req.sampling;
-    json!({
+    let mut body = json!({
         "model": model,
         "prompt": req.input_ids.as_slice(),
         "max_tokens": s.max_new_tokens,
@@ -53,7 +53,11 @@ pub(crate) fn completions_body(model: &str, req: &GenRequest) -> Value {
         "return_tokens_as_token_ids": true,
         "include_stop_str_in_output": true,
         "skip_special_tokens": false,
-    })
+    });
+    if let Some(seed) = s.seed {
+        body["seed"] = json!(seed);
+    }
+    body
 }
 
 #[async_trait]

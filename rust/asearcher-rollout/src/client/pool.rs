@@ -713,6 +713,14 @@ fn append(out: &mut GenOutput, raw: RawOutput, versions: Vec<u64>, server: &str)
     out.server = server.to_string();
 }
 
+/// A resent request's seed: the original's, moved on by the resend count (a fresh draw, not a
+/// replay of the first tokens' randomness).
+pub fn resend_seed(sampling: &super::SamplingParams, resends: u32) -> Option<u64> {
+    sampling
+        .seed
+        .map(|s| super::request_seed(s, &format!("~r{resends}")))
+}
+
 /// The request that continues `req` after an abort: the prompt plus everything generated so
 /// far, with the rest of the token budget and a fresh request id.
 fn resend_request(req: &GenRequest, out: &GenOutput) -> GenRequest {
@@ -725,6 +733,7 @@ fn resend_request(req: &GenRequest, out: &GenOutput) -> GenRequest {
         input_ids: Arc::new(input),
         sampling: super::SamplingParams {
             max_new_tokens: req.sampling.max_new_tokens - out.output_ids.len() as u32,
+            seed: resend_seed(&req.sampling, out.resends),
             ..req.sampling.clone()
         },
     }

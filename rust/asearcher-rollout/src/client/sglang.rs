@@ -92,6 +92,8 @@ struct SamplingBody<'a> {
     stop_token_ids: &'a [u32],
     skip_special_tokens: bool,
     no_stop_trim: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sampling_seed: Option<u64>,
 }
 
 pub(crate) fn generate_body(req: &GenRequest) -> GenerateBody<'_> {
@@ -108,6 +110,7 @@ pub(crate) fn generate_body(req: &GenRequest) -> GenerateBody<'_> {
             stop_token_ids: &s.stop_token_ids,
             skip_special_tokens: false,
             no_stop_trim: true,
+            sampling_seed: s.seed,
         },
         return_logprob: true,
     }

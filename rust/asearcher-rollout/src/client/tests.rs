@@ -28,6 +28,7 @@ fn request(rid: &str, prompt_len: usize, max_new_tokens: u32, affinity: Option<u
             max_new_tokens,
             stop: vec!["</answer>".into()],
             stop_token_ids: vec![2],
+            seed: None,
         },
     }
 }
@@ -137,6 +138,38 @@ async fn sglang_sends_token_ids_and_parses_output_ids_with_string_version() {
             "our model server refuses sampling_params.{k}"
         );
     }
+}
+
+#[tokio::test]
+async fn request_seeds_reach_sglang_and_openai_bodies_only_when_set() {
+    let mock = MockServer::start(Behaviour::default()).await;
+    let sglang = SglangServer::new(&mock.url, SECS).unwrap();
+    let openai = OpenAiCompletionsServer::new(&mock.url, "policy", None, SECS).unwrap();
+    let mut seeded = request("r1", 3, 4, None);
+    seeded.sampling.seed = Some(super::request_seed(5, "r1"));
+    for req in [&seeded, &request("r2", 3, 4, None)] {
+        sglang.generate(req).await.unwrap();
+        openai.generate(req).await.unwrap();
+    }
+    let bodies = mock.bodies();
+    let want = json!(super::request_seed(5, "r1"));
+    assert_eq!(bodies[0]["sampling_params"]["sampling_seed"], want);
+    assert_eq!(bodies[1]["seed"], want);
+    assert!(bodies[2]["sampling_params"].get("sampling_seed").is_none());
+    assert!(bodies[3].get("seed").is_none());
+}
+
+/// `request_seed(0, "q0#0-0")`, computed independently (Python, the same FNV-1a + SplitMix64).
+const PINNED_SEED: u64 = 0xa127_19a2_6679_35bb;
+
+#[test]
+fn request_seeds_are_stable_and_spread() {
+    // Pinned: a change of the hash would silently change every seeded run's samples.
+    assert_eq!(super::request_seed(0, "q0#0-0"), PINNED_SEED);
+    let seeds: std::collections::HashSet<u64> = (0..1000)
+        .flat_map(|i| [0, 1].map(|s| super::request_seed(s, &format!("q{i}#0-0"))))
+        .collect();
+    assert_eq!(seeds.len(), 2000);
 }
 
 #[tokio::test]

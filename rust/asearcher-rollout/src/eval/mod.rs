@@ -76,6 +76,10 @@ pub struct EvalConfig {
     /// trajectories with a failed tool call, or of one reward stage's errors exceeds this.
     /// Default 0.1.
     pub warn_error_rate: f64,
+    /// Seeds every generation request from this and the request id (question, sample, turn), so
+    /// sampled runs (`k` > 1 at a temperature) repeat on a backend that honours seeds (the
+    /// embedded generator; SGLang with deterministic sampling). Default none: unseeded.
+    pub seed: Option<u64>,
 }
 
 impl Default for EvalConfig {
@@ -92,6 +96,7 @@ impl Default for EvalConfig {
             judge: None,
             resume: ResumeMode::Match,
             warn_error_rate: 0.1,
+            seed: None,
         }
     }
 }
@@ -268,6 +273,7 @@ pub async fn run_eval(
         tokenizer: parts.tokenizer.clone(),
         agents: agent_factory(&cfg.agent, parts.tokenizer)?,
         scorer: build_scorer(cfg, plugins)?,
+        sampling_seed: cfg.seed,
     };
     let resume = check_resume(cfg, &fields, &names, &data)?;
     if resume == Resume::Restart {
@@ -313,6 +319,7 @@ pub async fn eval_fingerprint(cfg: &EvalConfig, parts: &EvalParts) -> Map<String
         "reward": cfg.reward,
         "plugins": plugins,
         "judge": cfg.judge,
+        "seed": cfg.seed,
         "rollout": {
             "trajectory_timeout_s": cfg.rollout.trajectory_timeout_s,
             "tool_errors": cfg.rollout.tool_errors,

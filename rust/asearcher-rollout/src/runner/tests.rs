@@ -26,6 +26,7 @@ fn ctx(backend: Arc<SimBackend>, limits: RunLimits, sink: Option<Arc<Sink>>) -> 
         tokenizer: tokenizer(),
         limits,
         stats: sink.map(|s| s as Arc<dyn StatsSink>),
+        sampling_seed: None,
     }
 }
 

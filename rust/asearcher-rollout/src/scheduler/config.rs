@@ -54,6 +54,12 @@ pub struct RolloutConfig {
     /// dead server, no toolbox) rather than bad luck. `null`: never (each sample is retried and
     /// dropped as `on_error` says). Default 8.
     pub fail_fast_after: Option<u32>,
+    /// Hand groups to the consumer in admission order instead of completion order: a ready
+    /// group waits until every group admitted before it is ready or dropped. Batches then do not
+    /// depend on timing (with `max_staleness = 0` and seeded sampling a training run repeats
+    /// exactly: `run.deterministic`), at the price of waiting for the slowest group. Default
+    /// false.
+    pub ordered: bool,
 }
 
 impl asearcher_config::Document for RolloutConfig {
@@ -77,6 +83,7 @@ impl Default for RolloutConfig {
             trajectory_timeout_s: None,
             tool_errors: ToolErrorPolicy::Observe,
             fail_fast_after: Some(8),
+            ordered: false,
         }
     }
 }

@@ -63,6 +63,9 @@ pub struct EngineParts {
     pub agents: AgentFactory,
     /// Scores each complete group (e.g. [`crate::reward::RewardPipeline`]).
     pub scorer: Arc<dyn Scorer>,
+    /// Seeds each generation request from this and its rid (see
+    /// [`crate::runner::RunContext::sampling_seed`]); `None`: unseeded.
+    pub sampling_seed: Option<u64>,
 }
 
 /// A complete, scored group: the kept trajectories of one question, in sample order.
@@ -157,6 +160,27 @@ struct Inner {
     tasks: TaskTracker,
 }
 
+impl Gate {
+    /// Ready groups the consumer may take now: all of them, or (`ordered`) those admitted
+    /// before every group still running.
+    fn releasable(&self, ordered: bool) -> usize {
+        match (ordered, self.admitted.keys().next()) {
+            (true, Some(&first_running)) => self.ready.partition_point(|g| g.index < first_running),
+            _ => self.ready.len(),
+        }
+    }
+
+    /// Queues a ready group: at the back, or (`ordered`) in admission order.
+    fn push_ready(&mut self, group: Group, ordered: bool) {
+        let at = if ordered {
+            self.ready.partition_point(|g| g.index < group.index)
+        } else {
+            self.ready.len()
+        };
+        self.ready.insert(at, group);
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -205,6 +229,7 @@ impl RolloutEngine {
                 tool_errors: cfg.tool_errors,
             },
             stats: None,
+            sampling_seed: parts.sampling_seed,
         };
         let cancel = CancellationToken::new();
         let watch = Arc::new(FailureWatch::new(cfg.fail_fast_after, cancel.clone()));
@@ -267,7 +292,8 @@ impl RolloutEngine {
         lock(&self.inner.source).position()
     }
 
-    /// Waits until `groups` groups are ready and returns them in completion order. When the
+    /// Waits until `groups` groups are ready and returns them in completion order (admission
+    /// order with `ordered`). When the
     /// source is exhausted (or drained) and nothing is in flight, returns what is left (a final
     /// partial batch), then `None`. `None` also after a shutdown. With a staleness gate, asking
     /// for more than `(eta + 1) * batch_size` groups without bumping the version waits forever.
@@ -283,8 +309,9 @@ impl RolloutEngine {
                     return None;
                 }
                 let ended = gate.closed && gate.in_flight == 0;
-                if gate.ready.len() >= want || (ended && !gate.ready.is_empty()) {
-                    let n = want.min(gate.ready.len());
+                let releasable = gate.releasable(self.inner.cfg.ordered);
+                if releasable >= want || (ended && releasable > 0) {
+                    let n = want.min(releasable);
                     let batch: Vec<Group> = gate.ready.drain(..n).collect();
                     self.record_consumed(&batch, gate.version);
                     return Some(batch);
@@ -300,6 +327,9 @@ impl RolloutEngine {
     /// The next ready group, without waiting.
     pub fn try_next_group(&self) -> Option<Group> {
         let mut gate = lock(&self.inner.gate);
+        if gate.releasable(self.inner.cfg.ordered) == 0 {
+            return None;
+        }
         let group = gate.ready.pop_front()?;
         self.record_consumed(std::slice::from_ref(&group), gate.version);
         Some(group)
@@ -656,6 +686,13 @@ impl Inner {
         }
         if self.cfg.filter_zero_variance == Some(true) && zero_variance(&group.trajectories) {
             self.stats.filtered_groups.fetch_add(1, Relaxed);
+            if group
+                .trajectories
+                .iter()
+                .all(|t| t.reward.is_none_or(|r| r <= 0.0))
+            {
+                self.stats.filtered_unsolved.fetch_add(1, Relaxed);
+            }
             self.forget_group(group.index, kept);
             return;
         }
@@ -664,7 +701,7 @@ impl Inner {
             gate.admitted.remove(&group.index);
             gate.in_flight -= kept;
             gate.accepted += kept as u64;
-            gate.ready.push_back(group);
+            gate.push_ready(group, self.cfg.ordered);
         }
         self.admit.notify_one();
         self.ready.notify_waiters();

@@ -113,7 +113,7 @@ impl RolloutEngine {
         };
         for group in snapshot.groups {
             if group.scored {
-                gate.ready.push_back(scored_group(group));
+                gate.push_ready(scored_group(group), cfg.ordered);
                 continue;
             }
             let unfinished = group.samples.iter().filter(|s| !s.finished).count();

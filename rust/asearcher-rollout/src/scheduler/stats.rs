@@ -146,6 +146,9 @@ pub struct RolloutStats {
     pub dropped_groups: u64,
     /// Groups dropped by the zero-variance filter.
     pub filtered_groups: u64,
+    /// Of those, the groups whose every sample scored 0 or less (none solved the question);
+    /// the others were solved by every sample.
+    pub filtered_unsolved: u64,
     /// Samples cancelled by a shutdown.
     pub cancelled: u64,
     /// Unfinished samples of a snapshot that this engine continued ([`super::RolloutEngine::resume`]).
@@ -186,6 +189,7 @@ pub(crate) struct Collector {
     pub dropped: AtomicU64,
     pub dropped_groups: AtomicU64,
     pub filtered_groups: AtomicU64,
+    pub filtered_unsolved: AtomicU64,
     pub cancelled: AtomicU64,
     pub resumed_samples: AtomicU64,
     pub replayed_turns: AtomicU64,
@@ -217,6 +221,7 @@ impl Collector {
             dropped: AtomicU64::new(0),
             dropped_groups: AtomicU64::new(0),
             filtered_groups: AtomicU64::new(0),
+            filtered_unsolved: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             resumed_samples: AtomicU64::new(0),
             replayed_turns: AtomicU64::new(0),
@@ -261,6 +266,7 @@ impl Collector {
         out.dropped = self.dropped.load(Relaxed);
         out.dropped_groups = self.dropped_groups.load(Relaxed);
         out.filtered_groups = self.filtered_groups.load(Relaxed);
+        out.filtered_unsolved = self.filtered_unsolved.load(Relaxed);
         out.cancelled = self.cancelled.load(Relaxed);
         out.resumed_samples = self.resumed_samples.load(Relaxed);
         out.replayed_turns = self.replayed_turns.load(Relaxed);

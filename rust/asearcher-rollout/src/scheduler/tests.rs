@@ -28,6 +28,7 @@ pub(super) fn parts(backend: Arc<SimBackend>) -> EngineParts {
             Ok(Box::new(TestAgent::new(tok.clone(), q, 8)) as Box<dyn Agent>)
         }),
         scorer: Arc::new(RewardPipeline::new(RuleScorer::default())),
+        sampling_seed: None,
     }
 }
 
@@ -404,10 +405,11 @@ async fn agents_that_cannot_be_built_or_panic_are_isolated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_variance_groups_are_filtered_and_counted() {
-    // Samples 0 and 1 of "mixed" questions answer right, the others wrong; "same" all right.
+    // Samples 0 and 1 of "mixed" questions answer right, the others wrong; "same" all right,
+    // "wrong" all wrong.
     let backend = Arc::new(SimBackend::new(Duration::ZERO, |c| {
         let sample_right = c.rid.contains("#0-") || c.rid.contains("#1-");
-        if c.question.contains("mixed") && !sample_right {
+        if (c.question.contains("mixed") && !sample_right) || c.question.contains("wrong") {
             SimReply::Say("<answer>London</answer>".into())
         } else {
             SimReply::Say("<answer>Paris</answer>".into())
@@ -415,7 +417,7 @@ async fn zero_variance_groups_are_filtered_and_counted() {
     }));
     let qs: Vec<_> = (0..10)
         .map(|i| {
-            let kind = if i % 3 == 0 { "mixed" } else { "same" };
+            let kind = ["mixed", "wrong", "same"][i % 3];
             question(
                 &format!("q{i}"),
                 &format!("Where was {kind} person {i} born?"),
@@ -438,6 +440,7 @@ async fn zero_variance_groups_are_filtered_and_counted() {
         .all(|g| g.rewards() == [Some(1.0), Some(1.0), Some(0.0), Some(0.0)]));
     let s = engine.stats();
     assert_eq!((s.filtered_groups, s.accepted, s.admitted), (6, 16, 40));
+    assert_eq!(s.filtered_unsolved, 3, "q1, q4, q7: every sample wrong");
     assert_quiescent(&s);
 }
 
@@ -606,4 +609,90 @@ async fn two_thousand_concurrent_trajectories_finish() {
         "peak concurrency {}",
         backend.max_in_flight.load(SeqCst)
     );
+}
+
+/// Each request's rid and sampling seed, as the backend saw them.
+type SeenSeeds = Arc<Mutex<Vec<(String, Option<u64>)>>>;
+
+/// Question `qi` searches `8 - i` times before answering: the first admitted groups finish last.
+fn late_first_backend(seeds: SeenSeeds) -> Arc<SimBackend> {
+    Arc::new(SimBackend::new(Duration::from_millis(2), move |c| {
+        seeds.lock().unwrap().push((c.rid.clone(), c.seed));
+        let i: usize = c
+            .question
+            .trim_start_matches("Where was person ")
+            .trim_end_matches(" born?")
+            .parse()
+            .unwrap_or(0);
+        if c.observations < 8usize.saturating_sub(i) {
+            SimReply::Say(format!("<search>{}</search>", c.question))
+        } else {
+            SimReply::Say("<answer>Paris</answer>".into())
+        }
+    }))
+}
+
+async fn release_order(
+    ordered: bool,
+    sampling_seed: Option<u64>,
+) -> (Vec<u64>, Vec<(String, Option<u64>)>) {
+    let seeds = Arc::new(Mutex::new(Vec::new()));
+    let config = RolloutConfig {
+        ordered,
+        ..cfg(2, 2, 100, None)
+    };
+    let engine = RolloutEngine::start(
+        config,
+        EngineParts {
+            sampling_seed,
+            ..parts(late_first_backend(seeds.clone()))
+        },
+        QuestionSource::once(questions(8)),
+    )
+    .unwrap();
+    let mut order = Vec::new();
+    while let Some(batch) = engine.next_batch(2).await {
+        order.extend(batch.iter().map(|g| g.index));
+    }
+    assert_quiescent(&engine.stats());
+    let mut seen = seeds.lock().unwrap().clone();
+    seen.sort();
+    (order, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_releases_groups_in_admission_order() {
+    let (unordered, _) = release_order(false, None).await;
+    assert_eq!(unordered.len(), 8);
+    assert_ne!(
+        unordered.first(),
+        Some(&0),
+        "the slowest group is admitted first and, unordered, released last: {unordered:?}"
+    );
+    let (ordered, _) = release_order(true, None).await;
+    assert_eq!(ordered, (0..8).collect::<Vec<u64>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_is_seeded_from_the_run_seed_and_its_rid() {
+    let (_, unseeded) = release_order(false, None).await;
+    assert!(unseeded.iter().all(|(_, s)| s.is_none()));
+    let (_, first) = release_order(false, Some(7)).await;
+    let (_, again) = release_order(false, Some(7)).await;
+    let (_, other) = release_order(false, Some(8)).await;
+    assert!(first.len() > 16, "{} requests", first.len());
+    for (rid, seed) in &first {
+        assert_eq!(*seed, Some(crate::client::request_seed(7, rid)), "{rid}");
+    }
+    assert_eq!(first, again, "same run seed, same rids: the same seeds");
+    let distinct: HashSet<_> = first.iter().map(|(_, s)| s.unwrap()).collect();
+    assert_eq!(
+        distinct.len(),
+        first.len(),
+        "every request draws its own seed"
+    );
+    assert!(first
+        .iter()
+        .zip(&other)
+        .all(|(a, b)| a.0 == b.0 && a.1 != b.1));
 }

@@ -15,6 +15,7 @@ fn ctx() -> RunContext {
         tokenizer: tokenizer(),
         limits: RunLimits::default(),
         stats: None,
+        sampling_seed: None,
     }
 }
 
