@@ -123,7 +123,9 @@ fn short(v: &Value) -> String {
 }
 
 /// The fields that differ between `saved` and `now`, flattened to dotted keys (objects are
-/// walked; lists and scalars compare whole). A saved [`UNKNOWN`] differs from nothing.
+/// walked; lists and scalars compare whole). A saved [`UNKNOWN`] differs from nothing. A key the
+/// saved fingerprint lacks (it was written before the field existed) matches a `false` or
+/// `null` now: a switch added later and left off does not change what the run computes.
 pub fn differences(saved: &Map<String, Value>, now: &Map<String, Value>) -> Vec<Difference> {
     let mut out = Vec::new();
     diff_maps("", saved, now, &mut out);
@@ -145,6 +147,9 @@ fn diff_maps(
         } else {
             format!("{prefix}.{key}")
         };
+        if !saved.contains_key(key) && matches!(now.get(key), Some(Value::Bool(false))) {
+            continue;
+        }
         let (a, b) = (
             saved.get(key).unwrap_or(&Value::Null),
             now.get(key).unwrap_or(&Value::Null),
@@ -285,6 +290,21 @@ mod tests {
         assert_eq!(d[0].now, json!("search_r1"));
         assert_eq!(d[1].key, "k");
         assert!(differences(&a, &a).is_empty());
+    }
+
+    #[test]
+    fn a_field_added_later_and_left_off_matches_an_older_fingerprint() {
+        let old = fields(json!({"run": {"seed": 0}}));
+        let off = fields(json!({"run": {"seed": 0, "deterministic": false, "tag": null}}));
+        assert!(differences(&old, &off).is_empty());
+        let on = fields(json!({"run": {"seed": 0, "deterministic": true}}));
+        let d = differences(&old, &on);
+        assert_eq!((d.len(), d[0].key.as_str()), (1, "run.deterministic"));
+        assert_eq!(
+            differences(&off, &old).len(),
+            1,
+            "a saved false now gone is a change"
+        );
     }
 
     #[test]
