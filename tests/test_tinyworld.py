@@ -217,3 +217,76 @@ def test_random_model_scores_about_zero_and_the_demonstrator_its_rate(
 def test_heldout_accuracy_names_a_bad_split(built: BuiltWorld):
     with pytest.raises(ValueError, match="split: 'test'"):
         heldout_accuracy(built.model_init, built, split="test")
+
+
+def _demo_content(path: Path) -> list[tuple]:
+    """What a demonstration file teaches (timing, servers and ids of the run left out)."""
+    return [
+        (t.question_id, t.sample, t.answer, t.reward, [turn["output_ids"] for turn in t.turns])
+        for t in asearcher.load_trajectories(path)
+    ]
+
+
+def test_demonstrations_warm_start_and_eval_repeat_for_a_seed(built: BuiltWorld, tmp_path: Path):
+    import hashlib
+
+    runs = []
+    for name in ("a", "b"):
+        demos = make_demonstrations(built, 2, tmp_path / f"{name}.jsonl", seed=4)
+        ws = asearcher.warm_start(
+            built.model_init,
+            demos.path,
+            tmp_path / f"ws-{name}",
+            epochs=1,
+            batch_size=16,
+            lr=3e-3,
+            seed=4,
+            progress=False,
+        )
+        weights = hashlib.sha256((ws.out_dir / "model.safetensors").read_bytes()).hexdigest()
+        acc = heldout_accuracy(ws.out_dir, built, max_questions=8)
+        runs.append((_demo_content(demos.path), weights, acc["f1"], acc["em"]))
+    assert runs[0][0] and [q for q, *_ in runs[0][0]] == sorted(
+        (q for q, *_ in runs[0][0]), key=[q["id"] for q in built.world.train].index
+    ), "saved in question order, whatever finished first"
+    assert runs[0] == runs[1]
+    other = make_demonstrations(built, 2, tmp_path / "c.jsonl", seed=5)
+    assert _demo_content(other.path) != runs[0][0]
+
+
+def test_the_long_tail_variant_adds_rare_questions_of_up_to_8_hops(tmp_path: Path):
+    from collections import Counter
+
+    standard = World.generate(2, "default")
+    longtail = World.generate(2, "default", variant="longtail")
+    assert longtail.types == standard.types and longtail.facts == standard.facts
+    assert longtail.heldout_subjects == standard.heldout_subjects
+    standard_ids = {q["id"] for q in standard.train}
+    assert standard_ids <= {q["id"] for q in longtail.train}
+    hops = Counter(len(q["chain"]) for q in longtail.train)
+    assert set(hops) == set(range(1, 9))
+    long = sum(n for h, n in hops.items() if h >= 4)
+    assert 0 < long < 0.2 * sum(hops.values()), hops
+    assert hops[8] < hops[4] < hops[1]
+    for q in longtail.train:
+        assert longtail.follow(q["subject"], tuple(q["chain"])) == q["path"]
+        assert len(set(q["path"])) > len(q["chain"]) // 2, "long chains do not circle back"
+    assert agent_config(variant="longtail")["max_turns"] == 10
+    assert agent_config()["max_turns"] == 5
+    with pytest.raises(ValueError, match="variant: unknown world variant 'huge'"):
+        World.generate(0, "small", variant="huge")
+    with pytest.raises(ValueError, match="variant"):
+        agent_config(variant="huge")
+
+
+def test_perfect_demonstrations_follow_8_hop_chains(tmp_path: Path):
+    world = build(tmp_path / "lt", seed=0, size="small", variant="longtail")
+    long_ids = [q["id"] for q in world.world.train if len(q["chain"]) >= 6]
+    assert long_ids
+    perfect = Imperfections(guess_rate=0.0, early_stop_rate=0.0)
+    stats = make_demonstrations(world, 1, tmp_path / "d.jsonl", imperfections=perfect)
+    assert stats.f1 == 1.0
+    by_id = {t.question_id: t for t in asearcher.load_trajectories(stats.path)}
+    for qid in long_ids:
+        q = next(q for q in world.world.train if q["id"] == qid)
+        assert by_id[qid].tool_calls == len(q["chain"]) and by_id[qid].reward == 1.0

@@ -69,8 +69,10 @@ def _panel_svg(
     title: str,
     lines: list[tuple[str, list[tuple[float, float]], str]],
     refs: list[tuple[str, float, str]],
+    bands: Sequence[tuple[str, float, float, str]] = (),
 ) -> str:
     pts = [p for _, s, _ in lines for p in s] + [(math.nan, v) for _, v, _ in refs]
+    pts += [(math.nan, v) for _, lo, hi, _ in bands for v in (lo, hi)]
     xs = [p[0] for p in pts if not math.isnan(p[0])] or [0.0, 1.0]
     ys = [p[1] for p in pts] or [0.0, 1.0]
     xlo, xhi = min(xs), max(max(xs), min(xs) + 1)
@@ -103,6 +105,15 @@ def _panel_svg(
             f'<text x="{sx(t):.1f}" y="{y0 + _PAD + ph + 14}" text-anchor="middle" font-size="10">{t:g}</text>'
         )
     legend_y = y0 + _PAD + 12
+    for label, lo, hi, colour in bands:
+        out.append(
+            f'<rect x="{x0 + _PAD}" y="{sy(hi):.1f}" width="{pw}" height="{max(sy(lo) - sy(hi), 1):.1f}" '
+            f'fill="{colour}" fill-opacity="0.13"><title>{escape(label)} {lo:.3f}-{hi:.3f}</title></rect>'
+        )
+        out.append(
+            f'<text x="{x0 + _PAD + pw - 4}" y="{sy(hi) - 3:.1f}" text-anchor="end" font-size="9" '
+            f'fill="{colour}">{escape(label)} {lo:.3f}-{hi:.3f}</text>'
+        )
     for label, value, colour in refs:
         out.append(
             f'<line x1="{x0 + _PAD}" x2="{x0 + _PAD + pw}" y1="{sy(value):.1f}" y2="{sy(value):.1f}" '
@@ -124,22 +135,40 @@ def _panel_svg(
     return "\n".join(out)
 
 
+_REF_COLOURS = ["#7f7f7f", "#ff7f0e", "#17becf", "#bcbd22"]
+
+
 def training_svg(
     records: Sequence[dict[str, Any]],
     refs: Sequence[tuple[str, float]] = (),
     title: str = "training",
+    bands: Sequence[tuple[str, float, float]] = (),
 ) -> str:
     """The four panels as one SVG document. ``refs`` are labelled reference lines drawn on the
-    accuracy panel (e.g. held-out F1 before and after warm start)."""
-    ref_colours = ["#7f7f7f", "#ff7f0e", "#17becf", "#bcbd22"]
+    accuracy panel (e.g. held-out F1 before and after warm start); ``bands`` shaded ranges
+    there, coloured as the ref of the same position (e.g. the benchmark's interval of each)."""
     ref_lines = [
-        (label, value, ref_colours[i % len(ref_colours)]) for i, (label, value) in enumerate(refs)
+        (label, value, _REF_COLOURS[i % len(_REF_COLOURS)]) for i, (label, value) in enumerate(refs)
+    ]
+    band_areas = [
+        (label, lo, hi, _REF_COLOURS[i % len(_REF_COLOURS)])
+        for i, (label, lo, hi) in enumerate(bands)
     ]
     parts = []
     for i, (panel_title, specs) in enumerate(PANELS):
         x0, y0 = (i % 2) * _W, 24 + (i // 2) * _H
         lines = [(label, _series(records, path), colour) for label, path, colour in specs]
-        parts.append(_panel_svg(x0, y0, panel_title, lines, ref_lines if i == 1 else []))
+        accuracy = i == 1
+        parts.append(
+            _panel_svg(
+                x0,
+                y0,
+                panel_title,
+                lines,
+                ref_lines if accuracy else [],
+                band_areas if accuracy else [],
+            )
+        )
     width, height = 2 * _W, 24 + 2 * _H
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -151,7 +180,11 @@ def training_svg(
 
 
 def _png(
-    records: Sequence[dict[str, Any]], refs: Sequence[tuple[str, float]], path: Path, title: str
+    records: Sequence[dict[str, Any]],
+    refs: Sequence[tuple[str, float]],
+    path: Path,
+    title: str,
+    bands: Sequence[tuple[str, float, float]] = (),
 ) -> bool:
     try:
         import matplotlib
@@ -167,8 +200,12 @@ def _png(
             if s:
                 ax.plot([x for x, _ in s], [y for _, y in s], label=label, color=colour)
         if panel_title.startswith("accuracy"):
-            for label, value in refs:
-                ax.axhline(value, linestyle="--", label=f"{label} {value:.3f}", color="gray")
+            for i, (label, value) in enumerate(refs):
+                colour = _REF_COLOURS[i % len(_REF_COLOURS)]
+                ax.axhline(value, linestyle="--", label=f"{label} {value:.3f}", color=colour)
+            for i, (label, lo, hi) in enumerate(bands):
+                colour = _REF_COLOURS[i % len(_REF_COLOURS)]
+                ax.axhspan(lo, hi, alpha=0.13, color=colour, label=f"{label} {lo:.3f}-{hi:.3f}")
         ax.set_title(panel_title)
         ax.set_xlabel("step")
         ax.legend(fontsize=8)
@@ -184,15 +221,17 @@ def plot_training(
     path: str | PathLike[str],
     refs: Sequence[tuple[str, float]] = (),
     title: str = "training",
+    bands: Sequence[tuple[str, float, float]] = (),
 ) -> list[Path]:
     """Writes the curves to ``path`` (``.svg``) and, with matplotlib, a ``.png`` beside it.
-    Returns the files written."""
+    ``refs`` (label, value) and ``bands`` (label, lo, hi) go on the accuracy panel. Returns the
+    files written."""
     svg = Path(path).with_suffix(".svg")
     svg.parent.mkdir(parents=True, exist_ok=True)
-    svg.write_text(training_svg(records, refs, title), encoding="utf-8")
+    svg.write_text(training_svg(records, refs, title, bands), encoding="utf-8")
     written = [svg]
     png = svg.with_suffix(".png")
-    if _png(records, refs, png, title):
+    if _png(records, refs, png, title, bands):
         written.append(png)
     return written
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .tokenizer import SPECIAL_TOKENS, write_tokenizer
-from .world import World
+from .world import VARIANTS, World
 
 #: Documents per search shown to the agent (short observations, short contexts).
 TOP_K = 2
@@ -25,15 +25,21 @@ PROMPT = (
 )
 
 
-def agent_config(size: str = "default", temperature: float = 1.0) -> dict[str, Any]:
+def agent_config(
+    size: str = "default", temperature: float = 1.0, variant: str = "standard"
+) -> dict[str, Any]:
     """The tinyworld agent: search_r1 (search + answer) with the short prompt, enough turns for
-    a 3-hop chain plus the answer, and short turns."""
+    the longest chain plus the answer and one spare (3 hops: 5 turns; the long-tail variant's 8
+    hops: 10), and short turns."""
     if size not in ("small", "default"):
         raise ValueError(f"size: unknown world size {size!r}; valid: ['default', 'small']")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant: unknown world variant {variant!r}; valid: {sorted(VARIANTS)}")
+    longest = max(len(k.chain) for k in VARIANTS[variant])
     return {
         "kind": "search_r1",
         "prompts": {"prompt": PROMPT},
-        "max_turns": 5,
+        "max_turns": longest + 2,
         "max_generation_failures": 2,
         "context_budget": 1024,
         "min_new_tokens": 4,
@@ -98,15 +104,20 @@ def toolbox(index: str | Path) -> Any:
 
 
 def build(
-    out_dir: str | Path, seed: int = 0, size: str = "default", model_seed: int | None = None
+    out_dir: str | Path,
+    seed: int = 0,
+    size: str = "default",
+    model_seed: int | None = None,
+    variant: str = "standard",
 ) -> BuiltWorld:
-    """Generates the world of ``seed`` and writes corpus.jsonl, index/, train.jsonl,
-    heldout/test.jsonl, tokenizer/ and model-init/ (random weights, seed ``model_seed`` or
-    ``seed``) under ``out_dir``. Existing files there are replaced."""
+    """Generates the world of ``seed`` (``variant`` ``"longtail"``: with rare 4- to 8-hop
+    questions) and writes corpus.jsonl, index/, train.jsonl, heldout/test.jsonl, tokenizer/ and
+    model-init/ (random weights, seed ``model_seed`` or ``seed``) under ``out_dir``. Existing
+    files there are replaced."""
     from asearcher import QwenModel
     from asearcher.tools import LocalSearch
 
-    world = World.generate(seed, size)
+    world = World.generate(seed, size, variant=variant)
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     built = BuiltWorld(
@@ -131,5 +142,7 @@ def build(
     )
     for f in built.tokenizer.iterdir():
         shutil.copy(f, built.model_init / f.name)
-    (root / "world.json").write_text(json.dumps({"seed": seed, "size": size}), encoding="utf-8")
+    (root / "world.json").write_text(
+        json.dumps({"seed": seed, "size": size, "variant": variant}), encoding="utf-8"
+    )
     return built

@@ -56,7 +56,7 @@ def make_demonstrations(
             pool,
             asearcher.Tokenizer(world.tokenizer),
             toolbox=world.toolbox(),
-            agent=agent_config(world.world.size),
+            agent=agent_config(world.world.size, variant=world.world.variant),
             config={
                 "group_size": n_per_question,
                 "batch_size": 16,
@@ -68,6 +68,10 @@ def make_demonstrations(
         with engine:
             while (batch := engine.next_batch(16)) is not None:
                 trajectories.extend(t for g in batch for t in g.trajectories)
+    # Saved in question order, then sample order: the file (and so the warm start that reads
+    # it) does not depend on which trajectory happened to finish first.
+    order = {q["id"]: i for i, q in enumerate(questions)}
+    trajectories.sort(key=lambda t: (order[t.question_id], t.sample))
     asearcher.save_trajectories(out, trajectories, append=False)
     n = max(1, len(trajectories))
     return DemonstrationStats(
@@ -92,18 +96,22 @@ def heldout_accuracy(
     temperature: float = 0.0,
     max_questions: int | None = None,
     output_dir: str | os.PathLike[str] | None = None,
+    seed: int | None = None,
 ) -> dict[str, Any]:
     """Avg F1 / EM (over ``k`` samples per question) of a policy on the world's ``heldout`` or
     ``train`` questions with the tinyworld agent and toolbox. ``model``: a model directory (run
     by an embedded ``asearcher.Generator``), an ``http://`` URL of an SGLang-compatible server
-    (e.g. a ``Demonstrator``), or a backend ``evaluate`` takes. Greedy by default. Trajectories
-    are kept in ``output_dir`` when given (a later call there runs only what is missing)."""
+    (e.g. a ``Demonstrator``), or a backend ``evaluate`` takes. Greedy by default; ``seed``
+    makes a sampled run repeat. Trajectories are kept in ``output_dir`` when given (a later call
+    there runs only what is missing). Returns Avg@k ``f1`` / ``em``, Pass@k ``pass_f1``,
+    ``questions``, ``mean_turns``, ``by_hops`` ({hops: {"f1", "pass_f1", "questions"}}) and the
+    ``report``."""
     import asearcher
 
     if split not in ("heldout", "train"):
         raise ValueError(f"split: {split!r} is not 'heldout' or 'train'")
     data_dir = world.data_dir if split == "heldout" else _train_layout(world)
-    agent = agent_config(world.world.size, temperature=temperature)
+    agent = agent_config(world.world.size, temperature=temperature, variant=world.world.variant)
     backend, close = _backend(model)
     try:
         with tempfile.TemporaryDirectory(prefix="tinyworld-eval-") as scratch:
@@ -118,18 +126,42 @@ def heldout_accuracy(
                 agent=agent,
                 rollout={"max_concurrent": 32},
                 max_questions=max_questions,
+                seed=seed,
                 progress=False,
             )
+            by_hops = _by_hops(world, split, Path(output_dir or scratch) / split)
     finally:
         close()
     bench = report[split]
     return {
         "f1": bench["metrics"]["f1"]["avg_at_k"],
         "em": bench["metrics"]["em"]["avg_at_k"],
+        "pass_f1": bench["metrics"]["f1"]["pass_at_k"],
         "questions": bench["questions"],
         "mean_turns": bench["mean_turns"],
+        "by_hops": by_hops,
         "report": report,
     }
+
+
+def _by_hops(world: BuiltWorld, split: str, results: Path) -> dict[int, dict[str, float]]:
+    """Avg@k and Pass@k of F1, and the question count, for each number of hops."""
+    import asearcher
+
+    questions = world.world.heldout if split == "heldout" else world.world.train
+    hops = {q["id"]: len(q["chain"]) for q in questions}
+    scores: dict[str, list[float]] = {}
+    for t in asearcher.load_trajectories(results / "trajectories.jsonl"):
+        scores.setdefault(t.question_id, []).append(t.rewards.get("f1") or 0.0)
+    out: dict[int, dict[str, float]] = {}
+    for n in sorted(set(hops[q] for q in scores)):
+        runs = [v for q, v in scores.items() if hops[q] == n]
+        out[n] = {
+            "f1": sum(sum(v) / len(v) for v in runs) / len(runs),
+            "pass_f1": sum(max(v) for v in runs) / len(runs),
+            "questions": len(runs),
+        }
+    return out
 
 
 def _backend(model: Any) -> tuple[Any, Any]:

@@ -85,6 +85,27 @@ QUESTION_KINDS: list[QuestionKind] = [
     QuestionKind("employer_country", ("works_for", "headquartered_in", "located_in")),
 ]
 
+
+def _long_chain(hops: int) -> tuple[str, ...]:
+    """A person's chain of ``hops`` relations (4..8) that never returns where it was: employer,
+    founder, employer, ... then headquarters / birthplace and country."""
+    cycle = ("works_for", "founded_by")
+    tail = ("headquartered_in", "located_in") if hops % 2 else ("born_in", "located_in")
+    return tuple(cycle[i % 2] for i in range(hops - 2)) + tail
+
+
+#: The long-tail variant adds one kind per chain length 4..8 (subjects thinned to ~2/hops of
+#: the people): questions need 1 to 8 searches and the long ones are rare.
+LONG_TAIL_KINDS: list[QuestionKind] = [
+    QuestionKind(f"chain{h}", _long_chain(h)) for h in range(4, 9)
+]
+
+#: Question kinds of each variant.
+VARIANTS: dict[str, list[QuestionKind]] = {
+    "standard": QUESTION_KINDS,
+    "longtail": QUESTION_KINDS + LONG_TAIL_KINDS,
+}
+
 _TYPE_SENTENCE = {
     "country": "{s} is a country.",
     "city": "{s} is a city.",
@@ -106,21 +127,34 @@ class World:
     size: str
     types: dict[str, str] = field(repr=False)
     facts: dict[tuple[str, str], str] = field(repr=False)
+    variant: str = "standard"
     train: list[dict] = field(default_factory=list, repr=False)
     heldout: list[dict] = field(default_factory=list, repr=False)
     heldout_subjects: frozenset[str] = field(default=frozenset(), repr=False)
 
     @classmethod
-    def generate(cls, seed: int = 0, size: str = "default", heldout_fraction: float = 0.2) -> World:
-        """A world of ``size`` (``"default"``: ~300 entities, ``"small"``: ~60) for ``seed``."""
+    def generate(
+        cls,
+        seed: int = 0,
+        size: str = "default",
+        heldout_fraction: float = 0.2,
+        variant: str = "standard",
+    ) -> World:
+        """A world of ``size`` (``"default"``: ~300 entities, ``"small"``: ~60) for ``seed``;
+        ``variant`` ``"longtail"`` adds rare questions of 4 to 8 hops (the entities and facts
+        are those of the standard world of the same seed)."""
         if size not in SIZES:
             raise ValueError(f"size: unknown world size {size!r}; valid: {sorted(SIZES)}")
+        if variant not in VARIANTS:
+            raise ValueError(
+                f"variant: unknown world variant {variant!r}; valid: {sorted(VARIANTS)}"
+            )
         if not 0.0 < heldout_fraction < 1.0:
             raise ValueError(f"heldout_fraction: {heldout_fraction} is not in (0, 1)")
         rng = random.Random(f"tinyworld-{seed}-{size}")
         types = _make_entities(rng, SIZES[size])
         facts = _make_facts(rng, types)
-        world = cls(seed=seed, size=size, types=types, facts=facts)
+        world = cls(seed=seed, size=size, types=types, facts=facts, variant=variant)
         world._split(rng, heldout_fraction)
         return world
 
@@ -154,12 +188,21 @@ class World:
             for i, name in enumerate(self.types)
         ]
 
+    @property
+    def kinds(self) -> list[QuestionKind]:
+        """The question kinds of this world's variant."""
+        return VARIANTS[self.variant]
+
     def all_questions(self) -> list[dict]:
-        """Every question of every kind for every subject of the kind's type."""
+        """Every question of every kind for every subject of the kind's type (chains of 4+
+        hops: every ``hops``-th pair of subjects, so the long questions are rare)."""
         out = []
-        for kind in QUESTION_KINDS:
+        for kind in self.kinds:
             subject_type = RELATIONS[kind.chain[0]].subject_type
-            for name in self.names_of(subject_type):
+            hops = len(kind.chain)
+            for i, name in enumerate(self.names_of(subject_type)):
+                if hops > 3 and i % hops >= 2:
+                    continue
                 path = self.follow(name, kind.chain)
                 out.append(
                     {
@@ -186,7 +229,7 @@ class World:
 
     def _split(self, rng: random.Random, fraction: float) -> None:
         subjects_by_type: dict[str, list[str]] = {}
-        for kind in QUESTION_KINDS:
+        for kind in QUESTION_KINDS:  # the standard kinds: the same split in every variant
             t = RELATIONS[kind.chain[0]].subject_type
             subjects_by_type.setdefault(t, self.names_of(t))
         heldout: set[str] = set()
