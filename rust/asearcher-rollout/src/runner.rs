@@ -52,9 +52,33 @@ pub struct RunLimits {
 /// Where the runner reports what it does (the scheduler's live statistics). Called on the tokio
 /// workers: implementations must be cheap and must not block.
 pub trait StatsSink: Send + Sync {
+    /// A generation request was sent (each is followed by one [`Self::generation_ended`]).
+    fn generation_began(&self) {}
+    /// The request of a [`Self::generation_began`] came back, failed or was cancelled.
+    fn generation_ended(&self) {}
     fn generation(&self, latency_ms: f64, output_tokens: usize);
     /// A tool call ended; `error` is its failure (after the toolbox's retries).
     fn tool_call(&self, latency_ms: f64, tool: &str, error: Option<&str>);
+}
+
+/// Reports a generation request's start, and its end when dropped (whatever ends it).
+struct InFlight(Option<Arc<dyn StatsSink>>);
+
+impl InFlight {
+    fn begin(stats: Option<Arc<dyn StatsSink>>) -> Self {
+        if let Some(s) = &stats {
+            s.generation_began();
+        }
+        Self(stats)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(s) = &self.0 {
+            s.generation_ended();
+        }
+    }
 }
 
 /// Everything a trajectory runs against. Cheap to clone.
@@ -323,7 +347,10 @@ impl Run<'_> {
         let req = self.request(&call);
         let started = Instant::now();
         let backend = self.ctx.backend.clone();
-        let out = self.within(backend.generate(req)).await?;
+        let in_flight = InFlight::begin(self.ctx.stats.clone());
+        let out = self.within(backend.generate(req)).await;
+        drop(in_flight);
+        let out = out?;
         let latency_ms = started.elapsed().as_secs_f64() * 1e3;
         let out = match out
             .map_err(|e| e.to_string())

@@ -729,6 +729,14 @@ struct EngineSink {
 }
 
 impl StatsSink for EngineSink {
+    fn generation_began(&self) {
+        self.stats.generation_began();
+    }
+
+    fn generation_ended(&self) {
+        self.stats.generation_ended();
+    }
+
     fn generation(&self, latency_ms: f64, output_tokens: usize) {
         self.stats.generation(latency_ms, output_tokens);
     }

@@ -172,11 +172,59 @@ pub struct RolloutStats {
     pub tool_errors: u64,
     pub gen_latency_ms: Percentiles,
     pub tool_latency_ms: Percentiles,
+    /// Seconds (since the engine started) with at least one generation request in flight: the
+    /// policy's busy time. Over a wall-clock span, its growth / the span is the generation
+    /// utilisation.
+    pub gen_busy_s: f64,
+    /// The integral of in-flight generation requests over time (request-seconds): its growth /
+    /// a span is the mean number of requests being generated.
+    pub gen_request_s: f64,
     /// Groups waiting for (or in) scoring.
     pub pending_rewards: usize,
     /// Final stop reasons of finished and failed samples.
     pub stop_reasons: BTreeMap<String, u64>,
     pub staleness: Staleness,
+}
+
+/// How long generation requests were in flight: busy time (at least one) and request-seconds.
+struct GenClock {
+    active: i64,
+    since: Instant,
+    busy: f64,
+    requests: f64,
+}
+
+impl GenClock {
+    fn new() -> Self {
+        Self {
+            active: 0,
+            since: Instant::now(),
+            busy: 0.0,
+            requests: 0.0,
+        }
+    }
+
+    /// Accounts the time since the last change, then moves the in-flight count by `delta`.
+    fn change(&mut self, delta: i64) {
+        self.advance();
+        self.active = (self.active + delta).max(0);
+    }
+
+    fn advance(&mut self) {
+        let now = Instant::now();
+        let dt = now.duration_since(self.since).as_secs_f64();
+        if self.active > 0 {
+            self.busy += dt;
+            self.requests += dt * self.active as f64;
+        }
+        self.since = now;
+    }
+
+    /// (busy seconds, request-seconds) up to now.
+    fn read(&mut self) -> (f64, f64) {
+        self.advance();
+        (self.busy, self.requests)
+    }
 }
 
 /// The engine's counters; the runner reports into it through [`StatsSink`].
@@ -202,6 +250,7 @@ pub(crate) struct Collector {
     stop_reasons: [AtomicU64; STOP_REASONS.len()],
     gen_latency: Mutex<Recent>,
     tool_latency: Mutex<Recent>,
+    gen_clock: Mutex<GenClock>,
     rate: Mutex<Rate>,
     staleness: Mutex<(Staleness, u64)>,
 }
@@ -234,6 +283,7 @@ impl Collector {
             stop_reasons: Default::default(),
             gen_latency: Mutex::default(),
             tool_latency: Mutex::default(),
+            gen_clock: Mutex::new(GenClock::new()),
             rate: Mutex::new(Rate {
                 started: Instant::now(),
                 buckets: VecDeque::new(),
@@ -278,6 +328,7 @@ impl Collector {
         out.tool_errors = self.tool_errors.load(Relaxed);
         out.tokens_per_s = locked(&self.rate).per_second();
         out.gen_latency_ms = locked(&self.gen_latency).percentiles();
+        (out.gen_busy_s, out.gen_request_s) = locked(&self.gen_clock).read();
         out.tool_latency_ms = locked(&self.tool_latency).percentiles();
         out.stop_reasons = STOP_REASONS
             .iter()
@@ -290,6 +341,14 @@ impl Collector {
 }
 
 impl StatsSink for Collector {
+    fn generation_began(&self) {
+        locked(&self.gen_clock).change(1);
+    }
+
+    fn generation_ended(&self) {
+        locked(&self.gen_clock).change(-1);
+    }
+
     fn generation(&self, latency_ms: f64, output_tokens: usize) {
         self.turns.fetch_add(1, Relaxed);
         self.output_tokens.fetch_add(output_tokens as u64, Relaxed);
@@ -327,6 +386,37 @@ mod tests {
         // Only the recent values (0..100) count; the old 1000s were pushed out.
         assert!((49.0..=50.0).contains(&p.p50.unwrap()), "{p:?}");
         assert!((94.0..=95.0).contains(&p.p95.unwrap()), "{p:?}");
+    }
+
+    #[test]
+    fn the_generation_clock_counts_busy_time_and_request_seconds() {
+        let c = Collector::new();
+        let read = |c: &Collector| {
+            let mut s = RolloutStats::default();
+            c.fill(&mut s);
+            (s.gen_busy_s, s.gen_request_s)
+        };
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        assert_eq!(read(&c), (0.0, 0.0), "idle time is not busy");
+        c.generation_began();
+        c.generation_began();
+        std::thread::sleep(std::time::Duration::from_millis(40));
+        c.generation_ended();
+        std::thread::sleep(std::time::Duration::from_millis(40));
+        c.generation_ended();
+        let (busy, requests) = read(&c);
+        assert!(busy >= 0.08, "{busy}");
+        // Two in flight for the first half, one for the second: between 1x and 2x the busy time.
+        assert!(
+            requests >= busy + 0.04 && requests <= 2.0 * busy,
+            "{requests} vs {busy}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        assert_eq!(
+            read(&c),
+            (busy, requests),
+            "nothing in flight: the clock stands still"
+        );
     }
 
     #[test]

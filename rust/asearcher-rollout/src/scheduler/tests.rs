@@ -603,6 +603,9 @@ async fn two_thousand_concurrent_trajectories_finish() {
     assert_eq!(groups.len(), 250);
     let s = engine.stats();
     assert_eq!((s.finished, s.turns, s.tool_calls), (2000, 4000, 2000));
+    // 4000 requests of >= 1.5 s each, at most 2000 at once.
+    assert!(s.gen_request_s >= 4000.0 * 1.5, "{}", s.gen_request_s);
+    assert!(s.gen_request_s <= 2000.0 * s.gen_busy_s, "{s:?}");
     assert_quiescent(&s);
     assert!(
         backend.max_in_flight.load(SeqCst) >= 1500,
