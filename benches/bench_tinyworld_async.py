@@ -42,12 +42,9 @@ from bench_tinyworld_seeds import fmt, interval, write_docs  # noqa: E402
 
 
 def prepare_world(world_seed: int, args: argparse.Namespace) -> tuple[object, Path, dict]:
-    """The long-tail world, its demonstrations and the warm start (reused if already made)."""
-    import asearcher
-    from asearcher.tinyworld import build, heldout_accuracy, make_demonstrations
-    from asearcher.tinyworld.demonstrator import Imperfections
-    from asearcher.tinyworld.job import JobSettings
-    from asearcher.tinyworld.runs import make_name_drills
+    """The long-tail world and the job's warm start on it (reused if already made)."""
+    from asearcher.tinyworld import build, heldout_accuracy
+    from asearcher.tinyworld.job import JobSettings, run_warm_start, warm_start_data
 
     s = JobSettings()
     root = Path(args.out) / f"w{world_seed}"
@@ -56,27 +53,9 @@ def prepare_world(world_seed: int, args: argparse.Namespace) -> tuple[object, Pa
     info_path = root / "warm_start.json"
     if info_path.exists():
         return world, ws_dir, json.loads(info_path.read_text(encoding="utf-8"))
-    demos = make_demonstrations(
-        world,
-        s.demos_per_question,
-        root / "demos.jsonl",
-        seed=0,
-        imperfections=Imperfections(guess_rate=s.guess_rate),
-    )
-    drills = make_name_drills(world, root / "name_drills.jsonl", repeats=s.name_drill_repeats)
     started = time.perf_counter()
-    asearcher.warm_start(
-        world.model_init,
-        [demos.path, drills],
-        ws_dir,
-        epochs=s.warm_start_epochs,
-        batch_size=s.warm_start_batch,
-        lr=s.warm_start_lr,
-        warmup_steps=10,
-        micro_batch_tokens=512,
-        seed=0,
-        progress=False,
-    )
+    demos, files = warm_start_data(world, root, s, say=print)
+    run_warm_start(world, files, ws_dir, s, progress=False)
     acc = heldout_accuracy(ws_dir, world)
     info = {
         "demonstrations_f1": demos.f1,

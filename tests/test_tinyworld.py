@@ -290,3 +290,29 @@ def test_perfect_demonstrations_follow_8_hop_chains(tmp_path: Path):
     for qid in long_ids:
         q = next(q for q in world.world.train if q["id"] == qid)
         assert by_id[qid].tool_calls == len(q["chain"]) and by_id[qid].reward == 1.0
+
+
+def test_the_counterfactual_twin_contradicts_the_world_and_reading_drills_follow_it(
+    built: BuiltWorld, tmp_path: Path
+):
+    from asearcher.tinyworld import make_reading_drills
+
+    world = built.world
+    twin = world.counterfactual(1)
+    assert twin.types == world.types and twin.heldout_subjects == world.heldout_subjects
+    assert twin.facts != world.facts and twin.facts == world.counterfactual(1).facts
+    real = {q["id"]: q["answer"] for q in world.train}
+    twin_train = {q["id"].removeprefix("cf1-"): q["answer"] for q in twin.train}
+    shared = real.keys() & twin_train.keys()
+    changed = sum(real[i] != twin_train[i] for i in shared)
+    assert len(shared) > 20 and changed > 0.5 * len(shared), (changed, len(shared))
+    stats = make_reading_drills(built, tmp_path / "reading.jsonl")
+    assert stats.f1 == 1.0 and stats.searched == 1.0
+    trajs = asearcher.load_trajectories(stats.path)
+    assert all(t.question_id.startswith("cf1-") for t in trajs)
+    against_real = [
+        t.answer.lower() == real[t.question_id.removeprefix("cf1-")][0].lower()
+        for t in trajs
+        if t.question_id.removeprefix("cf1-") in real
+    ]
+    assert sum(against_real) < 0.5 * len(against_real), "their answers are not the world's"

@@ -7,9 +7,23 @@ See docs/tinyworld.md.
 
 from __future__ import annotations
 
-from .build import TOP_K, BuiltWorld, agent_config, build, model_config, toolbox
+from .build import (
+    TOP_K,
+    BuiltWorld,
+    agent_config,
+    build,
+    build_counterfactual,
+    model_config,
+    toolbox,
+)
 from .demonstrator import Demonstrator, Imperfections
-from .runs import DemonstrationStats, heldout_accuracy, make_demonstrations, make_name_drills
+from .runs import (
+    DemonstrationStats,
+    heldout_accuracy,
+    make_demonstrations,
+    make_name_drills,
+    make_reading_drills,
+)
 from .world import QUESTION_KINDS, RELATIONS, World
 
 __all__ = [
@@ -23,9 +37,11 @@ __all__ = [
     "World",
     "agent_config",
     "build",
+    "build_counterfactual",
     "heldout_accuracy",
     "make_demonstrations",
     "make_name_drills",
+    "make_reading_drills",
     "model_config",
     "toolbox",
 ]

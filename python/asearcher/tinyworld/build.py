@@ -146,3 +146,27 @@ def build(
         json.dumps({"seed": seed, "size": size, "variant": variant}), encoding="utf-8"
     )
     return built
+
+
+def build_counterfactual(world: BuiltWorld, seed: int = 1) -> BuiltWorld:
+    """The counterfactual twin of a built world (``World.counterfactual``): its corpus, index and
+    questions under ``{root}/counterfactual-{seed}``, sharing the tokenizer and model."""
+    from asearcher.tools import LocalSearch
+
+    cf = world.world.counterfactual(seed)
+    root = world.root / f"counterfactual-{seed}"
+    built = BuiltWorld(
+        world=cf,
+        root=root,
+        corpus=root / "corpus.jsonl",
+        index=root / "index",
+        train=root / "train.jsonl",
+        heldout=root / "heldout" / "test.jsonl",
+        tokenizer=world.tokenizer,
+        model_init=world.model_init,
+    )
+    cf.write_corpus(built.corpus)
+    cf.write_questions(built.train, cf.train)
+    cf.write_questions(built.heldout, cf.heldout)
+    LocalSearch.build(built.corpus, built.index, threads=1, overwrite=True, progress=False)
+    return built

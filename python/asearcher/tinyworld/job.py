@@ -18,7 +18,13 @@ from typing import Any
 from ..config import TrainConfig
 from .build import TOP_K, BuiltWorld, agent_config, build
 from .demonstrator import Imperfections
-from .runs import heldout_accuracy, make_demonstrations, make_name_drills
+from .runs import (
+    DemonstrationStats,
+    heldout_accuracy,
+    make_demonstrations,
+    make_name_drills,
+    make_reading_drills,
+)
 
 
 @dataclass
@@ -37,6 +43,9 @@ class JobSettings:
     # depending on the world and even the order of the demonstrations (docs/tinyworld.md).
     guess_rate: float = 0.3
     name_drill_repeats: int = 2
+    # Trajectories per train question on the counterfactual twin (0: none): the answer can only
+    # be read from the observation there, so the warm start learns to read instead of recall.
+    reading_drills: int = 1
     warm_start_epochs: int = 10
     warm_start_lr: float = 3e-3
     warm_start_batch: int = 32
@@ -137,13 +146,64 @@ def _normal(ref: dict[str, Any] | None, key: str) -> str:
     return f"  [benchmark, {ref['runs']} runs: {iv['mean']:.3f}, 95% {iv['lo']:.3f}-{iv['hi']:.3f}]"
 
 
+def warm_start_data(
+    world: BuiltWorld, root: Path, s: JobSettings, say: Any = _say
+) -> tuple[DemonstrationStats, list[Path]]:
+    """The warm start's files under ``root``: the imperfect demonstrations, the name drills and
+    (``s.reading_drills``) the same expert on the counterfactual twin."""
+    imperfections = Imperfections(guess_rate=s.guess_rate)
+    demos = make_demonstrations(
+        world, s.demos_per_question, root / "demos.jsonl", seed=s.seed, imperfections=imperfections
+    )
+    files = [demos.path]
+    files.append(make_name_drills(world, root / "name_drills.jsonl", repeats=s.name_drill_repeats))
+    say(
+        f"demonstrations: {demos.trajectories} trajectories, F1 {demos.f1:.3f}, "
+        f"searched {demos.searched:.0%} (deliberately imperfect)"
+    )
+    if s.reading_drills:
+        reading = make_reading_drills(
+            world,
+            root / "reading_drills.jsonl",
+            n_per_question=s.reading_drills,
+            seed=s.seed + 1,
+            imperfections=imperfections,
+        )
+        files.append(reading.path)
+        say(
+            f"reading drills: {reading.trajectories} trajectories of the same expert on the "
+            "counterfactual twin (same names, facts redrawn: answers must be read)"
+        )
+    return demos, files
+
+
+def run_warm_start(
+    world: BuiltWorld, files: list[Path], out_dir: Path, s: JobSettings, progress: bool = True
+) -> Any:
+    """Supervised warm start of the world's random model on ``files`` (``JobSettings`` knobs)."""
+    from asearcher import warm_start
+
+    return warm_start(
+        world.model_init,
+        files,
+        out_dir,
+        epochs=s.warm_start_epochs,
+        batch_size=s.warm_start_batch,
+        lr=s.warm_start_lr,
+        warmup_steps=10,
+        micro_batch_tokens=512,
+        seed=s.seed,
+        progress=progress,
+    )
+
+
 def run_job(
     workdir: str | Path, settings: JobSettings | None = None, progress: bool = True
 ) -> JobResult:
     """Runs every stage in ``workdir`` (replacing an earlier run there) and prints the held-out
     accuracy after each; saves ``tinyworld.svg`` (and ``.png`` with matplotlib) and
     ``summary.json``."""
-    from asearcher import Trainer, read_metrics, warm_start
+    from asearcher import Trainer, read_metrics
     from asearcher.plotting import plot_training
 
     s = settings or JobSettings()
@@ -174,32 +234,10 @@ def run_job(
     _say(f"held-out F1, random model:      {acc_random['f1']:.3f}" + _normal(ref, "random"))
 
     t = time.perf_counter()
-    demos = make_demonstrations(
-        world,
-        s.demos_per_question,
-        root / "demos.jsonl",
-        seed=s.seed,
-        imperfections=Imperfections(guess_rate=s.guess_rate),
-    )
-    drills = make_name_drills(world, root / "name_drills.jsonl", repeats=s.name_drill_repeats)
+    demos, files = warm_start_data(world, root, s)
     seconds["demonstrations"] = time.perf_counter() - t
-    _say(
-        f"demonstrations: {demos.trajectories} trajectories, F1 {demos.f1:.3f}, "
-        f"searched {demos.searched:.0%} (deliberately imperfect)"
-    )
     t = time.perf_counter()
-    ws = warm_start(
-        world.model_init,
-        [demos.path, drills],
-        root / "warm-start",
-        epochs=s.warm_start_epochs,
-        batch_size=s.warm_start_batch,
-        lr=s.warm_start_lr,
-        warmup_steps=10,
-        micro_batch_tokens=512,
-        seed=s.seed,
-        progress=progress,
-    )
+    ws = run_warm_start(world, files, root / "warm-start", s, progress=progress)
     seconds["warm_start"] = time.perf_counter() - t
     acc_warm = heldout("warm_start", ws.out_dir)
     _say(
@@ -253,4 +291,12 @@ def run_job(
     return result
 
 
-__all__ = ["JobResult", "JobSettings", "reference", "rl_config", "run_job"]
+__all__ = [
+    "JobResult",
+    "JobSettings",
+    "reference",
+    "rl_config",
+    "run_job",
+    "run_warm_start",
+    "warm_start_data",
+]

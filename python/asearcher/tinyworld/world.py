@@ -217,6 +217,27 @@ class World:
                 )
         return out
 
+    def counterfactual(self, seed: int = 1) -> World:
+        """The same entities, kinds and split with every fact redrawn (for ``seed``): questions
+        whose answers contradict this world's, so a model trained on both cannot answer from
+        memory and must read the observation. Question ids get a ``cf{seed}-`` prefix."""
+        rng = random.Random(f"tinyworld-{self.seed}-{self.size}-counterfactual-{seed}")
+        world = World(
+            seed=self.seed,
+            size=self.size,
+            types=self.types,
+            facts=_make_facts(rng, self.types),
+            variant=self.variant,
+            heldout_subjects=self.heldout_subjects,
+        )
+        for q in world.all_questions():
+            q["id"] = f"cf{seed}-{q['id']}"
+            if q["subject"] in self.heldout_subjects:
+                world.heldout.append(q)
+            elif not self.heldout_subjects.intersection(q["path"][:-1]):
+                world.train.append(q)
+        return world
+
     def majority_baseline(self) -> float:
         """Held-out accuracy of answering, without searching, the most common train answer of
         each question kind: what a policy that never searches can reach."""
