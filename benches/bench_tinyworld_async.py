@@ -46,9 +46,11 @@ def prepare_world(world_seed: int, args: argparse.Namespace) -> tuple[object, Pa
     from asearcher.tinyworld import build, heldout_accuracy
     from asearcher.tinyworld.job import JobSettings, run_warm_start, warm_start_data
 
-    s = JobSettings()
+    s = JobSettings(size=args.size)
+    if args.warm_start_epochs is not None:
+        s.warm_start_epochs = args.warm_start_epochs
     root = Path(args.out) / f"w{world_seed}"
-    world = build(root / "world", seed=world_seed, size="default", variant=args.variant)
+    world = build(root / "world", seed=world_seed, size=args.size, variant=args.variant)
     ws_dir = root / "warm-start"
     info_path = root / "warm_start.json"
     if info_path.exists():
@@ -72,7 +74,7 @@ def train(world, ws_dir: Path, out: Path, eta: int, seed: int, args) -> list[dic
     import asearcher
     from asearcher.tinyworld.job import JobSettings, rl_config
 
-    s = JobSettings(seed=seed, max_staleness=eta, rl_steps=args.steps)
+    s = JobSettings(size=args.size, seed=seed, max_staleness=eta, rl_steps=args.steps)
     if out.exists():
         shutil.rmtree(out)
     cfg = rl_config(world, ws_dir, out, s).to_dict()
@@ -227,6 +229,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1", help="training seeds")
     p.add_argument("--etas", default="0,2,4", help="max_staleness values (0: synchronous)")
     p.add_argument("--variant", default="longtail", choices=["standard", "longtail"])
+    p.add_argument("--size", default="default", choices=["small", "default"])
+    p.add_argument("--warm-start-epochs", type=int, default=None, help="default: the job's")
     p.add_argument("--steps", type=int, default=40, help="RL steps per run")
     p.add_argument("--every", type=int, default=5, help="checkpoint (and evaluate) every")
     p.add_argument("--out", default="runs/bench-tinyworld-async", help="work and results dir")
