@@ -316,3 +316,59 @@ def test_the_counterfactual_twin_contradicts_the_world_and_reading_drills_follow
         if t.question_id.removeprefix("cf1-") in real
     ]
     assert sum(against_real) < 0.5 * len(against_real), "their answers are not the world's"
+
+
+def test_the_job_knows_what_a_normal_result_looks_like():
+    from asearcher.tinyworld.job import _bands, _normal, reference
+
+    ref = reference("default")
+    assert ref is not None, "python/asearcher/tinyworld/reference.json (benches/...seeds.py)"
+    assert ref["runs"] >= 10 and ref["size"] == "default"
+    for stage in ("random", "warm_start", "rl"):
+        iv = ref["heldout_f1"][stage]
+        assert iv["lo"] <= iv["mean"] <= iv["hi"] and iv["n"] == ref["runs"]
+    assert "95%" in _normal(ref, "warm_start") and "runs" in _normal(ref, "rl_gain")
+    assert [label for label, *_ in _bands(ref)] == [
+        "benchmark random",
+        "benchmark warm start",
+        "benchmark after RL",
+    ]
+    assert reference("small") is None and _normal(None, "rl") == "" and _bands(None) == []
+
+
+_WARM_START_AFTER = """
+import hashlib, sys
+import asearcher
+from asearcher.tinyworld import build, make_demonstrations
+from asearcher.tinyworld.runs import make_name_drills
+out, generator_first = sys.argv[1], sys.argv[2] == "1"
+w = build(out + "/world", seed=1, size="small")
+if generator_first:
+    asearcher.Generator(w.model_init, max_running=32).close()
+d = make_demonstrations(w, 2, out + "/demos.jsonl", seed=0)
+names = make_name_drills(w, out + "/names.jsonl")
+ws = asearcher.warm_start(w.model_init, [d.path, names], out + "/ws", epochs=3, batch_size=32,
+                          lr=3e-3, warmup_steps=10, micro_batch_tokens=512, progress=False)
+print(hashlib.sha256((ws.out_dir / "model.safetensors").read_bytes()).hexdigest())
+"""
+
+
+def test_a_warm_start_does_not_depend_on_what_the_process_allocated_before(tmp_path: Path):
+    # Measured: without MKL_CBWR=AUTO,STRICT (set by `import asearcher`) loading a generator first
+    # changed the weights (MKL rounds by memory alignment).
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    hashes = [
+        subprocess.run(
+            [sys.executable, "-c", _WARM_START_AFTER, str(tmp_path / flag), flag],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()[-1]
+        for flag in ("0", "1")
+    ]
+    assert hashes[0] == hashes[1]

@@ -7,6 +7,14 @@ first because the native module links the libtorch that the torch wheel ships.
 from __future__ import annotations
 
 import logging as _logging
+import os as _os
+
+# libtorch's CPU matrix products (MKL) round differently with the memory alignment of their
+# inputs, so the same computation gave different bits after unrelated allocations (a generator
+# loaded earlier in the process changed a warm start's weights). Strict conditional numerical
+# reproducibility makes them alignment-independent on this CPU; it must be set before MKL's
+# first call. Set MKL_CBWR yourself to choose otherwise (docs/training.md, "Reproducibility").
+_os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 import torch as _torch  # noqa: F401  (loads libtorch before the native module needs it)
 
