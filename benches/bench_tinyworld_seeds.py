@@ -211,6 +211,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rl-steps", type=int, default=None, help="RL steps (default: the job's)")
     p.add_argument("--out", default="runs/bench-tinyworld-seeds", help="work and results dir")
     p.add_argument("--write-docs", action="store_true")
+    p.add_argument("--no-run", action="store_true", help="only summarise the runs already saved")
     return p.parse_args(argv)
 
 
@@ -223,7 +224,7 @@ def main() -> None:
     results = out / "runs.jsonl"
     runs = load_runs(results)
     done = {(r["world_seed"], r["seed"]) for r in runs}
-    todo = [(w, s) for w in worlds for s in seeds if (w, s) not in done]
+    todo = [] if args.no_run else [(w, s) for w in worlds for s in seeds if (w, s) not in done]
     for i, (w, s) in enumerate(todo):
         print(f"[{i + 1}/{len(todo)}] world {w}, seed {s}", flush=True)
         r = run_one(w, s, args)

@@ -43,8 +43,10 @@ class JobSettings:
     # depending on the world and even the order of the demonstrations (docs/tinyworld.md).
     guess_rate: float = 0.3
     name_drill_repeats: int = 2
-    # Trajectories per train question on the counterfactual twin (0: none): the answer can only
-    # be read from the observation there, so the warm start learns to read instead of recall.
+    # Trajectories per train question of a perfect expert on the counterfactual twin (0: none):
+    # the answer can only be read from the observation there, so the warm start learns to read
+    # instead of recall (with the demonstrations' imperfect expert there instead, the warm start
+    # still failed to read on 2 of 4 runs; docs/tinyworld.md).
     reading_drills: int = 1
     warm_start_epochs: int = 10
     warm_start_lr: float = 3e-3
@@ -150,7 +152,7 @@ def warm_start_data(
     world: BuiltWorld, root: Path, s: JobSettings, say: Any = _say
 ) -> tuple[DemonstrationStats, list[Path]]:
     """The warm start's files under ``root``: the imperfect demonstrations, the name drills and
-    (``s.reading_drills``) the same expert on the counterfactual twin."""
+    (``s.reading_drills``) a perfect expert on the counterfactual twin."""
     imperfections = Imperfections(guess_rate=s.guess_rate)
     demos = make_demonstrations(
         world, s.demos_per_question, root / "demos.jsonl", seed=s.seed, imperfections=imperfections
@@ -167,11 +169,10 @@ def warm_start_data(
             root / "reading_drills.jsonl",
             n_per_question=s.reading_drills,
             seed=s.seed + 1,
-            imperfections=imperfections,
         )
         files.append(reading.path)
         say(
-            f"reading drills: {reading.trajectories} trajectories of the same expert on the "
+            f"reading drills: {reading.trajectories} trajectories of a perfect expert on the "
             "counterfactual twin (same names, facts redrawn: answers must be read)"
         )
     return demos, files
