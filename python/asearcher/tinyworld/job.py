@@ -46,7 +46,7 @@ class JobSettings:
     # Trajectories per train question of a perfect expert on the counterfactual twin (0: none):
     # the answer can only be read from the observation there, so the warm start learns to read
     # instead of recall (with the demonstrations' imperfect expert there instead, the warm start
-    # still failed to read on 2 of 4 runs; docs/tinyworld.md).
+    # reached only 0.38 and 0.51 held-out F1 on 2 of 4 runs; docs/tinyworld.md).
     reading_drills: int = 1
     warm_start_epochs: int = 10
     warm_start_lr: float = 3e-3
