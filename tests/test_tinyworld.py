@@ -318,24 +318,6 @@ def test_the_counterfactual_twin_contradicts_the_world_and_reading_drills_follow
     assert sum(against_real) < 0.5 * len(against_real), "their answers are not the world's"
 
 
-def test_the_job_knows_what_a_normal_result_looks_like():
-    from asearcher.tinyworld.job import _bands, _normal, reference
-
-    ref = reference("default")
-    assert ref is not None, "python/asearcher/tinyworld/reference.json (benches/...seeds.py)"
-    assert ref["runs"] >= 10 and ref["size"] == "default"
-    for stage in ("random", "warm_start", "rl"):
-        iv = ref["heldout_f1"][stage]
-        assert iv["lo"] <= iv["mean"] <= iv["hi"] and iv["n"] == ref["runs"]
-    assert "95%" in _normal(ref, "warm_start") and "runs" in _normal(ref, "rl_gain")
-    assert [label for label, *_ in _bands(ref)] == [
-        "benchmark random",
-        "benchmark warm start",
-        "benchmark after RL",
-    ]
-    assert reference("small") is None and _normal(None, "rl") == "" and _bands(None) == []
-
-
 _WARM_START_AFTER = """
 import hashlib, sys
 import asearcher
@@ -372,3 +354,26 @@ def test_a_warm_start_does_not_depend_on_what_the_process_allocated_before(tmp_p
         for flag in ("0", "1")
     ]
     assert hashes[0] == hashes[1]
+
+
+def test_the_job_shows_the_benchmark_interval_when_there_is_one(tmp_path: Path, monkeypatch):
+    from asearcher.tinyworld import job
+
+    assert job._normal(None, "rl") == "" and job._bands(None) == []
+    iv = {"mean": 0.6, "lo": 0.5, "hi": 0.7, "n": 10}
+    ref = {
+        "size": "default",
+        "runs": 10,
+        "heldout_f1": dict.fromkeys(("random", "warm_start", "rl"), iv),
+        "rl_gain": iv,
+    }
+    fake = tmp_path / "job.py"
+    (tmp_path / "reference.json").write_text(json.dumps(ref), encoding="utf-8")
+    monkeypatch.setattr(job, "__file__", str(fake))
+    assert job.reference("default") == ref and job.reference("small") is None
+    assert job._normal(ref, "warm_start") == "  [benchmark, 10 runs: 0.600, 95% 0.500-0.700]"
+    assert [band[0] for band in job._bands(ref)] == [
+        "benchmark random",
+        "benchmark warm start",
+        "benchmark after RL",
+    ]
