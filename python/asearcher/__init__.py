@@ -10,11 +10,14 @@ import logging as _logging
 import os as _os
 
 # libtorch's CPU matrix products (MKL) round differently with the memory alignment of their
-# inputs, so the same computation gave different bits after unrelated allocations (a generator
-# loaded earlier in the process changed a warm start's weights). Strict conditional numerical
-# reproducibility makes them alignment-independent on this CPU; it must be set before MKL's
-# first call. Set MKL_CBWR yourself to choose otherwise (docs/training.md, "Reproducibility").
+# inputs and with the number of threads MKL picks under load, so the same computation gave
+# different bits after unrelated allocations (a generator loaded earlier in the process changed a
+# warm start's weights) or while another process ran. Strict conditional numerical
+# reproducibility makes them alignment-independent and a fixed thread count keeps the split of
+# the work; both must be set before MKL's first call. Set them yourself to choose otherwise
+# (docs/training.md, "Reproducibility").
 _os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+_os.environ.setdefault("MKL_DYNAMIC", "FALSE")
 
 import torch as _torch  # noqa: F401  (loads libtorch before the native module needs it)
 
