@@ -48,6 +48,7 @@ from asearcher.data import (  # noqa: E402
 )
 from asearcher.testing import start_scripted_policy_server  # noqa: E402
 from asearcher.tools import LocalSearch, Toolbox  # noqa: E402
+from docs_section import replace_section  # noqa: E402
 
 MAX_TURNS = 128
 
@@ -394,18 +395,6 @@ per trajectory min {tt["min"]:,}, median {tt["p50"]:,}, max {tt["max"]:,}.
 """
 
 
-def write_docs(text: str) -> None:
-    doc = DOCS.read_text(encoding="utf-8")
-    start, end = MARKERS
-    block = f"{start}\n{text.rstrip()}\n{end}"
-    if start in doc:
-        head, rest = doc.split(start, 1)
-        doc = head + block + rest.split(end, 1)[1]
-    else:
-        doc = doc.rstrip() + "\n\n" + block + "\n"
-    DOCS.write_text(doc, encoding="utf-8")
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="4 steps, eta 0 and 4 only")
@@ -466,7 +455,7 @@ def main() -> None:
     print(f"workload: {json.dumps(result['workload'])}")
     print(f"results: {out}")
     if args.write_docs:
-        write_docs(markdown(result))
+        replace_section(markdown(result), MARKERS, DOCS)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ DOCS = ROOT / "docs" / "benchmarks.md"
 MARKERS = ("<!-- bench:tinyworld-async start -->", "<!-- bench:tinyworld-async end -->")
 sys.path.insert(0, str(BENCH_DIR))
 
-from bench_tinyworld_seeds import fmt, interval, write_docs  # noqa: E402
+from bench_tinyworld_seeds import fmt, interval, load_runs  # noqa: E402
+from docs_section import replace_section  # noqa: E402
 
 
 def prepare_world(world_seed: int, args: argparse.Namespace) -> tuple[object, Path, dict]:
@@ -246,11 +247,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "runs.jsonl"
-    runs = (
-        [json.loads(line) for line in results.read_text(encoding="utf-8").splitlines() if line]
-        if results.exists()
-        else []
-    )
+    runs = load_runs(results)
     done = {(r["world_seed"], r["seed"], r["eta"]) for r in runs}
     todo = [(w, s, e) for w in worlds for s in seeds for e in etas if (w, s, e) not in done]
     for i, (w, s, e) in enumerate(todo):
@@ -282,7 +279,7 @@ def main() -> None:
     text = markdown(summary, runs, meta)
     print(text)
     if args.write_docs:
-        write_docs(text, markers=MARKERS)
+        replace_section(text, MARKERS, DOCS)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ import statistics
 import time
 from pathlib import Path
 
+from docs_section import replace_section
+
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -174,19 +176,6 @@ def markdown(summary: dict, runs: list[dict], meta: dict) -> str:
     return "\n".join(lines)
 
 
-def write_docs(text: str, markers: tuple[str, str] = MARKERS) -> None:
-    """Replaces the section between ``markers`` in docs/benchmarks.md (appends it if new)."""
-    doc = DOCS.read_text(encoding="utf-8")
-    start, end = markers
-    block = f"{start}\n{text.rstrip()}\n{end}"
-    if start in doc:
-        head, rest = doc.split(start, 1)
-        doc = head + block + rest.split(end, 1)[1]
-    else:
-        doc = doc.rstrip() + "\n\n" + block + "\n"
-    DOCS.write_text(doc, encoding="utf-8")
-
-
 def write_reference(summary: dict, meta: dict) -> None:
     """The intervals the main job prints beside a single run's numbers."""
     ref = {
@@ -247,7 +236,7 @@ def main() -> None:
     text = markdown(summary, runs, meta)
     print(text)
     if args.write_docs:
-        write_docs(text)
+        replace_section(text, MARKERS, DOCS)
         write_reference(summary, meta)
 
 

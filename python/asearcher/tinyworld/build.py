@@ -115,25 +115,11 @@ def build(
     model-init/ (random weights, seed ``model_seed`` or ``seed``) under ``out_dir``. Existing
     files there are replaced."""
     from asearcher import QwenModel
-    from asearcher.tools import LocalSearch
 
     world = World.generate(seed, size, variant=variant)
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
-    built = BuiltWorld(
-        world=world,
-        root=root,
-        corpus=root / "corpus.jsonl",
-        index=root / "index",
-        train=root / "train.jsonl",
-        heldout=root / "heldout" / "test.jsonl",
-        tokenizer=root / "tokenizer",
-        model_init=root / "model-init",
-    )
-    world.write_corpus(built.corpus)
-    world.write_questions(built.train, world.train)
-    world.write_questions(built.heldout, world.heldout)
-    LocalSearch.build(built.corpus, built.index, threads=1, overwrite=True, progress=False)
+    built = _write_searchable(world, root, root / "tokenizer", root / "model-init")
     vocab_size = write_tokenizer(built.tokenizer, [*world.texts(), PROMPT])
     if built.model_init.exists():
         shutil.rmtree(built.model_init)
@@ -151,22 +137,27 @@ def build(
 def build_counterfactual(world: BuiltWorld, seed: int = 1) -> BuiltWorld:
     """The counterfactual twin of a built world (``World.counterfactual``): its corpus, index and
     questions under ``{root}/counterfactual-{seed}``, sharing the tokenizer and model."""
-    from asearcher.tools import LocalSearch
-
     cf = world.world.counterfactual(seed)
     root = world.root / f"counterfactual-{seed}"
+    return _write_searchable(cf, root, world.tokenizer, world.model_init)
+
+
+def _write_searchable(world: World, root: Path, tokenizer: Path, model_init: Path) -> BuiltWorld:
+    """Writes ``world``'s corpus, train and held-out questions and BM25 index under ``root``."""
+    from asearcher.tools import LocalSearch
+
     built = BuiltWorld(
-        world=cf,
+        world=world,
         root=root,
         corpus=root / "corpus.jsonl",
         index=root / "index",
         train=root / "train.jsonl",
         heldout=root / "heldout" / "test.jsonl",
-        tokenizer=world.tokenizer,
-        model_init=world.model_init,
+        tokenizer=tokenizer,
+        model_init=model_init,
     )
-    cf.write_corpus(built.corpus)
-    cf.write_questions(built.train, cf.train)
-    cf.write_questions(built.heldout, cf.heldout)
+    world.write_corpus(built.corpus)
+    world.write_questions(built.train, world.train)
+    world.write_questions(built.heldout, world.heldout)
     LocalSearch.build(built.corpus, built.index, threads=1, overwrite=True, progress=False)
     return built
