@@ -1,8 +1,8 @@
 """`torchrun -m asearcher train` with learner.backend = "fsdp" end to end on the CPU: 2 ranks
 train a tiny random Qwen2 while the Rust rollout engine on rank 0 generates through our model
-server (SGLang's HTTP API); weights reach the server from disk after every step; kill -9 of the
-whole job, then a resume on a different number of ranks: no step repeated or skipped, no
-question lost or trained twice."""
+server (SGLang's HTTP API); weights reach the server from disk after every step; the same
+through vLLM's protocol with weights broadcast; kill -9 of the whole job, then a resume on a
+different number of ranks: no step repeated or skipped, no question lost or trained twice."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import asearcher
 import pytest
-from asearcher.data import sample_questions_path
+from run_files import first_questions, latest_step, read_jsonl
 from tiny_models import make_tiny_qwen
 
 pytest.importorskip("transformers")
@@ -35,10 +35,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def questions_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("q") / "train.jsonl"
-    lines = sample_questions_path().read_text(encoding="utf-8").splitlines()[:N_QUESTIONS]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return first_questions(tmp_path_factory.mktemp("q"), N_QUESTIONS)
 
 
 def make_config(model: Path, questions: Path, index, out: Path, server: str) -> dict:
@@ -87,10 +84,6 @@ ENV = {
     "ASEARCHER_PROGRESS": "0",
     "PYTHONPATH": os.pathsep.join(sys.path),
 }
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
 def greedy(url: str, ids: list[int]) -> dict:
@@ -142,12 +135,53 @@ def test_two_ranks_train_through_our_server_and_it_serves_the_trained_weights(
     assert served["lps"] != pytest.approx(before["lps"], abs=1e-4)
 
 
-def _latest_step(out: Path) -> int:
-    try:
-        text = (out / "checkpoints" / "latest").read_text().strip()
-        return int(text.removeprefix("step-"))
-    except (FileNotFoundError, ValueError):
-        return 0
+def test_two_ranks_train_through_a_vllm_server_by_broadcast(
+    tmp_path, model_dir, questions_file, sample_index
+):
+    # vLLM's protocol end to end: generation through /v1/completions on token ids, weights
+    # broadcast through its weight-transfer API between /pause and /resume. The server is
+    # the allowed stand-in (vLLM needs GPUs): the receiver speaks vLLM's HTTP API, joins the
+    # group over gloo and loads each update into our model server, which generates.
+    from asearcher.testing import WeightUpdateReceiver
+    from safetensors.torch import load_file
+
+    out = tmp_path / "vllm-run"
+    steps = N_QUESTIONS // 2
+    with (
+        asearcher.start_model_server(model_dir, max_running=8, served_model_name="policy") as srv,
+        WeightUpdateReceiver("vllm", serving=srv.url, model_dir=model_dir, timeout_s=120.0) as vllm,
+    ):
+        cfg = make_config(model_dir, questions_file, sample_index, out, vllm.url)
+        cfg["inference"].update(backend="vllm", served_model="policy", weight_sync="distributed")
+        config = tmp_path / "run.json"
+        config.write_text(json.dumps(cfg))
+        done = subprocess.run(
+            torchrun(config, 2), env=ENV, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+        served = greedy(srv.url, [5, 6, 7, 8])
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == list(range(1, steps + 1))
+    assert not any(m.get("sync_error") for m in metrics), metrics
+    # Every update is bracketed by vLLM's pause and resume, in the protocol's order.
+    one = ["/pause", "/start_weight_update", "/finish_weight_update", "/resume"]
+    control = [r for r, _ in vllm.calls if r in (*one, "/init_weight_transfer_engine")]
+    assert control == ["/pause", "/init_weight_transfer_engine", *one[1:]] + one * (steps - 1)
+    assert any(r == "/v1/completions" for r, _ in vllm.calls)
+    assert vllm.loads == steps
+    # The server received exactly the trained weights, and generates with them.
+    final = load_file(str(out / "final" / "model.safetensors"))
+    assert vllm.tensors.keys() == final.keys()
+    for name, t in final.items():
+        assert vllm.tensors[name].equal(t), name
+    with asearcher.start_model_server(out / "final", max_running=2) as fresh:
+        want = greedy(fresh.url, [5, 6, 7, 8])
+    assert served["ids"] == want["ids"]
+    assert served["lps"] == pytest.approx(want["lps"], abs=1e-5)
+    # vLLM reports no weight version: the pool tagged each token with the version it pushed.
+    for t in asearcher.load_trajectories(out / "trajectories.jsonl"):
+        versions = {v for turn in t.turns for v in turn["output_versions"]}
+        assert versions == {t.metadata["train_step"] - 1}, (t.id, versions)
 
 
 def test_kill_9_of_the_job_then_resume_on_one_rank_is_exact(
@@ -168,12 +202,12 @@ def test_kill_9_of_the_job_then_resume_on_one_rank_is_exact(
             start_new_session=True,
         )
         deadline = time.monotonic() + 300
-        while _latest_step(out) < 1 and proc.poll() is None and time.monotonic() < deadline:
+        while latest_step(out) < 1 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert proc.poll() is None, "the job ended before it could be killed"
         os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks
         proc.wait(timeout=60)
-        killed_at = _latest_step(out)
+        killed_at = latest_step(out)
         assert 1 <= killed_at < total
         done = subprocess.run(
             torchrun(config, 1), env=ENV, capture_output=True, text=True, timeout=600

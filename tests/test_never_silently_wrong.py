@@ -16,6 +16,9 @@ import pytest
 from asearcher.cli import main
 from asearcher.data import sample_questions_path, sample_tokenizer_path
 from asearcher.exceptions import (
+    BadLineError,
+    ConfigError,
+    DataError,
     ResumeMismatchError,
     RunFailedError,
     SystematicFailureError,
@@ -291,6 +294,52 @@ def test_duplicate_passage_ids_are_reported_at_build_time(tmp_path, capsys):
     corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["index", "build", str(corpus), "--out", str(tmp_path / "idx"), "--quiet"]) == 0
     assert "1 passages reuse an earlier passage's id" in capsys.readouterr().out
+
+
+def test_data_errors_are_labelled_data_errors_and_write_nothing(
+    policy, model_dir, sample_index, tmp_path, capsys
+):
+    # An empty benchmark used to score "n 0" with exit code 0; a question id twice was a
+    # ConfigError. Both are DataErrors naming the file, before anything is written.
+    lines = sample_questions_path().read_text().splitlines()
+    cases = {
+        "empty": "\n\n",
+        "twice": "\n".join([json.dumps({**json.loads(lines[0]), "id": "q1"})] * 2) + "\n",
+        "bad": lines[0] + "\n{not json\n",
+    }
+    for name, text in cases.items():
+        data = tmp_path / name
+        (data / "bench").mkdir(parents=True)
+        (data / "bench" / "test.jsonl").write_text(text)
+        out = tmp_path / f"out-{name}"
+        assert eval_cli(data, out, policy.url, tools=["--index", str(sample_index.path)]) == 1
+        err = capsys.readouterr().err
+        assert str(data / "bench" / "test.jsonl") in err, (name, err)
+        assert not out.exists(), f"{name}: nothing is written for bad data"
+        with pytest.raises(DataError) as e:
+            asearcher.evaluate(
+                data, [policy.url], sample_tokenizer_path(), output_dir=out, progress=False
+            )
+        assert not isinstance(e.value, ConfigError), (name, type(e.value))
+        assert isinstance(e.value, ValueError)
+    assert "no questions" in str(_eval_error(tmp_path / "empty", policy))
+    assert "question id `q1` occurs twice" in str(_eval_error(tmp_path / "twice", policy))
+    assert isinstance(_eval_error(tmp_path / "bad", policy), BadLineError)
+    # Training on an empty data file: the file is named, no run directory is made.
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    cfg = train_config(model_dir, sample_index, tmp_path / "run", tmp_path)
+    cfg["data"]["train"] = str(empty)
+    with pytest.raises(DataError, match="no questions") as e:
+        asearcher.Trainer(cfg).fit(progress=False)
+    assert str(empty) in str(e.value)
+    assert not (tmp_path / "run").exists()
+
+
+def _eval_error(data: Path, policy) -> Exception:
+    with pytest.raises(DataError) as e:
+        asearcher.evaluate(data, [policy.url], sample_tokenizer_path(), progress=False)
+    return e.value
 
 
 def test_a_methods_work_with_asyncio_run(policy, sample_index):

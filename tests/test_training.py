@@ -19,9 +19,9 @@ from pathlib import Path
 import asearcher
 import pytest
 import torch
-from asearcher.data import sample_questions_path
 from asearcher.exceptions import ConfigError, WeightSyncError
 from asearcher.tools import LocalSearch
+from run_files import first_questions, latest_step, read_jsonl
 from tiny_models import make_tiny_qwen
 
 N_QUESTIONS = 16
@@ -36,10 +36,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def questions_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("q") / "train.jsonl"
-    lines = sample_questions_path().read_text(encoding="utf-8").splitlines()[:N_QUESTIONS]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return first_questions(tmp_path_factory.mktemp("q"), N_QUESTIONS)
 
 
 def make_config(model_dir: Path, questions: Path, index: LocalSearch, out: Path, **over) -> dict:
@@ -65,12 +62,6 @@ def make_config(model_dir: Path, questions: Path, index: LocalSearch, out: Path,
     for section, values in over.items():
         cfg.setdefault(section, {}).update(values)
     return cfg
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [
-        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
-    ]
 
 
 def question_ids(questions: Path) -> list[str]:
@@ -264,14 +255,6 @@ def _train_cmd(config: Path) -> list[str]:
     return [sys.executable, "-m", "asearcher.cli", "train", str(config), "--quiet"]
 
 
-def _latest_step(out: Path) -> int:
-    latest = out / "checkpoints" / "latest"
-    try:
-        return int(latest.read_text().strip().removeprefix("step-"))
-    except (FileNotFoundError, ValueError):
-        return 0
-
-
 def test_kill_9_at_any_moment_then_resume_is_exact(
     tmp_path, model_dir, questions_file, sample_index
 ):
@@ -284,7 +267,7 @@ def test_kill_9_at_any_moment_then_resume_is_exact(
     kills, mid_run_kills, resumed_with_pending = 0, 0, 0
     rng = __import__("random").Random(7)
     while kills < 4:
-        before = _latest_step(out)
+        before = latest_step(out)
         if before >= total_steps:
             break
         proc = subprocess.Popen(
@@ -293,13 +276,13 @@ def test_kill_9_at_any_moment_then_resume_is_exact(
         # Wait for this run to checkpoint a new step, then kill it a random moment later, in the
         # middle of whatever it is doing (training, saving, generating).
         deadline = time.monotonic() + 120
-        while _latest_step(out) <= before and proc.poll() is None and time.monotonic() < deadline:
+        while latest_step(out) <= before and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         time.sleep(rng.uniform(0.0, 0.3))
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             kills += 1
-            reached = _latest_step(out)
+            reached = latest_step(out)
             mid_run_kills += 0 < reached < total_steps
             state = json.loads(
                 (out / "checkpoints" / f"step-{reached:08d}" / "trainer_state.json").read_text()

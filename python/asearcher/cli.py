@@ -8,8 +8,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .exceptions import AsearcherError
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 
 def _print_json(obj: object) -> None:
@@ -423,12 +427,13 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .callbacks import default_callbacks
+    from .config import TrainConfig as Config
     from .training import Trainer
 
-    overrides = _train_overrides(args)
-    if _learner_backend(args.config, overrides) == "fsdp":
-        return _train_fsdp(args, overrides)
-    trainer = Trainer(args.config, overrides=overrides)
+    cfg = Config.from_file(args.config, *_train_overrides(args))
+    if cfg.learner.backend == "fsdp":
+        return _train_fsdp(args, cfg)
+    trainer = Trainer(cfg)
     if trainer.resumed_step:
         print(f"resuming {trainer.out_dir} from step {trainer.resumed_step}")
     result = trainer.fit(callbacks=default_callbacks(), progress=not args.quiet)
@@ -440,20 +445,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _learner_backend(path: Path, overrides: list[str]) -> str:
-    from .config import TrainConfig
-
-    return TrainConfig.from_file(path, *overrides).learner.backend
-
-
-def _train_fsdp(args: argparse.Namespace, overrides: list[str]) -> int:
+def _train_fsdp(args: argparse.Namespace, cfg: TrainConfig) -> int:
     """Every rank of a torchrun job runs this; rank 0 prints the summary."""
     from .callbacks import default_callbacks
     from .distributed import fit
 
     result = fit(
-        args.config,
-        overrides=overrides,
+        cfg,
         callbacks=default_callbacks(),
         progress=not args.quiet,
     )

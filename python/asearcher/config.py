@@ -32,7 +32,7 @@ AgentKind = Literal["asearcher", "search_r1", "reasoning"]
 CapModeName = Literal["mask", "clamp"]
 """`cap_mode` as written in the config."""
 
-InferenceBackend = Literal["embedded", "sglang"]
+InferenceBackend = Literal["embedded", "sglang", "vllm"]
 """Where generation runs."""
 
 LearnerBackend = Literal["tch", "fsdp"]
@@ -637,9 +637,13 @@ class InferenceConfig(Config):
 
     Fields:
         backend (InferenceBackend, default "embedded"):
-            `embedded` or `sglang`.
+            `embedded`, `sglang` or `vllm`.
         servers (list[str], default []):
-            Server base URLs (`sglang` backend).
+            Server base URLs (`sglang` and `vllm` backends).
+        served_model (str | None, default null):
+            `vllm`: the model name the servers serve, sent as `model` in every request
+            (`null`: `model.path` as written, vLLM's default name for a model served from
+            that path).
         weights_dir (str | None, default null):
             Where new weights are written for the servers (HF layout, one directory per
             version); they must be able to read it. Default: `<run.out_dir>/weights`.
@@ -683,9 +687,13 @@ class InferenceConfig(Config):
     _root = None
 
     backend: InferenceBackend = "embedded"
-    """`embedded` or `sglang`."""
+    """`embedded`, `sglang` or `vllm`."""
     servers: list[str] = field(default_factory=list)
-    """Server base URLs (`sglang` backend)."""
+    """Server base URLs (`sglang` and `vllm` backends)."""
+    served_model: str | None = None
+    """`vllm`: the model name the servers serve, sent as `model` in every request (`null`:
+    `model.path` as written, vLLM's default name for a model served from that path).
+    """
     weights_dir: str | None = None
     """Where new weights are written for the servers (HF layout, one directory per version);
     they must be able to read it. Default: `<run.out_dir>/weights`.
@@ -1216,7 +1224,7 @@ class TrainConfig(Config):
             The rollout scheduler: group size, batch size (groups per step), `max_staleness`
             (eta; 0 is synchronous RL: each batch is generated entirely by the current
             policy), concurrency.
-        inference (InferenceConfig, default {"backend": "embedded", "servers": [], "weights_dir": null, "keep_weights": 2, "interrupt": true, "max_running": null, "max_context": 0, "timeout_s": 600.0, "weight_sync": "disk", "sync_bucket_mb": 1024, "sync_master_addr": null, "sync_master_port": 0, "server_world_size": 1, "max_failed_syncs": 3}):
+        inference (InferenceConfig, default {"backend": "embedded", "servers": [], "served_model": null, "weights_dir": null, "keep_weights": 2, "interrupt": true, "max_running": null, "max_context": 0, "timeout_s": 600.0, "weight_sync": "disk", "sync_bucket_mb": 1024, "sync_master_addr": null, "sync_master_port": 0, "server_world_size": 1, "max_failed_syncs": 3}):
             Where generation runs and how new weights reach it.
         learner (LearnerConfig, default {"backend": "tch", "fsdp": {"param_dtype": "bfloat16", "reduce_dtype": "float32", "activation_checkpointing": true, "attn_implementation": "sdpa", "export_dtype": "bfloat16", "timeout_s": 600.0, "idle_timeout_s": 86400.0}, "ppo": {"eps_clip": 0.2, "eps_clip_high": null, "behav_weight_cap": 5.0, "cap_mode": "mask", "decoupled": true, "temperature": 1.0, "entropy_coef": 0.0, "minibatches": 1}, "advantages": {"normalize_std": false, "reward_scale": 1.0, "reward_bias": 0.0, "token_normalize": true}, "version_spread": {"max_versions": null, "policy": "drop"}, "optimizer": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-08, "weight_decay": 0.01, "master_weights": true}, "schedule": {"kind": "constant", "lr": 1e-06, "warmup_steps": 0, "total_steps": 0, "min_lr_ratio": 0.0}, "grad_clip": 1.0, "micro_batch_tokens": 4096, "chunk_tokens": null, "frozen": []}):
             The optimisation: loss, advantages, filters, optimizer, schedule, micro-batches.

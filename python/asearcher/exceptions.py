@@ -21,6 +21,12 @@ class MissingSecretError(ConfigError):
     """A secret (API key) expected in an environment variable is not set."""
 
 
+class DataError(AsearcherError, ValueError):
+    """An input data file (questions, a benchmark, a corpus, trajectories) is malformed, empty or
+    inconsistent; the message names the file (and the line where one is to blame). Its
+    subclasses say which kind of file."""
+
+
 class AsearcherIOError(AsearcherError, OSError):
     """A file or socket operation failed; the message names the path or address."""
 
@@ -29,7 +35,7 @@ class ToolError(AsearcherError):
     """A search or page-access tool failed."""
 
 
-class CorpusError(ToolError, ValueError):
+class CorpusError(ToolError, DataError):
     """A corpus line is malformed; the message names the file and line number."""
 
 
@@ -90,7 +96,7 @@ class RewardError(RolloutError):
     """A reward function or the LLM judge failed."""
 
 
-class BadLineError(RolloutError, ValueError):
+class BadLineError(RolloutError, DataError):
     """A line of a questions or trajectory jsonl file is malformed; the message names file:line."""
 
 
@@ -118,7 +124,7 @@ class TrainingError(AsearcherError, RuntimeError):
     """Training failed or was misused (started twice, polled before start)."""
 
 
-class TrainingDataError(TrainingError, ValueError):
+class TrainingDataError(TrainingError, DataError):
     """Training data cannot be used (a trajectory whose turns do not line up, nothing to train
     on); the message names the trajectory or file."""
 
@@ -136,6 +142,7 @@ __all__ = [
     "CancelledError",
     "ConfigError",
     "CorpusError",
+    "DataError",
     "EngineStoppedError",
     "GenerationError",
     "InferenceError",

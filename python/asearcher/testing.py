@@ -10,7 +10,9 @@ it explicitly.
 - :func:`emit_test_event`: emits a Rust ``tracing`` event (checks the logging bridge);
 - :class:`WeightUpdateReceiver`: the receiving side of SGLang's (or vLLM's) weight update by
   collective broadcast, over gloo on the CPU (SGLang and vLLM need GPUs); it joins the group
-  the trainer's sender opens and records every tensor, call and version it receives.
+  the trainer's sender opens and records every tensor, call and version it receives. In front
+  of our model server (``serving=``) it is a whole SGLang or vLLM server: it generates, pauses
+  and resumes through that server and loads every update it receives into it.
 """
 
 from __future__ import annotations
@@ -147,17 +149,42 @@ class WeightUpdateReceiver:
     ``/init_weight_transfer_engine``), then receives each announced bucket by broadcast from
     rank 0, in the announced order, into freshly allocated tensors of the announced dtypes and
     shapes. ``tensors`` holds the latest tensor by name, ``received`` every name in arrival
-    order, ``calls`` every ``(route, body)``, ``weight_version`` the last version applied.
+    order, ``calls`` every ``(route, body)`` (forwarded calls with an empty body),
+    ``weight_version`` the last version applied.
     With ``fail_updates`` set, an update is received and then refused (``success: false``,
     the old weights kept), as a server whose load failed answers.
+
+    ``serving``: the URL of our model server (:func:`asearcher.start_model_server`) and
+    ``model_dir`` the directory it was started from. Every route the receiver does not answer
+    itself is forwarded to that server (so ``/generate`` or ``/v1/completions`` generate there),
+    vLLM's ``/pause`` and ``/resume`` become its ``/pause_generation`` and
+    ``/continue_generation``, and each complete update (SGLang: a bucket call; vLLM:
+    ``/finish_weight_update``) is written as safetensors and loaded into it with
+    ``/update_weights_from_disk``: it then generates with the weights it received.
     """
 
-    def __init__(self, protocol: str = "sglang", *, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        protocol: str = "sglang",
+        *,
+        timeout_s: float = 60.0,
+        serving: str | None = None,
+        model_dir: str | PathLike[str] | None = None,
+    ) -> None:
+        import tempfile
         import threading
         from http.server import ThreadingHTTPServer
+        from pathlib import Path
 
+        if (serving is None) != (model_dir is None):
+            raise ValueError("serving and model_dir go together")
         self.protocol = protocol
         self.timeout_s = timeout_s
+        self.serving = serving.rstrip("/") if serving else None
+        self.model_dir = Path(model_dir) if model_dir is not None else None
+        self.loads = 0
+        self._since_load: set[str] = set()
+        self._scratch = tempfile.TemporaryDirectory(prefix="asearcher-receiver-")
         self.tensors: dict[str, Any] = {}
         self.received: list[str] = []
         self.calls: list[tuple[str, dict[str, Any]]] = []
@@ -178,6 +205,7 @@ class WeightUpdateReceiver:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+        self._scratch.cleanup()
 
     def __enter__(self) -> WeightUpdateReceiver:
         return self
@@ -217,6 +245,17 @@ class WeightUpdateReceiver:
             self.received.append(name)
             if not self.fail_updates:
                 self.tensors[name] = t
+                self._since_load.add(name)
+
+    OWN_ROUTES = (
+        "/init_weights_update_group",
+        "/init_weight_transfer_engine",
+        "/update_weights_from_distributed",
+        "/start_weight_update",
+        "/update_weights",
+        "/finish_weight_update",
+        "/get_weight_version",
+    )
 
     def _route(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
@@ -228,12 +267,75 @@ class WeightUpdateReceiver:
                 if self.fail_updates:
                     return {"success": False, "message": "load failed; old weights kept"}
                 self.weight_version = body.get("weight_version")
+                self._load_into_serving(self.weight_version)
             elif route == "/update_weights":
                 info = body["update_info"]
                 self._receive(info["names"], info["dtype_names"], info["shapes"])
+            elif route == "/finish_weight_update":
+                if self.fail_updates:
+                    return {"success": False, "message": "load failed; old weights kept"}
+                self._load_into_serving(None)
             elif route == "/get_weight_version":
                 return {"weight_version": self.weight_version}
             return {"success": True, "message": "ok"}
+
+    def _load_into_serving(self, version: str | None) -> None:
+        """Once every weight of the model has arrived (an update may come in several
+        buckets), writes them as a model directory and loads it into the model server behind
+        this receiver (nothing without one)."""
+        if self.serving is None or self.model_dir is None:
+            return
+        import shutil
+        from pathlib import Path
+
+        from safetensors import safe_open
+        from safetensors.torch import save_file
+
+        from .distributed.weight_sync import post_json
+
+        expected: set[str] = set()
+        for f in self.model_dir.glob("*.safetensors"):
+            with safe_open(str(f), "pt") as weights:
+                expected.update(weights.keys())
+        if not expected <= self._since_load:
+            return
+        self._since_load.clear()
+
+        self.loads += 1
+        out = Path(self._scratch.name) / f"update-{self.loads}"
+        out.mkdir()
+        shutil.copy(self.model_dir / "config.json", out / "config.json")
+        save_file(dict(self.tensors), str(out / "model.safetensors"), metadata={"format": "pt"})
+        body: dict[str, Any] = {"model_path": str(out)}
+        if version is not None:
+            body["weight_version"] = version
+        post_json(f"{self.serving}/update_weights_from_disk", body, self.timeout_s)
+
+    def _forward(self, method: str, path: str, data: bytes | None) -> tuple[int, bytes]:
+        """A request this receiver does not answer, sent on to the model server (vLLM's
+        pause and resume in our server's names)."""
+        import urllib.error
+        import urllib.request
+
+        assert self.serving is not None
+        route, _, query = path.partition("?")
+        self.calls.append((route, {}))
+        if route == "/pause":
+            mode = dict(p.partition("=")[::2] for p in query.split("&") if p).get("mode")
+            path, data = "/pause_generation", json.dumps({"mode": mode or "abort"}).encode()
+        elif route == "/resume":
+            path, data = "/continue_generation", b"{}"
+        req = urllib.request.Request(
+            f"{self.serving}{path}",
+            data,
+            {"Content-Type": "application/json"},
+            method=method,
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
 
     def _handler(self) -> Any:
         from http.server import BaseHTTPRequestHandler
@@ -252,16 +354,32 @@ class WeightUpdateReceiver:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _forwarded(self, method: str, data: bytes | None) -> bool:
+                own = self.path.partition("?")[0] in receiver.OWN_ROUTES
+                if receiver.serving is None or own:
+                    return False
+                status, reply = receiver._forward(method, self.path, data)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+                return True
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
-                body = json.loads(self.rfile.read(length) or b"{}")
+                data = self.rfile.read(length)
+                if self._forwarded("POST", data):
+                    return
+                body = json.loads(data or b"{}")
                 try:
                     self._answer(200, receiver._route(self.path, body))
                 except Exception as e:  # reported to the sender as the server would
                     self._answer(500, {"success": False, "message": str(e)})
 
             def do_GET(self) -> None:
-                self._answer(200, receiver._route(self.path, {}))
+                if not self._forwarded("GET", None):
+                    self._answer(200, receiver._route(self.path, {}))
 
         return Handler
 

@@ -462,19 +462,15 @@ class FsdpLearner:
     # weights and state
 
     def _export_local(self, directory: str) -> None:
-        """Every rank gathers the full state dict (a collective); rank 0 writes it."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        state = get_model_state_dict(self.model, options=options)
+        """Every rank gathers each full weight (the same collectives as a broadcast sync; a
+        tied ``lm_head`` is the embedding's parameter and not written twice); rank 0 keeps
+        them on the CPU and writes them."""
+        tensors = {}
+        for name, t in self._full_weights():
+            if self.rank == 0:
+                tensors[name] = t.cpu().contiguous()
         if self.rank != 0:
             return
-        dtype = _DTYPES[self.fsdp["export_dtype"]]
-        tensors = {
-            name: t.to(dtype).contiguous()
-            for name, t in state.items()
-            if isinstance(t, torch.Tensor) and not (self.tied and name == "lm_head.weight")
-        }
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         _save_sharded(tensors, out, self.max_shard_bytes)
@@ -507,7 +503,7 @@ class FsdpLearner:
         addr = inf.get("sync_master_addr") or os.environ.get("MASTER_ADDR", "127.0.0.1")
         return WeightBroadcaster(
             inf["servers"],
-            protocol="sglang",
+            protocol="vllm" if inf.get("backend") == "vllm" else "sglang",
             server_world_size=int(inf["server_world_size"]),
             master_addr=addr,
             master_port=int(inf["sync_master_port"]),

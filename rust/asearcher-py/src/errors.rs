@@ -18,6 +18,7 @@ mod py {
     pyo3::import_exception!(asearcher.exceptions, AsearcherIOError);
     pyo3::import_exception!(asearcher.exceptions, BackendError);
     pyo3::import_exception!(asearcher.exceptions, BadLineError);
+    pyo3::import_exception!(asearcher.exceptions, DataError);
     pyo3::import_exception!(asearcher.exceptions, EngineStoppedError);
     pyo3::import_exception!(asearcher.exceptions, InferenceError);
     pyo3::import_exception!(asearcher.exceptions, InferenceTimeoutError);
@@ -140,6 +141,7 @@ pub fn rollout_err(e: RolloutError) -> PyErr {
         RolloutError::Io { .. } => py::AsearcherIOError::new_err(msg),
         RolloutError::Reward { .. } => py::RewardError::new_err(msg),
         RolloutError::BadLine { .. } => py::BadLineError::new_err(msg),
+        RolloutError::BadData { .. } => py::DataError::new_err(msg),
         RolloutError::Stopped => py::EngineStoppedError::new_err(msg),
         RolloutError::Systematic { .. } => py::SystematicFailureError::new_err(msg),
         RolloutError::RunFailed { .. } => py::RunFailedError::new_err(msg),

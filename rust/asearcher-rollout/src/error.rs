@@ -47,6 +47,10 @@ pub enum RolloutError {
         line: usize,
         message: String,
     },
+    /// A data file that cannot be used as a whole (no questions, a question id twice); the
+    /// message says what is wrong with it.
+    #[error("{}: {message}", .path.display())]
+    BadData { path: PathBuf, message: String },
     /// The engine was shut down while the call waited.
     #[error("the rollout engine has stopped")]
     Stopped,

@@ -53,7 +53,8 @@ pub fn read_questions(path: impl AsRef<Path>) -> Result<Vec<Question>> {
     Ok(read_questions_with(path, BadQuestionLines::Error)?.questions)
 }
 
-/// Reads a questions jsonl file with a policy for malformed lines. Blank lines are ignored.
+/// Reads a questions jsonl file with a policy for malformed lines. Blank lines are ignored; a
+/// file without a single question is an error.
 pub fn read_questions_with(path: impl AsRef<Path>, bad: BadQuestionLines) -> Result<QuestionFile> {
     let path = path.as_ref();
     let file = std::fs::File::open(path).map_err(|e| RolloutError::io(path, e))?;
@@ -86,6 +87,16 @@ pub fn read_questions_with(path: impl AsRef<Path>, bad: BadQuestionLines) -> Res
                 out.skipped += 1;
             }
         }
+    }
+    if out.questions.is_empty() {
+        let message = match out.skipped {
+            0 => "no questions: the file has no line that is not blank".to_string(),
+            n => format!("no questions: all {n} lines were malformed and skipped"),
+        };
+        return Err(RolloutError::BadData {
+            path: path.to_path_buf(),
+            message,
+        });
     }
     Ok(out)
 }

@@ -120,18 +120,26 @@ pub enum InferenceBackend {
     /// The in-process continuous-batching generator; weights are swapped in memory.
     #[default]
     Embedded,
-    /// SGLang servers (or ours, `asearcher serve model`); weights go through the disk.
+    /// SGLang servers (or ours, `asearcher serve model`): generation through `/generate`;
+    /// weights through the disk or by broadcast.
     Sglang,
+    /// vLLM servers: generation through `/v1/completions` on token ids; weights by broadcast
+    /// through vLLM's weight-transfer API (`weight_sync = "distributed"`), bracketed by its
+    /// `/pause` and `/resume`.
+    Vllm,
 }
 
 /// Where generation runs and how new weights reach it.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct InferenceConfig {
-    /// `embedded` or `sglang`.
+    /// `embedded`, `sglang` or `vllm`.
     pub backend: InferenceBackend,
-    /// Server base URLs (`sglang` backend).
+    /// Server base URLs (`sglang` and `vllm` backends).
     pub servers: Vec<String>,
+    /// `vllm`: the model name the servers serve, sent as `model` in every request (`null`:
+    /// `model.path` as written, vLLM's default name for a model served from that path).
+    pub served_model: Option<String>,
     /// Where new weights are written for the servers (HF layout, one directory per version);
     /// they must be able to read it. Default: `<run.out_dir>/weights`.
     pub weights_dir: Option<PathBuf>,
@@ -189,6 +197,7 @@ impl Default for InferenceConfig {
         Self {
             backend: InferenceBackend::Embedded,
             servers: Vec::new(),
+            served_model: None,
             weights_dir: None,
             keep_weights: 2,
             interrupt: true,
@@ -393,8 +402,8 @@ impl TrainConfig {
         match inf.backend {
             _ if inf.weight_sync == WeightSyncMode::Distributed && !fsdp => Err(TrainError::config(
                 "inference.weight_sync",
-                "`distributed` sync is sent by the fsdp learner's rank 0; with the tch learner \
-                 use `disk`",
+                "`distributed` sync is sent by the fsdp learner's rank 0 (learner.backend = \
+                 \"fsdp\"); with the tch learner use `disk` (SGLang servers)",
             )),
             _ if inf.weight_sync == WeightSyncMode::Distributed
                 && (inf.sync_bucket_mb == 0 || inf.server_world_size == 0) =>
@@ -407,21 +416,41 @@ impl TrainConfig {
             InferenceBackend::Embedded if fsdp => Err(TrainError::config(
                 "inference.backend",
                 "the `fsdp` learner sends its weights to inference servers: set \
-                 inference.backend = \"sglang\" and inference.servers (SGLang, or \
-                 `asearcher serve model` for a small model)",
+                 inference.backend = \"sglang\" (or \"vllm\") and inference.servers (SGLang, \
+                 vLLM, or `asearcher serve model` for a small model)",
             )),
             InferenceBackend::Embedded if !inf.servers.is_empty() => Err(TrainError::config(
                 "inference.servers",
-                "servers are given but inference.backend is `embedded`; set backend = \"sglang\"",
+                "servers are given but inference.backend is `embedded`; set backend = \
+                 \"sglang\" or \"vllm\"",
             )),
-            InferenceBackend::Sglang if inf.servers.is_empty() => Err(TrainError::config(
-                "inference.servers",
-                "the sglang backend needs at least one server URL",
-            )),
-            InferenceBackend::Sglang if !inf.interrupt => Err(TrainError::config(
-                "inference.interrupt",
-                "servers always interrupt in-flight generation on a weight update",
-            )),
+            InferenceBackend::Sglang | InferenceBackend::Vllm if inf.servers.is_empty() => {
+                Err(TrainError::config(
+                    "inference.servers",
+                    "a server backend needs at least one server URL",
+                ))
+            }
+            InferenceBackend::Sglang | InferenceBackend::Vllm if !inf.interrupt => {
+                Err(TrainError::config(
+                    "inference.interrupt",
+                    "servers always interrupt in-flight generation on a weight update",
+                ))
+            }
+            InferenceBackend::Vllm if inf.weight_sync == WeightSyncMode::Disk => {
+                Err(TrainError::config(
+                    "inference.weight_sync",
+                    "vLLM has no HTTP API that loads weights from disk; set weight_sync = \
+                     \"distributed\" (needs learner.backend = \"fsdp\"; start each server with \
+                     VLLM_SERVER_DEV_MODE=1 and --weight-transfer-config '{\"backend\":\"nccl\"}'), \
+                     or serve the model with SGLang for disk sync",
+                ))
+            }
+            _ if inf.served_model.is_some() && inf.backend != InferenceBackend::Vllm => {
+                Err(TrainError::config(
+                    "inference.served_model",
+                    "is the model name of vLLM servers; it is only used with backend = \"vllm\"",
+                ))
+            }
             _ if inf.max_running == Some(0) => Err(TrainError::config(
                 "inference.max_running",
                 "must be at least 1",
@@ -436,6 +465,17 @@ impl TrainConfig {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// `vllm` backend: the model name its servers serve (`inference.served_model`, else
+    /// `model.path` as written); `None` for other backends.
+    pub fn vllm_model(&self) -> Option<String> {
+        (self.inference.backend == InferenceBackend::Vllm).then(|| {
+            self.inference
+                .served_model
+                .clone()
+                .unwrap_or_else(|| self.model.path.display().to_string())
+        })
     }
 
     /// The tokenizer directory.

@@ -9,13 +9,17 @@
 //! - servers by broadcast: every server is paused, the learner broadcasts its weights through
 //!   the servers' weight-update API (`/update_weights_from_distributed`), every server continues.
 //!
-//! A server that fails an update keeps serving its old weights; the pool's version is then not
-//! raised (its tokens keep the old tag) and the error is returned for the step to record.
+//! A server that fails an update keeps serving its old weights; its version in the pool is then
+//! not raised (its tokens keep the old tag, while servers that loaded the update are tagged
+//! with the new version) and the error is returned for the step to record.
 
 use crate::policy::PolicyLearner;
 use crate::{Result, TrainError};
+use asearcher_rollout::client::openai::OpenAiCompletionsServer;
 use asearcher_rollout::client::pool::ServerPool;
 use asearcher_rollout::client::sglang::SglangServer;
+use asearcher_rollout::client::ServerProtocol;
+use asearcher_rollout::RolloutError;
 use asearcher_torch::generate::{GeneratorHandle, UpdateOptions, WeightUpdate};
 use asearcher_torch::model::QwenModel;
 use std::path::{Path, PathBuf};
@@ -35,9 +39,33 @@ pub enum WeightSync {
         keep: usize,
     },
     Distributed {
-        servers: Vec<SglangServer>,
+        servers: Vec<PausableServer>,
         pool: Arc<ServerPool>,
     },
+}
+
+/// A server whose generation is paused around a broadcast weight update, in its own protocol.
+pub enum PausableServer {
+    /// `/pause_generation` and `/continue_generation`.
+    Sglang(SglangServer),
+    /// `/pause?mode=abort` and `/resume`.
+    Vllm(OpenAiCompletionsServer),
+}
+
+impl PausableServer {
+    async fn pause(&self) -> std::result::Result<(), RolloutError> {
+        match self {
+            PausableServer::Sglang(s) => s.pause_generation().await,
+            PausableServer::Vllm(s) => s.pause_generation().await,
+        }
+    }
+
+    async fn resume(&self) -> std::result::Result<(), RolloutError> {
+        match self {
+            PausableServer::Sglang(s) => s.continue_generation().await,
+            PausableServer::Vllm(s) => s.resume_generation().await,
+        }
+    }
 }
 
 impl WeightSync {
@@ -62,12 +90,22 @@ impl WeightSync {
         })
     }
 
-    /// Servers reached at `urls` that receive weights by broadcast from the learner.
-    pub fn distributed(urls: &[String], pool: Arc<ServerPool>, timeout: Duration) -> Result<Self> {
-        let servers = urls
-            .iter()
-            .map(|u| SglangServer::new(u, timeout))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+    /// Servers reached at `urls` that receive weights by broadcast from the learner; `vllm`:
+    /// vLLM servers serving `model` (else SGLang's protocol).
+    pub fn distributed(
+        urls: &[String],
+        vllm: Option<&str>,
+        pool: Arc<ServerPool>,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let servers =
+            urls.iter()
+                .map(|u| match vllm {
+                    Some(model) => OpenAiCompletionsServer::new(u, model, None, timeout)
+                        .map(PausableServer::Vllm),
+                    None => SglangServer::new(u, timeout).map(PausableServer::Sglang),
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()?;
         Ok(WeightSync::Distributed { servers, pool })
     }
 
@@ -96,9 +134,10 @@ impl WeightSync {
                 keep,
             } => {
                 let path = write_version(learner, dir, version)?;
-                push_to_servers(servers, &path, version).await?;
-                pool.set_version(version);
+                let pushed = push_to_servers(servers, pool, &path, version).await;
                 prune_versions(dir, *keep);
+                pushed?;
+                pool.set_version(version);
             }
             WeightSync::Distributed { servers, pool } => {
                 broadcast_to_servers(servers, learner, version).await?;
@@ -146,13 +185,23 @@ fn write_version(learner: &mut dyn PolicyLearner, dir: &Path, version: u64) -> R
     Ok(path)
 }
 
-async fn push_to_servers(servers: &[SglangServer], path: &Path, version: u64) -> Result<()> {
+/// Loads `path` into every server; each server that loaded it is tagged `version` in the pool
+/// at once, so a server that failed keeps its old tag while the others move on.
+async fn push_to_servers(
+    servers: &[SglangServer],
+    pool: &ServerPool,
+    path: &Path,
+    version: u64,
+) -> Result<()> {
     let path_str = path.to_string_lossy().to_string();
     let updates = servers.iter().map(|s| {
         let path_str = path_str.clone();
         async move {
             s.pause_generation().await?;
             let loaded = s.update_weights_from_disk(&path_str, Some(version)).await;
+            if loaded.is_ok() {
+                pool.set_server_version(s.address(), version);
+            }
             // Continue even after a failed load: the server keeps serving its old weights.
             let resumed = s.continue_generation().await;
             loaded.and(resumed)
@@ -176,11 +225,11 @@ async fn push_to_servers(servers: &[SglangServer], path: &Path, version: u64) ->
 /// Pauses every server, has the learner broadcast its weights, and continues every server
 /// (also after a failure: they keep serving their old weights).
 async fn broadcast_to_servers(
-    servers: &[SglangServer],
+    servers: &[PausableServer],
     learner: &mut dyn PolicyLearner,
     version: u64,
 ) -> Result<()> {
-    let paused = futures::future::join_all(servers.iter().map(|s| s.pause_generation())).await;
+    let paused = futures::future::join_all(servers.iter().map(|s| s.pause())).await;
     let pushed = match paused.into_iter().find_map(|r| r.err()) {
         Some(e) => Err(TrainError::WeightSync {
             target: "a server".into(),
@@ -188,7 +237,7 @@ async fn broadcast_to_servers(
         }),
         None => learner.push_weights(version),
     };
-    let resumed = futures::future::join_all(servers.iter().map(|s| s.continue_generation())).await;
+    let resumed = futures::future::join_all(servers.iter().map(|s| s.resume())).await;
     pushed?;
     match resumed.into_iter().find_map(|r| r.err()) {
         Some(e) => Err(TrainError::WeightSync {

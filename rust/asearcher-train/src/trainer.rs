@@ -208,6 +208,7 @@ impl Trainer {
             Tokenizer::from_dir(cfg.tokenizer_dir())
                 .map_err(|e| TrainError::config("model.tokenizer", e.to_string()))?,
         );
+        let questions = read_questions(&cfg.data.train)?;
         let fields = crate::fingerprint::train_fingerprint(&cfg, toolbox.as_ref())?;
         let resume = crate::fingerprint::check(&cfg, &fields)?;
         std::fs::create_dir_all(&out_dir).map_err(|e| TrainError::io(&out_dir, e))?;
@@ -233,7 +234,7 @@ impl Trainer {
             rt.block_on(start_inference(&cfg, learner.as_mut(), step))?;
         let engine = {
             let _enter = rt.enter();
-            start_engine(&cfg, &parts, backend, tokenizer, snapshot, step)?
+            start_engine(&cfg, &parts, questions, backend, tokenizer, snapshot, step)?
         };
         let out = Outputs::open(&out_dir, step)?;
         write_json(&out_dir.join("config.json"), &cfg)?;
@@ -567,12 +568,16 @@ async fn start_inference(
             let backend = Arc::new(EmbeddedBackend::new(handle.clone()));
             Ok((backend, sync, Some(handle)))
         }
-        InferenceBackend::Sglang => {
+        InferenceBackend::Sglang | InferenceBackend::Vllm => {
             let pool_cfg = PoolConfig {
                 request_timeout_secs: inf.timeout_s,
                 ..PoolConfig::default()
             };
-            let pool = Arc::new(ServerPool::sglang(&inf.servers, pool_cfg)?);
+            let vllm_model = cfg.vllm_model();
+            let pool = Arc::new(match &vllm_model {
+                Some(model) => ServerPool::openai(&inf.servers, model, None, pool_cfg)?,
+                None => ServerPool::sglang(&inf.servers, pool_cfg)?,
+            });
             pool.set_version(step);
             let dir = inf
                 .weights_dir
@@ -583,9 +588,12 @@ async fn start_inference(
                 WeightSyncMode::Disk => {
                     WeightSync::servers(&inf.servers, pool.clone(), dir, inf.keep_weights, timeout)?
                 }
-                WeightSyncMode::Distributed => {
-                    WeightSync::distributed(&inf.servers, pool.clone(), timeout)?
-                }
+                WeightSyncMode::Distributed => WeightSync::distributed(
+                    &inf.servers,
+                    vllm_model.as_deref(),
+                    pool.clone(),
+                    timeout,
+                )?,
             };
             if step > 0 {
                 sync.push(learner, step).await?;
@@ -625,18 +633,12 @@ fn agent_factory(cfg: &TrainConfig, tokenizer: Arc<Tokenizer>) -> AgentFactory {
 fn start_engine(
     cfg: &TrainConfig,
     parts: &TrainParts,
+    questions: Vec<Question>,
     backend: Arc<dyn LlmBackend>,
     tokenizer: Arc<Tokenizer>,
     snapshot: Option<EngineSnapshot>,
     step: u64,
 ) -> Result<RolloutEngine> {
-    let questions = read_questions(&cfg.data.train)?;
-    if questions.is_empty() {
-        return Err(TrainError::config(
-            "data.train",
-            format!("{} has no questions", cfg.data.train.display()),
-        ));
-    }
     let shuffle = cfg.data.shuffle.then_some(cfg.run.seed);
     let source = QuestionSource::epochs(questions, Some(cfg.data.epochs), shuffle);
     let scorer: Arc<dyn Scorer> = match &parts.scorer {

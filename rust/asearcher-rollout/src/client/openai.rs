@@ -1,6 +1,7 @@
 //! OpenAI-compatible protocol (vLLM and others): [`OpenAiCompletionsServer`] generates from
 //! token ids over `POST /v1/completions` (the token ids of the output come back through vLLM's
-//! `return_tokens_as_token_ids`), and [`ChatClient`] speaks `POST /v1/chat/completions` for
+//! `return_tokens_as_token_ids`; vLLM's `/pause` and `/resume` bracket weight updates), and
+//! [`ChatClient`] speaks `POST /v1/chat/completions` for
 //! judges and chat-API agents, with bounded retries. API keys come from environment variables,
 //! go out as `Authorization: Bearer`, and are never logged or shown by `Debug`.
 
@@ -34,6 +35,22 @@ impl OpenAiCompletionsServer {
             http: Endpoint::new(address, timeout, key)?,
             model: model.to_string(),
         })
+    }
+}
+
+impl OpenAiCompletionsServer {
+    /// vLLM's RL control: `POST /pause?mode=abort` stops the scheduler and ends in-flight
+    /// requests as `abort` with what they produced (the pool re-sends them after `/resume`).
+    pub async fn pause_generation(&self) -> Result<()> {
+        self.http
+            .post("/pause?mode=abort", &json!({}))
+            .await
+            .map(drop)
+    }
+
+    /// vLLM's RL control: `POST /resume` restarts the scheduler after `/pause`.
+    pub async fn resume_generation(&self) -> Result<()> {
+        self.http.post("/resume", &json!({})).await.map(drop)
     }
 }
 

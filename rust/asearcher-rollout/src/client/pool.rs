@@ -143,6 +143,10 @@ struct Slot {
     /// Milliseconds since the pool's epoch until which the server gets no requests; 0: healthy.
     unhealthy_until_ms: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// The policy version this server serves, as far as the pool knows: set by weight syncs
+    /// (per server, so a server that failed an update keeps its old tag) and raised by the
+    /// versions the server reports.
+    version: AtomicU64,
 }
 
 impl Slot {
@@ -386,6 +390,7 @@ impl ServerPool {
             tokens: AtomicU64::new(0),
             unhealthy_until_ms: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            version: AtomicU64::new(self.inner.version.load(Ordering::Relaxed)),
         });
         let mut slots = self.inner.slots.write().unwrap_or_else(|p| p.into_inner());
         let mut v: Vec<_> = slots.iter().cloned().collect();
@@ -415,9 +420,39 @@ impl ServerPool {
             .collect()
     }
 
-    /// Sets the policy version given to tokens that no server reports a version for.
+    /// Sets the policy version of every server (and of servers added later), given to tokens
+    /// that no server reports a version for.
     pub fn set_version(&self, version: u64) {
         self.inner.version.store(version, Ordering::Relaxed);
+        for slot in self.inner.snapshot().iter() {
+            slot.version.store(version, Ordering::Relaxed);
+        }
+    }
+
+    /// Sets the policy version of the server at `address` alone (the others took another
+    /// update, or failed it); false if the pool has no such server.
+    pub fn set_server_version(&self, address: &str, version: u64) -> bool {
+        let slots = self.inner.snapshot();
+        let found: Vec<_> = slots
+            .iter()
+            .filter(|s| s.server.address() == address)
+            .collect();
+        for slot in &found {
+            slot.version.store(version, Ordering::Relaxed);
+        }
+        !found.is_empty()
+    }
+
+    /// The policy version each server serves, as far as the pool knows, by address.
+    pub fn server_versions(&self) -> Vec<(String, u64)> {
+        self.inner
+            .snapshot()
+            .iter()
+            .map(|s| {
+                let v = s.version.load(Ordering::Relaxed);
+                (s.server.address().to_string(), v)
+            })
+            .collect()
     }
 
     /// Per-server counters.
@@ -669,21 +704,32 @@ impl Inner {
     }
 
     /// The version of every token of `raw`: the server's per-token versions, else its weight
-    /// version, else the pool's. Raises the pool's version to what the server reports.
-    fn token_versions(&self, raw: &RawOutput) -> Vec<u64> {
+    /// version, else the version the pool knows that server serves. Raises that server's
+    /// version to what it reports.
+    fn token_versions(&self, slot: &Slot, raw: &RawOutput) -> Vec<u64> {
         let reported = raw
             .versions
             .as_ref()
             .and_then(|v| v.iter().max().copied())
             .or(raw.weight_version);
         if let Some(v) = reported {
-            self.version.fetch_max(v, Ordering::Relaxed);
+            slot.version.fetch_max(v, Ordering::Relaxed);
         }
         match (&raw.versions, raw.weight_version) {
             (Some(v), _) => v.clone(),
             (None, Some(w)) => vec![w; raw.output_ids.len()],
-            (None, None) => vec![self.version.load(Ordering::Relaxed); raw.output_ids.len()],
+            (None, None) => vec![slot.version.load(Ordering::Relaxed); raw.output_ids.len()],
         }
+    }
+
+    /// The oldest version any server serves (the pool's own when it has no server).
+    fn min_version(&self) -> u64 {
+        let slots = self.snapshot();
+        slots
+            .iter()
+            .map(|s| s.version.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or_else(|| self.version.load(Ordering::Relaxed))
     }
 }
 
@@ -756,7 +802,7 @@ impl LlmBackend for ServerPool {
         loop {
             let (raw, slot) = inner.call(&part).await?;
             let produced = raw.output_ids.len();
-            let versions = inner.token_versions(&raw);
+            let versions = inner.token_versions(&slot, &raw);
             append(&mut out, raw, versions, slot.server.address());
             if out.finish != FinishReason::Abort {
                 return Ok(out);
@@ -788,8 +834,10 @@ impl LlmBackend for ServerPool {
         self.inner.affinity.remove(&affinity);
     }
 
+    /// The oldest version any server serves: tokens of unknown origin are never tagged newer
+    /// than they may be.
     fn version(&self) -> u64 {
-        self.inner.version.load(Ordering::Relaxed)
+        self.inner.min_version()
     }
 
     /// The first server's answer that can be read: every server of a pool serves one model.

@@ -900,6 +900,43 @@ async fn resends_are_bounded_and_versions_fall_back() {
 }
 
 #[tokio::test]
+async fn a_server_that_missed_an_update_keeps_its_old_version() {
+    // Servers that report no version (OpenAI protocol): the pool tags their tokens with the
+    // version it knows each one serves, so a failed update on one server never tags its
+    // tokens newer than they are.
+    let a = MockServer::start(Behaviour::default()).await;
+    let b = MockServer::start(Behaviour::default()).await;
+    let urls = [a.url.clone(), b.url.clone()];
+    let pool = ServerPool::openai(&urls, "m", None, fast_config()).unwrap();
+    pool.set_version(3);
+    assert!(pool.set_server_version(&b.url, 4));
+    assert!(!pool.set_server_version("http://127.0.0.1:1", 4));
+    let mut seen = std::collections::HashMap::new();
+    for i in 0..8 {
+        let out = pool
+            .generate(request(&format!("r{i}"), 1, 8, None))
+            .await
+            .unwrap();
+        seen.insert(out.server.clone(), out.versions.clone());
+    }
+    assert_eq!(seen.get(&a.url), Some(&vec![3; 4]), "{seen:?}");
+    assert_eq!(seen.get(&b.url), Some(&vec![4; 4]), "{seen:?}");
+    assert_eq!(pool.version(), 3, "the oldest version served");
+    assert_eq!(
+        pool.server_versions(),
+        vec![(a.url.clone(), 3), (b.url.clone(), 4)]
+    );
+    // A later sync that reaches every server lines them up again, also servers added later.
+    pool.set_version(5);
+    let c = MockServer::start(Behaviour::default()).await;
+    pool.add_server(Arc::new(
+        OpenAiCompletionsServer::new(&c.url, "m", None, SECS).unwrap(),
+    ));
+    assert!(pool.server_versions().iter().all(|(_, v)| *v == 5));
+    assert_eq!(pool.version(), 5);
+}
+
+#[tokio::test]
 async fn request_timeout_fires_and_aborts_the_request_on_the_server() {
     let mock = MockServer::start(Behaviour {
         delay: Duration::from_secs(5),

@@ -236,10 +236,13 @@ pub fn load_benchmark(cfg: &EvalConfig, name: &str) -> Result<Vec<Question>> {
     let mut seen = HashSet::new();
     for q in &questions {
         if !seen.insert(q.id.as_str()) {
-            return Err(RolloutError::config(
-                "data_dir",
-                format!("{}: question id `{}` occurs twice", path.display(), q.id),
-            ));
+            return Err(RolloutError::BadData {
+                path,
+                message: format!(
+                    "question id `{}` occurs twice (results are saved and resumed by id)",
+                    q.id
+                ),
+            });
         }
     }
     Ok(questions)
