@@ -10,6 +10,9 @@ bf16 safetensors written) in seconds per GB.
     python benches/gpu_fsdp.py --write-docs                  # also updates docs/benchmarks.md
 
 Runs without torchrun (a one-rank group on loopback); needs transformers and the asearcher wheel.
+``--device cpu --size tiny --tokens 256`` runs the same code on the CPU in seconds (the test
+suite does, so the script is known to work before a GPU is at hand; peak memory is then the
+process's peak RSS).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 MARKERS = ("<!-- bench:fsdp-gpu start -->", "<!-- bench:fsdp-gpu end -->")
 
 SIZES = {
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, intermediate_size=128, tie_word_embeddings=True),
     "0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
                  num_key_value_heads=2, intermediate_size=4864, tie_word_embeddings=True),
     "1.5b": dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12,
@@ -38,16 +43,36 @@ SIZES = {
 VOCAB = 151_936
 
 
-def write_model(directory: Path, size: str) -> Path:
+def write_model(directory: Path, size: str, device: torch.device) -> Path:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     config = Qwen2Config(vocab_size=VOCAB, max_position_embeddings=40_960, **SIZES[size])
-    with torch.device("cuda"):
+    with device:
         model = Qwen2ForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(directory)
     del model
-    torch.cuda.empty_cache()
+    _empty_cache(device)
     return directory
+
+
+def _empty_cache(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _peak_gib(device: torch.device) -> float:
+    """Peak CUDA memory allocated, or on the CPU the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def groups_of(tokens: int, seed: int) -> list[list[str]]:
@@ -64,7 +89,7 @@ def groups_of(tokens: int, seed: int) -> list[list[str]]:
     return [trajs]
 
 
-def measure(model_dir: Path, tokens: int, head: str) -> dict:
+def measure(model_dir: Path, tokens: int, head: str, device: torch.device) -> dict:
     from asearcher import _core
     from asearcher.config import LearnerConfig
     from asearcher.distributed import FsdpLearner, plan_ppo_step
@@ -72,26 +97,25 @@ def measure(model_dir: Path, tokens: int, head: str) -> dict:
     cfg = LearnerConfig.from_dict(
         {"schedule": {"lr": 1e-6}, "micro_batch_tokens": tokens, "fsdp": {"timeout_s": 1800.0}}
     ).to_dict()
-    config = {"model": {"path": str(model_dir)}, "learner": cfg}
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    learner = FsdpLearner(config, device=torch.device("cuda", 0), head=head)
+    config = {"model": {"path": str(model_dir), "device": device.type}, "learner": cfg}
+    _empty_cache(device)
+    learner = FsdpLearner(config, device=device, head=head)
     try:
         row: dict = {"tokens": tokens, "head": head}
         for step in range(2):
             groups = [[_core.Trajectory.from_json(t) for t in g] for g in groups_of(tokens, step)]
             plan, _ = plan_ppo_step(groups, 1, cfg, 1)
-            torch.cuda.synchronize()
+            _sync(device)
             started = time.perf_counter()
             stats = learner.ppo_step(plan, 1)
-            torch.cuda.synchronize()
+            _sync(device)
             row["seconds"] = time.perf_counter() - started
         row["trained_tokens"] = 2 * tokens
         row["tokens_per_s"] = 2 * tokens / row["seconds"]
-        row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        row["peak_gib"] = _peak_gib(device)
         row["loss"] = stats["loss"]
         with tempfile.TemporaryDirectory() as out:
-            torch.cuda.synchronize()
+            _sync(device)
             started = time.perf_counter()
             learner.export_hf(out)
             seconds = time.perf_counter() - started
@@ -101,7 +125,7 @@ def measure(model_dir: Path, tokens: int, head: str) -> dict:
         row = {"tokens": tokens, "head": head, "oom": True}
     finally:
         del learner
-        torch.cuda.empty_cache()
+        _empty_cache(device)
     return row
 
 
@@ -129,20 +153,21 @@ def main() -> None:
     ap.add_argument("--heads", default="fused,materialized")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     args = ap.parse_args()
     from asearcher.distributed import init_distributed
 
-    init_distributed("cuda", 1800.0)
+    info = init_distributed(args.device, 1800.0)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        model = write_model(Path(tmp) / "model", args.size)
+        model = write_model(Path(tmp) / "model", args.size, info.device)
         for tokens in (int(t) for t in args.tokens.split(",")):
             for head in args.heads.split(","):
-                rows.append(measure(model, tokens, head))
+                rows.append(measure(model, tokens, head, info.device))
                 print(json.dumps(rows[-1]), flush=True)
     text = table(rows)
     print(text)
-    device = torch.cuda.get_device_name(0)
+    device = torch.cuda.get_device_name(0) if info.device.type == "cuda" else "CPU"
     if args.out:
         args.out.write_text(json.dumps({"device": device, "size": args.size, "rows": rows}))
     if args.write_docs:

@@ -135,7 +135,10 @@ class FsdpLearner:
         self._freeze(model)
         if self.fsdp["activation_checkpointing"]:
             kwargs = {"use_reentrant": False}
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         model.forward = types.MethodType(_head_forward, model)
         mesh = _mesh(self.device, self.world_size)
         policy = MixedPrecisionPolicy(
