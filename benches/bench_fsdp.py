@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+from docs_section import replace_section  # noqa: E402
+
 WORKER = ROOT / "tests" / "distributed" / "ppo_step_worker.py"
 MARKERS = ("<!-- bench:fsdp start -->", "<!-- bench:fsdp end -->")
 ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
@@ -201,10 +202,9 @@ def main() -> None:
 def write_docs(table: str, runs: int) -> None:
     import torch
 
-    start, end = MARKERS
     cpu = platform.processor() or platform.machine()
     block = (
-        f"{start}\n## FSDP2 learner vs the embedded tch learner (CPU, `benches/bench_fsdp.py`)\n\n"
+        "## FSDP2 learner vs the embedded tch learner (CPU, `benches/bench_fsdp.py`)\n\n"
         f"Machine: {os.cpu_count()} cores ({cpu}), torch {torch.__version__}, gloo; "
         f"OMP_NUM_THREADS=1 in every process. {runs} runs per row, each in fresh processes on "
         f"fresh random tokens; one PPO step of {GROUPS * PER_GROUP * LENGTH:,} tokens "
@@ -221,15 +221,8 @@ def write_docs(table: str, runs: int) -> None:
         "2-thread tch row, which uses the same cores in one process. FSDP's purpose is memory "
         "per GPU and many GPUs, which a 2-core CPU cannot show; see `benches/gpu_fsdp.py` and "
         "docs/scale.md.\n"
-        f"{end}"
     )
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text()
-    if start in text:
-        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
+    replace_section(block, MARKERS)
 
 
 if __name__ == "__main__":

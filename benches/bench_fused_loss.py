@@ -19,12 +19,13 @@ import gc
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from docs_section import replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -226,14 +227,8 @@ def write_docs(path: Path, device: str, report: str) -> None:
         f"<!-- bench:fused-loss:{device} start -->",
         f"<!-- bench:fused-loss:{device} end -->",
     )
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
     title = "CPU" if device == "cpu" else "CUDA"
-    block = f"{start}\n## Fused loss kernel ({title})\n\n{report}{NOTES}{end}"
-    if start in text:
-        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
+    replace_section(f"## Fused loss kernel ({title})\n\n{report}{NOTES}", (start, end), path)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import sys
 import tempfile
 import time
@@ -171,22 +170,16 @@ def main() -> None:
     if args.out:
         args.out.write_text(json.dumps({"device": device, "size": args.size, "rows": rows}))
     if args.write_docs:
-        start, end = MARKERS
+        from docs_section import replace_section
+
         block = (
-            f"{start}\n## FSDP2 learner on one GPU (`benches/gpu_fsdp.py`)\n\n"
+            "## FSDP2 learner on one GPU (`benches/gpu_fsdp.py`)\n\n"
             f"{device}, torch {torch.__version__}; Qwen2.5-{args.size}-shaped random model, bf16 "
             "compute, fp32 master weights and AdamW state, activation checkpointing; one "
             "sequence per micro-batch, 2 sequences per step, 7/8 of tokens generated.\n\n"
-            f"{text}\n{end}"
+            f"{text}\n"
         )
-        path = ROOT / "docs" / "benchmarks.md"
-        doc = path.read_text()
-        if start in doc:
-            pattern = re.escape(start) + ".*?" + re.escape(end)
-            doc = re.sub(pattern, lambda _: block, doc, flags=re.S)
-        else:
-            doc = doc.rstrip() + "\n\n" + block + "\n"
-        path.write_text(doc)
+        replace_section(block, MARKERS)
 
 
 if __name__ == "__main__":

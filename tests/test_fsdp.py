@@ -272,6 +272,7 @@ def test_the_cluster_example_is_a_valid_fsdp_config():
 
 def test_fsdp_config_mistakes_are_named(tmp_path):
     import asearcher
+    from asearcher.config import TrainConfig
     from asearcher.exceptions import ConfigError
 
     model = make_tiny_qwen(tmp_path / "model", "qwen2", hidden_size=32, layers=1)
@@ -288,6 +289,14 @@ def test_fsdp_config_mistakes_are_named(tmp_path):
         asearcher.Trainer({**base, "inference": {**servers, "weight_sync": "distributed"}})
     with pytest.raises(ConfigError, match="learner.fsdp.param_dtype"):
         asearcher.Trainer({**base, "learner": {"fsdp": {"param_dtype": "fp8"}}})
+    vllm = {**servers, "backend": "vllm"}
+    with pytest.raises(ConfigError, match="inference.weight_sync") as e:
+        asearcher.Trainer({**fsdp, "inference": vllm})  # vLLM loads no weights from disk
+    assert '"distributed"' in str(e.value) and "--weight-transfer-config" in str(e.value)
+    with pytest.raises(ConfigError, match="inference.served_model"):
+        asearcher.Trainer({**base, "inference": {**servers, "served_model": "m"}})
+    ok = TrainConfig.from_dict({**fsdp, "inference": {**vllm, "weight_sync": "distributed"}})
+    ok.validate()
 
 
 def test_the_gpu_benchmark_runs_on_the_cpu(tmp_path):
