@@ -40,12 +40,13 @@ ensure_torch() {
 
 ensure_python_deps() {
   local stamp="$ASEARCHER_VENV/.asearcher-deps" want
-  want="$(cat "$ASEARCHER_ROOT/scripts/requirements-dev.txt")"
+  want="$(cat "$ASEARCHER_ROOT/scripts/requirements-dev.txt" "$ASEARCHER_ROOT/scripts/requirements-nodeps.txt")"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     return
   fi
-  log "installing Python tools (scripts/requirements-dev.txt)"
+  log "installing Python tools (scripts/requirements-dev.txt, scripts/requirements-nodeps.txt)"
   python -m pip install -q -r "$ASEARCHER_ROOT/scripts/requirements-dev.txt"
+  python -m pip install -q --no-deps -r "$ASEARCHER_ROOT/scripts/requirements-nodeps.txt"
   printf '%s' "$want" > "$stamp"
 }
 

@@ -24,6 +24,7 @@ import torch as _torch  # noqa: F401  (loads libtorch before the native module n
 from . import _core, config
 from ._plugins import reward_plugin
 from .config import EvalConfig, TrainConfig
+from .encoder import Encoder
 from .evaluation import EvalReport, aevaluate, evaluate
 from .exceptions import AsearcherError
 from .generation import GenerationOutput, Generator
@@ -55,6 +56,7 @@ def set_log_level(level: int | str) -> None:
 
 __all__ = [
     "AsearcherError",
+    "Encoder",
     "EvalConfig",
     "EvalReport",
     "FitResult",

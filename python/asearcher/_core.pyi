@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_CUDA_CHUNK_BUDGET_BYTES",
     "DIAGNOSTIC_NAMES",
     "Document",
+    "Encoder",
     "GenerationOutput",
     "Generator",
     "Group",
@@ -106,6 +107,25 @@ class Document:
     def to_dict(self) -> dict[str, Any]: ...
     @property
     def url(self) -> str | None: ...
+
+@final
+class Encoder:
+    """A BERT-family encoder (E5, MiniLM, BGE) loaded from a HF directory."""
+    @property
+    def device(self) -> Any: ...
+    @property
+    def dim(self) -> Any: ...
+    @property
+    def dtype(self) -> Any: ...
+    def encode_into(self, texts: Any, kind: Any, batch_size: Any, out: Any) -> Any:
+        """Encodes `texts` into `out` (`[len(texts), dim]` float32 on the CPU)."""
+    @staticmethod
+    def load(path: Any, device: Any = ..., dtype: Any = ..., options_json: Any = ...) -> Any:
+        """`options_json`: [`EncoderOptions`] as JSON (pooling, normalize, max_length, prefixes)."""
+    def spec_json(self) -> Any:
+        """The resolved spec (pooling, normalize, max_length, prefixes) as JSON."""
+    def tokenize(self, texts: Any, kind: Any) -> Any:
+        """Token ids of each text as the encoder sees it (prefix, truncation, special tokens)."""
 
 @final
 class GenerationOutput:

@@ -5,6 +5,7 @@
 //! Rust work on one shared tokio runtime with the GIL released.
 
 mod config;
+mod encoder;
 mod errors;
 mod eval;
 mod generator;
@@ -33,6 +34,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     server::register(m)?;
     tensors::register(m)?;
     model::register(m)?;
+    encoder::register(m)?;
     kernels::register(m)?;
     model_server::register(m)?;
     generator::register(m)?;

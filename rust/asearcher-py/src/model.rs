@@ -20,7 +20,7 @@ fn bad(name: &str, msg: String) -> TorchError {
 }
 
 /// Copies `value` into the caller's output view after checking its shape.
-fn write_out(out: &TensorView, value: &Tensor) -> asearcher_torch::Result<()> {
+pub(crate) fn write_out(out: &TensorView, value: &Tensor) -> asearcher_torch::Result<()> {
     // SAFETY: the Python caller keeps the output tensor alive for the duration of the call.
     let mut o = unsafe { out.as_tensor()? };
     if o.size() != value.size() {

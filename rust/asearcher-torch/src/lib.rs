@@ -7,6 +7,7 @@
 //! only valid for the duration of the call that received it.
 
 mod advantages;
+pub mod encoder;
 pub mod generate;
 pub mod kernels;
 pub mod model;
