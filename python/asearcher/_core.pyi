@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_CHUNK_BUDGET_BYTES",
     "DEFAULT_CUDA_CHUNK_BUDGET_BYTES",
     "DIAGNOSTIC_NAMES",
+    "DenseSearch",
     "Document",
     "Encoder",
     "GenerationOutput",
@@ -84,6 +85,45 @@ DEFAULT_CHUNK_BUDGET_BYTES: int
 DEFAULT_CUDA_CHUNK_BUDGET_BYTES: int
 
 DIAGNOSTIC_NAMES: list[str]
+
+@disjoint_base
+class DenseSearch:
+    """A dense (embedding) index with its encoder."""
+    def __new__(
+        cls, path: Any, model: Any = ..., device: Any = ..., dtype: Any = ...
+    ) -> DenseSearch: ...
+    def __len__(self, /) -> int: ...
+    def __repr__(self, /) -> str: ...
+    @staticmethod
+    def build_index(
+        corpus: Any,
+        out: Any,
+        model: Any,
+        *,
+        device: Any = ...,
+        dtype: Any = ...,
+        options_json: Any = ...,
+        batch_size: Any = ...,
+        shard_rows: Any = ...,
+        overwrite: Any = ...,
+        on_bad_line: Any = ...,
+        progress: Any = ...,
+    ) -> Any:
+        """Builds (or resumes) the index of `corpus` in `out` with the encoder at `model`
+        (`options_json`: pooling, normalize, max_length, prefixes). `progress(passages)` is
+        called after every batch; an exception from it (or Ctrl-C) stops the build, whose
+        finished shards a later call keeps.
+        """
+    @property
+    def dim(self) -> Any: ...
+    def manifest_json(self) -> Any:
+        """The manifest (`dense.json`) as JSON: model, spec, corpus, shards, build id."""
+    @property
+    def path(self) -> Any: ...
+    def search(self, query: Any, k: Any = ...) -> Any:
+        """The `k` best passages for `query`, best first, with their inner-product scores."""
+    def search_batch(self, queries: Any, k: Any = ...) -> Any:
+        """`search` for many queries in one encoder pass and one matrix product."""
 
 @final
 class Document:

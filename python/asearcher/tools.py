@@ -25,6 +25,94 @@ ToolOutput = _core.ToolOutput
 RetrievalServerHandle = _core.RetrievalServerHandle
 
 
+class DenseSearch(_core.DenseSearch):
+    """A dense (embedding) index: passages encoded by a BERT-family encoder (E5, MiniLM, BGE),
+    searched exactly by inner product. ``DenseSearch(path)`` opens an index built by
+    :meth:`build` with the encoder it was built with (``model=`` when that directory moved);
+    use it wherever ``LocalSearch`` goes (``Toolbox(DenseSearch(...))``)."""
+
+    @classmethod
+    def build(
+        cls,
+        corpus: str | os.PathLike[str],
+        out: str | os.PathLike[str],
+        model: str | os.PathLike[str],
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
+        pooling: str | None = None,
+        normalize: bool | None = None,
+        max_length: int | None = None,
+        query_prefix: str | None = None,
+        passage_prefix: str | None = None,
+        batch_size: int = 64,
+        shard_rows: int = 16_384,
+        overwrite: bool = False,
+        on_bad_line: str = "error",
+        progress: bool | Callable[[int], object] = True,
+    ) -> DenseSearch:
+        """Encodes every passage of a jsonl corpus (``"Title"\ntext``, with the passage
+        prefix) into ``out``, in shards of ``shard_rows``; a build that was stopped (Ctrl-C,
+        kill) resumes after its last finished shard when called again with the same corpus and
+        encoder. Refuses a changed corpus or another encoder unless ``overwrite``. The encoder
+        options (``pooling``, prefixes, ...) override the model directory's own spec and are
+        recorded in the index."""
+        import json
+
+        options = {
+            "pooling": pooling,
+            "normalize": normalize,
+            "max_length": max_length,
+            "query_prefix": query_prefix,
+            "passage_prefix": passage_prefix,
+        }
+        kwargs: dict[str, Any] = dict(
+            device=device,
+            dtype=dtype,
+            options_json=json.dumps({k: v for k, v in options.items() if v is not None}),
+            batch_size=batch_size,
+            shard_rows=shard_rows,
+            overwrite=overwrite,
+            on_bad_line=on_bad_line,
+        )
+        if callable(progress):
+            stats = cls.build_index(corpus, out, model, progress=progress, **kwargs)
+        elif progress:
+            with progress_bar(desc="encoding passages", unit="passage") as bar:
+
+                def report(rows: int) -> None:
+                    bar.update(rows - bar.n)
+
+                stats = cls.build_index(corpus, out, model, progress=report, **kwargs)
+        else:
+            stats = cls.build_index(corpus, out, model, **kwargs)
+        if stats["skipped_lines"]:
+            import logging
+
+            logging.getLogger("asearcher").warning(
+                "skipped %d malformed lines of %s", stats["skipped_lines"], corpus
+            )
+        index = cls(out, device=device, dtype=dtype)
+        index.last_build = stats
+        return index
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        model: str | os.PathLike[str] | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+    ) -> None:
+        self.last_build: dict | None = None
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """``dense.json``: the encoder (weights hash, spec), the corpus (hash), the shards."""
+        import json
+
+        return dict(json.loads(self.manifest_json()))
+
+
 class LocalSearch(_core.LocalSearch):
     """The embedded BM25 index. ``LocalSearch(path)`` opens an index built by :meth:`build`."""
 
@@ -91,6 +179,7 @@ def start_retrieval_server(
 
 
 __all__ = [
+    "DenseSearch",
     "Document",
     "LocalSearch",
     "Page",

@@ -5,6 +5,7 @@
 //! Rust work on one shared tokio runtime with the GIL released.
 
 mod config;
+mod dense;
 mod encoder;
 mod errors;
 mod eval;
@@ -35,6 +36,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     tensors::register(m)?;
     model::register(m)?;
     encoder::register(m)?;
+    dense::register(m)?;
     kernels::register(m)?;
     model_server::register(m)?;
     generator::register(m)?;

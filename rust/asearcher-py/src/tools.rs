@@ -144,7 +144,7 @@ fn docs(v: Vec<t::Document>) -> Vec<PyDocument> {
     v.into_iter().map(PyDocument::from).collect()
 }
 
-fn parse_bad_line_policy(s: &str) -> PyResult<t::BadLinePolicy> {
+pub(crate) fn parse_bad_line_policy(s: &str) -> PyResult<t::BadLinePolicy> {
     match s {
         "error" => Ok(t::BadLinePolicy::Error),
         "skip" => Ok(t::BadLinePolicy::Skip),
@@ -642,10 +642,13 @@ fn search_backend(obj: &Bound<'_, PyAny>) -> PyResult<Arc<dyn t::SearchBackend>>
     if let Ok(w) = obj.cast::<PyWebSearch>() {
         return Ok(Arc::new(w.get().inner.clone()));
     }
+    if let Ok(d) = obj.cast::<crate::dense::PyDenseSearch>() {
+        return Ok(Arc::new(d.get().inner.clone()));
+    }
     Err(config_err(
         "search",
         format!(
-            "expected LocalSearch, RetrievalClient or WebSearch, got {}",
+            "expected LocalSearch, DenseSearch, RetrievalClient or WebSearch, got {}",
             obj.get_type().name()?
         ),
     ))

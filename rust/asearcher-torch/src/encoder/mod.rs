@@ -2,9 +2,11 @@
 //! directories, pooled and normalised as sentence-transformers does ([`BertEncoder`]).
 
 mod bert;
+mod init;
 mod spec;
 #[cfg(test)]
 mod tests;
 
 pub use bert::{BertEncoder, TextKind};
+pub use init::write_random_bert;
 pub use spec::{BertConfig, EncoderOptions, EncoderSpec, Pooling};

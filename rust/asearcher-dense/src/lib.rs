@@ -1,0 +1,39 @@
+//! Dense retrieval: an on-disk vector index of a corpus, encoded by a BERT-family encoder
+//! (`asearcher_torch::encoder`), built in shards that a killed build resumes
+//! ([`build::build_index`]), and searched exactly by chunked matrix products and top-k
+//! ([`search::DenseIndex`], which is a `SearchBackend` for the agents' toolbox).
+
+pub mod build;
+pub mod manifest;
+pub mod search;
+#[cfg(test)]
+mod tests;
+
+pub use build::{build_index, BuildOptions, BuildStats};
+pub use manifest::Manifest;
+pub use search::DenseIndex;
+
+/// Errors of the dense index: the tools' (index, corpus, I/O) and the encoder's.
+#[derive(Debug, thiserror::Error)]
+pub enum DenseError {
+    #[error(transparent)]
+    Tool(#[from] asearcher_tools::ToolError),
+    #[error(transparent)]
+    Torch(#[from] asearcher_torch::TorchError),
+}
+
+impl From<tch::TchError> for DenseError {
+    fn from(e: tch::TchError) -> Self {
+        DenseError::Torch(e.into())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, DenseError>;
+
+/// An index error naming the directory.
+pub(crate) fn index_err(path: &std::path::Path, msg: impl Into<String>) -> DenseError {
+    DenseError::Tool(asearcher_tools::ToolError::Index {
+        path: path.to_path_buf(),
+        msg: msg.into(),
+    })
+}

@@ -1,0 +1,192 @@
+use super::*;
+use asearcher_tools::ToolError;
+use asearcher_torch::encoder::{write_random_bert, BertEncoder, EncoderOptions, Pooling};
+use std::path::Path;
+use tch::{Device, Kind};
+
+const WORDS: [&str; 8] = ["the", "glass", "works", "old", "city", "a", "of", "citys"];
+
+fn corpus(path: &Path, n: usize) {
+    let mut lines = String::new();
+    for i in 0..n {
+        let words: Vec<&str> = (0..4).map(|j| WORDS[(i * 7 + j * 3 + i / 5) % 8]).collect();
+        let line = serde_json::json!({
+            "id": format!("d{i}"), "contents": format!("\"T{i}\"\n{}", words.join(" ")),
+        });
+        lines.push_str(&line.to_string());
+        lines.push('\n');
+    }
+    std::fs::write(path, lines).unwrap();
+}
+
+fn encoder(dir: &Path) -> BertEncoder {
+    BertEncoder::load(dir, Device::Cpu, Kind::Float, &EncoderOptions::default()).unwrap()
+}
+
+fn options(shard_rows: usize) -> BuildOptions {
+    BuildOptions {
+        shard_rows,
+        batch_size: 4,
+        ..BuildOptions::default()
+    }
+}
+
+#[test]
+fn exact_search_equals_brute_force_and_returns_documents() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("bert");
+    write_random_bert(&model, Pooling::Mean, 3).unwrap();
+    let corpus_path = tmp.path().join("corpus.jsonl");
+    corpus(&corpus_path, 23);
+    let out = tmp.path().join("index");
+    let stats = build_index(
+        &corpus_path,
+        &out,
+        &encoder(&model),
+        &options(5),
+        &mut |_| Ok(()),
+    )
+    .unwrap();
+    assert_eq!((stats.rows, stats.shards, stats.encoded_rows), (23, 5, 23));
+    let index = DenseIndex::open(&out, encoder(&model)).unwrap();
+    let queries = vec!["old glass works".to_string(), "city".to_string()];
+    let q = index.encode_queries(&queries).unwrap();
+    let hits = index.search_vectors(&q, 6).unwrap();
+    // Brute force over the passages encoded afresh.
+    let texts: Vec<String> = (0..23)
+        .map(|i| index.document(i).unwrap().contents())
+        .collect();
+    let all = encoder(&model)
+        .encode(
+            &texts,
+            asearcher_torch::encoder::TextKind::Passage,
+            8,
+            &mut |_| Ok(()),
+        )
+        .unwrap();
+    let scores = q.matmul(&all.tr());
+    for (r, row_hits) in hits.iter().enumerate() {
+        assert_eq!(row_hits.len(), 6);
+        for (row, score) in row_hits {
+            let want = scores.double_value(&[r as i64, *row as i64]) as f32;
+            assert!((want - score).abs() < 1e-5, "{want} vs {score}");
+        }
+        let (best, _) = scores.get(r as i64).max_dim(0, false);
+        assert!((row_hits[0].1 - best.double_value(&[]) as f32).abs() < 1e-5);
+        assert!(row_hits.windows(2).all(|w| w[0].1 >= w[1].1), "best first");
+    }
+    let docs = index.search_batch_blocking(&queries, 3).unwrap();
+    assert_eq!(docs[0][0].id, format!("d{}", hits[0][0].0));
+    assert!(docs[0][0].title.starts_with('T') && docs[0][0].score.is_some());
+    assert!(asearcher_tools::SearchBackend::name(&index).starts_with("local:dense:"));
+}
+
+#[test]
+fn a_killed_build_resumes_after_its_finished_shards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("bert");
+    write_random_bert(&model, Pooling::Mean, 3).unwrap();
+    let corpus_path = tmp.path().join("corpus.jsonl");
+    corpus(&corpus_path, 20);
+    let out = tmp.path().join("index");
+    // Stop after the second shard (as a kill would, between shards).
+    let err = build_index(
+        &corpus_path,
+        &out,
+        &encoder(&model),
+        &options(4),
+        &mut |n| {
+            if n > 8 {
+                Err(ToolError::Cancelled {
+                    what: "build".into(),
+                }
+                .into())
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, DenseError::Tool(ToolError::Cancelled { .. })),
+        "{err}"
+    );
+    let partial = Manifest::read(&out).unwrap().unwrap();
+    assert_eq!((partial.shards.len(), partial.complete), (2, false));
+    let refused = DenseIndex::open(&out, encoder(&model)).unwrap_err();
+    assert!(
+        refused.to_string().contains("has not finished"),
+        "{refused}"
+    );
+    let stats = build_index(
+        &corpus_path,
+        &out,
+        &encoder(&model),
+        &options(4),
+        &mut |_| Ok(()),
+    )
+    .unwrap();
+    assert_eq!(
+        (stats.resumed_shards, stats.encoded_rows, stats.rows),
+        (2, 12, 20)
+    );
+    // The same vectors as a build in one go.
+    let fresh = tmp.path().join("fresh");
+    build_index(
+        &corpus_path,
+        &fresh,
+        &encoder(&model),
+        &options(4),
+        &mut |_| Ok(()),
+    )
+    .unwrap();
+    let a = Manifest::read(&out).unwrap().unwrap();
+    let b = Manifest::read(&fresh).unwrap().unwrap();
+    assert_eq!(a.build_id, b.build_id);
+    let again = build_index(
+        &corpus_path,
+        &out,
+        &encoder(&model),
+        &options(4),
+        &mut |_| Ok(()),
+    )
+    .unwrap();
+    assert_eq!(again.encoded_rows, 0, "a finished index is not rebuilt");
+}
+
+#[test]
+fn another_encoder_or_a_changed_corpus_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (m1, m2) = (tmp.path().join("a"), tmp.path().join("b"));
+    write_random_bert(&m1, Pooling::Mean, 1).unwrap();
+    write_random_bert(&m2, Pooling::Mean, 2).unwrap();
+    let corpus_path = tmp.path().join("corpus.jsonl");
+    corpus(&corpus_path, 6);
+    let out = tmp.path().join("index");
+    build_index(&corpus_path, &out, &encoder(&m1), &options(4), &mut |_| {
+        Ok(())
+    })
+    .unwrap();
+    let err = DenseIndex::open(&out, encoder(&m2)).unwrap_err();
+    assert!(
+        err.to_string().contains("query vectors would not match"),
+        "{err}"
+    );
+    corpus(&corpus_path, 7);
+    let err = build_index(&corpus_path, &out, &encoder(&m1), &options(4), &mut |_| {
+        Ok(())
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("the corpus changed"), "{err}");
+    let over = BuildOptions {
+        overwrite: true,
+        ..options(4)
+    };
+    let stats = build_index(&corpus_path, &out, &encoder(&m1), &over, &mut |_| Ok(())).unwrap();
+    assert_eq!(stats.rows, 7);
+    let missing = DenseIndex::open(tmp.path(), encoder(&m1)).unwrap_err();
+    assert!(
+        missing.to_string().contains("not a dense index"),
+        "{missing}"
+    );
+}

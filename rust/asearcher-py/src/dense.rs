@@ -1,0 +1,193 @@
+//! Python class of the dense index (`asearcher.tools.DenseSearch`'s native half): build
+//! (resumable, progress and Ctrl-C through a callback) and open with the index's encoder,
+//! search (sync, batched), documents with scores.
+
+use crate::errors::{config_err, tool_err, torch_err};
+use crate::tools::{parse_bad_line_policy, PyDocument};
+use asearcher_dense::{build_index, BuildOptions, DenseError, DenseIndex, Manifest};
+use asearcher_torch::encoder::{BertEncoder, EncoderOptions};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use std::path::{Path, PathBuf};
+
+fn dense_err(e: DenseError) -> PyErr {
+    match e {
+        DenseError::Tool(t) => tool_err(t),
+        DenseError::Torch(t) => torch_err(t),
+    }
+}
+
+fn load_encoder(
+    path: &Path,
+    device: &str,
+    dtype: &str,
+    options: &EncoderOptions,
+) -> Result<BertEncoder, PyErr> {
+    let device = asearcher_torch::parse_device(device).map_err(torch_err)?;
+    let kind = asearcher_torch::parse_dtype(dtype).map_err(torch_err)?;
+    BertEncoder::load(path, device, kind, options).map_err(torch_err)
+}
+
+/// A dense (embedding) index with its encoder.
+#[pyclass(name = "DenseSearch", module = "asearcher._core", subclass, frozen)]
+pub struct PyDenseSearch {
+    pub(crate) inner: DenseIndex,
+}
+
+#[pymethods]
+impl PyDenseSearch {
+    /// Opens `path`; the encoder is `model` (default: the directory the index was built
+    /// with) with the index's spec (pooling, prefixes, limits).
+    #[new]
+    #[pyo3(signature = (path, model = None, device = "cpu", dtype = "float32"))]
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        model: Option<PathBuf>,
+        device: &str,
+        dtype: &str,
+    ) -> PyResult<Self> {
+        let inner = py.detach(|| {
+            let manifest = Manifest::read(&path).map_err(dense_err)?.ok_or_else(|| {
+                tool_err(asearcher_tools::ToolError::Index {
+                    path: path.clone(),
+                    msg: "no dense.json: not a dense index (build one first)".into(),
+                })
+            })?;
+            let spec = &manifest.model.spec;
+            let options = EncoderOptions {
+                pooling: Some(spec.pooling),
+                normalize: Some(spec.normalize),
+                max_length: Some(spec.max_length),
+                query_prefix: Some(spec.query_prefix.clone()),
+                passage_prefix: Some(spec.passage_prefix.clone()),
+            };
+            let model = model.unwrap_or_else(|| PathBuf::from(&manifest.model.dir));
+            let encoder = load_encoder(&model, device, dtype, &options)?;
+            DenseIndex::open(&path, encoder).map_err(dense_err)
+        })?;
+        Ok(PyDenseSearch { inner })
+    }
+
+    /// Builds (or resumes) the index of `corpus` in `out` with the encoder at `model`
+    /// (`options_json`: pooling, normalize, max_length, prefixes). `progress(passages)` is
+    /// called after every batch; an exception from it (or Ctrl-C) stops the build, whose
+    /// finished shards a later call keeps.
+    #[staticmethod]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (corpus, out, model, *, device = "cpu", dtype = "float32",
+        options_json = "{}", batch_size = 64, shard_rows = 16384, overwrite = false,
+        on_bad_line = "error", progress = None))]
+    fn build_index<'py>(
+        py: Python<'py>,
+        corpus: PathBuf,
+        out: PathBuf,
+        model: PathBuf,
+        device: &str,
+        dtype: &str,
+        options_json: &str,
+        batch_size: usize,
+        shard_rows: usize,
+        overwrite: bool,
+        on_bad_line: &str,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let options: EncoderOptions =
+            serde_json::from_str(options_json).map_err(|e| config_err("options", e.to_string()))?;
+        let build = BuildOptions {
+            shard_rows,
+            batch_size,
+            overwrite,
+            on_bad_line: parse_bad_line_policy(on_bad_line)?,
+        };
+        let mut callback_error: Option<PyErr> = None;
+        let result = py.detach(|| {
+            let encoder = load_encoder(&model, device, dtype, &options)?;
+            let mut report = |rows: usize| {
+                Python::attach(|py| {
+                    let outcome = py.check_signals().and_then(|_| match &progress {
+                        Some(cb) => cb.call1(py, (rows,)).map(|_| ()),
+                        None => Ok(()),
+                    });
+                    outcome.map_err(|e| {
+                        callback_error = Some(e);
+                        asearcher_tools::ToolError::Cancelled {
+                            what: "dense index build".into(),
+                        }
+                        .into()
+                    })
+                })
+            };
+            build_index(&corpus, &out, &encoder, &build, &mut report).map_err(dense_err)
+        });
+        let stats = match (result, callback_error) {
+            (Err(_), Some(py_err)) => return Err(py_err),
+            (r, _) => r?,
+        };
+        let d = PyDict::new(py);
+        d.set_item("rows", stats.rows)?;
+        d.set_item("shards", stats.shards)?;
+        d.set_item("resumed_shards", stats.resumed_shards)?;
+        d.set_item("encoded_rows", stats.encoded_rows)?;
+        d.set_item("skipped_lines", stats.skipped_lines)?;
+        d.set_item("seconds", stats.seconds)?;
+        d.set_item("build_id", stats.build_id)?;
+        Ok(d)
+    }
+
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.inner.dir().to_path_buf()
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.rows()
+    }
+
+    #[getter]
+    fn dim(&self) -> i64 {
+        self.inner.dim()
+    }
+
+    /// The manifest (`dense.json`) as JSON: model, spec, corpus, shards, build id.
+    fn manifest_json(&self) -> String {
+        serde_json::to_string(self.inner.manifest()).expect("a manifest serialises")
+    }
+
+    /// The `k` best passages for `query`, best first, with their inner-product scores.
+    #[pyo3(signature = (query, k = 5))]
+    fn search(&self, py: Python<'_>, query: String, k: usize) -> PyResult<Vec<PyDocument>> {
+        let mut found = self.search_batch(py, vec![query], k)?;
+        Ok(found.pop().unwrap_or_default())
+    }
+
+    /// `search` for many queries in one encoder pass and one matrix product.
+    #[pyo3(signature = (queries, k = 5))]
+    fn search_batch(
+        &self,
+        py: Python<'_>,
+        queries: Vec<String>,
+        k: usize,
+    ) -> PyResult<Vec<Vec<PyDocument>>> {
+        let found = py
+            .detach(|| self.inner.search_batch_blocking(&queries, k))
+            .map_err(dense_err)?;
+        Ok(found
+            .into_iter()
+            .map(|docs| docs.into_iter().map(PyDocument::from).collect())
+            .collect())
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "DenseSearch({:?}, {} passages, dim {})",
+            self.inner.dir().display(),
+            self.inner.rows(),
+            self.inner.dim()
+        )
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyDenseSearch>()
+}

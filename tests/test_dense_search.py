@@ -1,0 +1,105 @@
+"""Dense retrieval end to end: an index of the sample corpus built with the real
+all-MiniLM-L6-v2 encoder, exact search equal to faiss-cpu's IndexFlatIP on the same vectors,
+the index as the agents' search tool, a build stopped half-way and resumed, and the errors of
+a changed corpus or another encoder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import asearcher
+import pytest
+import torch
+from asearcher.data import sample_corpus_path, sample_questions_path
+from asearcher.exceptions import SearchIndexError
+from asearcher.tools import DenseSearch, Toolbox
+from tiny_models import make_tiny_bert
+
+
+@pytest.fixture(scope="module")
+def dense(minilm: Path, tmp_path_factory: pytest.TempPathFactory) -> DenseSearch:
+    out = tmp_path_factory.mktemp("dense") / "index"
+    return DenseSearch.build(sample_corpus_path(), out, minilm, shard_rows=64, progress=False)
+
+
+def _vectors(index: DenseSearch) -> torch.Tensor:
+    parts = []
+    for shard in index.manifest["shards"]:
+        raw = (index.path / shard["vectors"]).read_bytes()
+        parts.append(torch.frombuffer(bytearray(raw), dtype=torch.float32).view(-1, index.dim))
+    return torch.cat(parts)
+
+
+def test_exact_search_equals_faiss_flat_ip(dense: DenseSearch, minilm: Path):
+    faiss = pytest.importorskip("faiss")
+    corpus = sample_corpus_path().read_text().splitlines()
+    assert len(dense) == len([line for line in corpus if line.strip()])
+    assert dense.last_build["rows"] == len(dense) and dense.last_build["shards"] > 1
+    vectors = _vectors(dense)
+    flat = faiss.IndexFlatIP(dense.dim)
+    flat.add(vectors.numpy())
+    questions = [
+        json.loads(q)["question"] for q in sample_questions_path().read_text().splitlines()
+    ]
+    encoder = asearcher.Encoder(minilm)
+    scores, ids = flat.search(encoder.encode(questions, "query").numpy(), 5)
+    found = dense.search_batch(questions, k=5)
+    for q, docs in enumerate(found):
+        assert [d.score for d in docs] == pytest.approx(scores[q].tolist(), abs=1e-5)
+        for rank, d in enumerate(docs):
+            if rank + 1 < 5 and abs(scores[q][rank] - scores[q][rank + 1]) < 1e-6:
+                continue  # a tie: either order is right
+            assert d.id == json.loads(corpus[int(ids[q][rank])])["id"], (q, rank)
+    # The search answers the question it is asked: the passage naming the answer is found.
+    first = json.loads(sample_questions_path().read_text().splitlines()[0])
+    hits = dense.search(first["question"], k=5)
+    assert any(a.lower() in (h.title + h.text).lower() for h in hits for a in first["answer"])
+
+
+def test_the_dense_index_is_an_agent_tool(dense: DenseSearch):
+    box = Toolbox(dense, top_k=3)
+    out = box.search("Which city is the capital of France?")
+    assert out.docs and len(out.docs) == 3 and "Doc 1" in out.text
+    want = [d.id for d in dense.search("Which city is the capital of France?", k=3)]
+    assert [d.id for d in out.docs] == want
+
+
+def test_a_stopped_build_resumes_and_bad_inputs_are_named(tmp_path: Path):
+    model = make_tiny_bert(tmp_path / "bert", seed=3)
+    corpus = tmp_path / "corpus.jsonl"
+    shutil.copy(sample_corpus_path(), corpus)
+    out = tmp_path / "index"
+
+    def stop_after_two_shards(rows: int) -> None:
+        if rows > 20:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        DenseSearch.build(corpus, out, model, shard_rows=10, progress=stop_after_two_shards)
+    manifest = json.loads((out / "dense.json").read_text())
+    assert not manifest["complete"] and len(manifest["shards"]) == 2
+    with pytest.raises(SearchIndexError, match="has not finished"):
+        DenseSearch(out)
+    resumed = DenseSearch.build(corpus, out, model, shard_rows=10, progress=False)
+    assert resumed.last_build["resumed_shards"] == 2
+    assert resumed.last_build["encoded_rows"] == len(resumed) - 20
+    fresh = DenseSearch.build(corpus, tmp_path / "fresh", model, shard_rows=10, progress=False)
+    assert resumed.manifest["build_id"] == fresh.manifest["build_id"]
+    assert torch.equal(_vectors(resumed), _vectors(fresh))
+    # Another encoder: refused, naming both.
+    other = make_tiny_bert(tmp_path / "other", seed=4)
+    with pytest.raises(SearchIndexError, match="query vectors would not match"):
+        DenseSearch(out, model=other)
+    # A corpus changed since the build: refused unless overwrite.
+    with corpus.open("a") as f:
+        f.write(json.dumps({"id": "new", "contents": '"New"\\nA new passage.'}) + "\n")
+    with pytest.raises(SearchIndexError, match="the corpus changed"):
+        DenseSearch.build(corpus, out, model, shard_rows=10, progress=False)
+    rebuilt = DenseSearch.build(corpus, out, model, shard_rows=10, overwrite=True, progress=False)
+    assert len(rebuilt) == len(fresh) + 1
+    with pytest.raises(SearchIndexError, match="not a dense index"):
+        DenseSearch(tmp_path)
+    with pytest.raises(ZeroDivisionError):  # an error of the caller's callback, unchanged
+        DenseSearch.build(corpus, tmp_path / "x", model, progress=lambda n: 1 / 0)
