@@ -50,14 +50,13 @@ class Encoder:
     ) -> None:
         if isinstance(dtype, torch.dtype):
             dtype = str(dtype).removeprefix("torch.")
-        options = {
-            "pooling": pooling,
-            "normalize": normalize,
-            "max_length": max_length,
-            "query_prefix": query_prefix,
-            "passage_prefix": passage_prefix,
-        }
-        options_json = json.dumps({k: v for k, v in options.items() if v is not None})
+        options_json = encoder_options_json(
+            pooling=pooling,
+            normalize=normalize,
+            max_length=max_length,
+            query_prefix=query_prefix,
+            passage_prefix=passage_prefix,
+        )
         self.path = os.fspath(path)
         self._native = _core.Encoder.load(self.path, str(device), dtype, options_json)
 
@@ -120,6 +119,12 @@ class Encoder:
         )
 
 
+def encoder_options_json(**options: Any) -> str:
+    """The encoder options that are set (pooling, normalize, max_length, query_prefix,
+    passage_prefix), as the JSON the Rust core reads; ``None`` keeps the model's own."""
+    return json.dumps({k: v for k, v in options.items() if v is not None})
+
+
 def _texts(texts: Sequence[str]) -> list[str]:
     items = list(texts)
     for i, t in enumerate(items):
@@ -130,4 +135,4 @@ def _texts(texts: Sequence[str]) -> list[str]:
     return items
 
 
-__all__ = ["Encoder", "TextKind"]
+__all__ = ["Encoder", "TextKind", "encoder_options_json"]

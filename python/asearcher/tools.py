@@ -57,19 +57,19 @@ class DenseSearch(_core.DenseSearch):
         encoder. Refuses a changed corpus or another encoder unless ``overwrite``. The encoder
         options (``pooling``, prefixes, ...) override the model directory's own spec and are
         recorded in the index."""
-        import json
+        from .encoder import encoder_options_json
 
-        options = {
-            "pooling": pooling,
-            "normalize": normalize,
-            "max_length": max_length,
-            "query_prefix": query_prefix,
-            "passage_prefix": passage_prefix,
-        }
+        options_json = encoder_options_json(
+            pooling=pooling,
+            normalize=normalize,
+            max_length=max_length,
+            query_prefix=query_prefix,
+            passage_prefix=passage_prefix,
+        )
         kwargs: dict[str, Any] = dict(
             device=device,
             dtype=dtype,
-            options_json=json.dumps({k: v for k, v in options.items() if v is not None}),
+            options_json=options_json,
             batch_size=batch_size,
             shard_rows=shard_rows,
             overwrite=overwrite,

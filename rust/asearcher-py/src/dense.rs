@@ -3,7 +3,7 @@
 //! search (sync, batched), documents with scores.
 
 use crate::errors::{config_err, tool_err, torch_err};
-use crate::tools::{parse_bad_line_policy, PyDocument};
+use crate::tools::{parse_bad_line_policy, progress_step, PyDocument};
 use asearcher_dense::{build_index, BuildOptions, DenseError, DenseIndex, Manifest};
 use asearcher_torch::encoder::{BertEncoder, EncoderOptions};
 use pyo3::prelude::*;
@@ -104,19 +104,15 @@ impl PyDenseSearch {
         let result = py.detach(|| {
             let encoder = load_encoder(&model, device, dtype, &options)?;
             let mut report = |rows: usize| {
-                Python::attach(|py| {
-                    let outcome = py.check_signals().and_then(|_| match &progress {
-                        Some(cb) => cb.call1(py, (rows,)).map(|_| ()),
-                        None => Ok(()),
-                    });
-                    outcome.map_err(|e| {
+                progress_step(progress.as_ref(), |py, cb| cb.call1(py, (rows,)).map(drop)).map_err(
+                    |e| {
                         callback_error = Some(e);
                         asearcher_tools::ToolError::Cancelled {
                             what: "dense index build".into(),
                         }
                         .into()
-                    })
-                })
+                    },
+                )
             };
             build_index(&corpus, &out, &encoder, &build, &mut report).map_err(dense_err)
         });

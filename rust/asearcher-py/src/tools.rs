@@ -144,6 +144,20 @@ fn docs(v: Vec<t::Document>) -> Vec<PyDocument> {
     v.into_iter().map(PyDocument::from).collect()
 }
 
+/// One progress report of a long build running with the GIL released: takes the GIL, checks
+/// for Ctrl-C, then calls the Python callback (if any) through `call`. The error (the
+/// KeyboardInterrupt, or the callback's own exception) is the caller's to keep and re-raise
+/// unchanged once the build has stopped.
+pub(crate) fn progress_step(
+    progress: Option<&Py<PyAny>>,
+    call: impl FnOnce(Python<'_>, &Py<PyAny>) -> PyResult<()>,
+) -> PyResult<()> {
+    Python::attach(|py| {
+        py.check_signals()?;
+        progress.map_or(Ok(()), |cb| call(py, cb))
+    })
+}
+
 pub(crate) fn parse_bad_line_policy(s: &str) -> PyResult<t::BadLinePolicy> {
     match s {
         "error" => Ok(t::BadLinePolicy::Error),
@@ -202,19 +216,16 @@ impl PyLocalSearch {
         let mut callback_error: Option<PyErr> = None;
         let result = py.detach(|| {
             let mut report = |docs: u64, bytes: u64, total: u64| -> bool {
-                Python::attach(|py| {
-                    let outcome = py.check_signals().and_then(|_| match &progress {
-                        Some(cb) => cb.call1(py, (docs, bytes, total)).map(|_| ()),
-                        None => Ok(()),
-                    });
-                    match outcome {
-                        Ok(()) => true,
-                        Err(e) => {
-                            callback_error = Some(e);
-                            false
-                        }
+                let outcome = progress_step(progress.as_ref(), |py, cb| {
+                    cb.call1(py, (docs, bytes, total)).map(drop)
+                });
+                match outcome {
+                    Ok(()) => true,
+                    Err(e) => {
+                        callback_error = Some(e);
+                        false
                     }
-                })
+                }
             };
             t::LocalIndex::build(&corpus, &out, &opts, &mut report)
         });
