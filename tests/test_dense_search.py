@@ -58,6 +58,29 @@ def test_exact_search_equals_faiss_flat_ip(dense: DenseSearch, minilm: Path):
     assert any(a.lower() in (h.title + h.text).lower() for h in hits for a in first["answer"])
 
 
+def test_a_faiss_flat_index_imports_and_searches_the_same(
+    dense: DenseSearch, minilm: Path, tmp_path: Path
+):
+    faiss = pytest.importorskip("faiss")
+    flat = faiss.IndexFlatIP(dense.dim)
+    flat.add(_vectors(dense).numpy())
+    path = tmp_path / "e5_Flat.index"
+    faiss.write_index(flat, str(path))
+    imported = DenseSearch.import_faiss(path, sample_corpus_path(), tmp_path / "imp", minilm)
+    assert len(imported) == len(dense) and imported.last_build["encoded_rows"] == 0
+    assert imported.manifest["imported_from"].startswith("faiss:")
+    queries = ["Which city is the capital of France?", "Who founded the glass works?"]
+    a, b = dense.search_batch(queries, k=5), imported.search_batch(queries, k=5)
+    assert [[d.id for d in x] for x in a] == [[d.id for d in x] for x in b]
+    l2 = faiss.IndexFlatL2(dense.dim)
+    l2.add(_vectors(dense).numpy()[:10])
+    faiss.write_index(l2, str(tmp_path / "l2.index"))
+    with pytest.raises(SearchIndexError, match="IndexFlatL2"):
+        DenseSearch.import_faiss(
+            tmp_path / "l2.index", sample_corpus_path(), tmp_path / "x", minilm
+        )
+
+
 def test_the_dense_index_is_an_agent_tool(dense: DenseSearch):
     box = Toolbox(dense, top_k=3)
     out = box.search("Which city is the capital of France?")

@@ -116,6 +116,25 @@ class DenseSearch:
         """
     @property
     def dim(self) -> Any: ...
+    @staticmethod
+    def import_faiss_index(
+        faiss: Any,
+        corpus: Any,
+        out: Any,
+        model: Any,
+        *,
+        device: Any = ...,
+        dtype: Any = ...,
+        options_json: Any = ...,
+        shard_rows: Any = ...,
+        overwrite: Any = ...,
+        on_bad_line: Any = ...,
+        progress: Any = ...,
+    ) -> Any:
+        """Writes a dense index in `out` from a FAISS `IndexFlatIP` file and the corpus it was
+        built from (row `i` = passage `i`), recorded as encoded by `model` with `options_json`
+        (its queries are encoded with them). `progress(passages)` after every shard.
+        """
     def manifest_json(self) -> Any:
         """The manifest (`dense.json`) as JSON: model, spec, corpus, shards, build id."""
     @property

@@ -96,6 +96,49 @@ class DenseSearch(_core.DenseSearch):
         index.last_build = stats
         return index
 
+    @classmethod
+    def import_faiss(
+        cls,
+        faiss: str | os.PathLike[str],
+        corpus: str | os.PathLike[str],
+        out: str | os.PathLike[str],
+        model: str | os.PathLike[str],
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
+        query_prefix: str | None = None,
+        passage_prefix: str | None = None,
+        pooling: str | None = None,
+        shard_rows: int = 16_384,
+        overwrite: bool = False,
+        on_bad_line: str = "error",
+    ) -> DenseSearch:
+        """A dense index from a FAISS ``IndexFlatIP`` file (e.g. Search-R1's ``e5_Flat.index``)
+        and the corpus it was built from (row ``i`` is passage ``i``), without re-encoding.
+        ``model`` and the encoder options must be those the vectors were made with (E5:
+        ``query_prefix="query: "``, ``passage_prefix="passage: "``): queries are encoded
+        with them. A corpus with more or fewer passages than vectors is refused."""
+        from .encoder import encoder_options_json
+
+        options_json = encoder_options_json(
+            pooling=pooling, query_prefix=query_prefix, passage_prefix=passage_prefix
+        )
+        stats = cls.import_faiss_index(
+            faiss,
+            corpus,
+            out,
+            model,
+            device=device,
+            dtype=dtype,
+            options_json=options_json,
+            shard_rows=shard_rows,
+            overwrite=overwrite,
+            on_bad_line=on_bad_line,
+        )
+        index = cls(out, device=device, dtype=dtype)
+        index.last_build = stats
+        return index
+
     def __init__(
         self,
         path: str | os.PathLike[str],

@@ -150,6 +150,7 @@ fn start_manifest(
         shards: Vec::new(),
         complete: false,
         build_id: None,
+        imported_from: None,
     };
     let existing = match Manifest::read(out)? {
         Some(m) if !options.overwrite => m,
@@ -226,7 +227,6 @@ fn write_shard(
     docs: &[Document],
     progress: &mut dyn FnMut(usize) -> Result<()>,
 ) -> Result<()> {
-    let n = manifest.shards.len();
     let texts: Vec<String> = docs.iter().map(Document::contents).collect();
     // The progress error (Ctrl-C) is kept as it is and returned instead of the encoder's.
     let mut stopped = None;
@@ -245,12 +245,24 @@ fn write_shard(
     let vectors = encoded?;
     let flat: Vec<f32> = Vec::try_from(vectors.flatten(0, -1))?;
     let bytes: Vec<u8> = flat.iter().flat_map(|v| v.to_le_bytes()).collect();
+    write_shard_files(out, manifest, docs, &bytes)
+}
+
+/// Writes shard `manifest.shards.len()` (`vectors`: little-endian float32, row-major, one row
+/// per document) and records it in the manifest.
+pub(crate) fn write_shard_files(
+    out: &Path,
+    manifest: &mut Manifest,
+    docs: &[Document],
+    bytes: &[u8],
+) -> Result<()> {
+    let n = manifest.shards.len();
     let shard = Shard {
         vectors: format!("vectors-{n:05}.f32"),
         docs: format!("docs-{n:05}.jsonl"),
         offsets: format!("offsets-{n:05}.u64"),
         rows: docs.len(),
-        sha256: hex16(&Sha256::digest(&bytes)),
+        sha256: hex16(&Sha256::digest(bytes)),
     };
     let mut lines = Vec::new();
     let mut offsets = Vec::with_capacity(docs.len() * 8);
@@ -261,7 +273,7 @@ fn write_shard(
     }
     write_atomic(&out.join(&shard.docs), &lines)?;
     write_atomic(&out.join(&shard.offsets), &offsets)?;
-    write_atomic(&out.join(&shard.vectors), &bytes)?;
+    write_atomic(&out.join(&shard.vectors), bytes)?;
     manifest.shards.push(shard);
     manifest.write(out)
 }
@@ -274,7 +286,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
 }
 
-fn build_id(m: &Manifest) -> String {
+pub(crate) fn build_id(m: &Manifest) -> String {
     let mut h = Sha256::new();
     h.update(m.corpus.sha256.as_bytes());
     h.update(m.model.weights_sha256.as_bytes());

@@ -4,12 +4,14 @@
 //! ([`search::DenseIndex`], which is a `SearchBackend` for the agents' toolbox).
 
 pub mod build;
+pub mod import;
 pub mod manifest;
 pub mod search;
 #[cfg(test)]
 mod tests;
 
 pub use build::{build_index, BuildOptions, BuildStats};
+pub use import::{import_faiss_flat, read_faiss_header};
 pub use manifest::Manifest;
 pub use search::DenseIndex;
 

@@ -58,6 +58,10 @@ pub struct Manifest {
     pub complete: bool,
     /// Identity of the finished index (corpus, model and spec), for cache keys.
     pub build_id: Option<String>,
+    /// Where the vectors came from when they were not encoded here (`faiss:<file> sha256
+    /// <hash>` for an imported FAISS flat index).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported_from: Option<String>,
 }
 
 impl Manifest {

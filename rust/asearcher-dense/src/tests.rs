@@ -190,3 +190,121 @@ fn another_encoder_or_a_changed_corpus_is_refused() {
         "{missing}"
     );
 }
+
+/// A FAISS `IndexFlatIP` file as faiss writes it.
+fn faiss_file(path: &Path, fourcc: &[u8; 4], dim: i32, rows: &[Vec<f32>]) {
+    let mut b = fourcc.to_vec();
+    b.extend(dim.to_le_bytes());
+    b.extend((rows.len() as i64).to_le_bytes());
+    b.extend(1_048_576i64.to_le_bytes());
+    b.extend(1_048_576i64.to_le_bytes());
+    b.push(1);
+    b.extend(0i32.to_le_bytes());
+    b.extend((rows.len() as u64 * dim as u64).to_le_bytes());
+    for v in rows.iter().flatten() {
+        b.extend(v.to_le_bytes());
+    }
+    std::fs::write(path, b).unwrap();
+}
+
+#[test]
+fn a_faiss_flat_index_imports_with_its_corpus_and_searches_the_same() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("bert");
+    write_random_bert(&model, Pooling::Mean, 5).unwrap();
+    let corpus_path = tmp.path().join("corpus.jsonl");
+    corpus(&corpus_path, 11);
+    let built = tmp.path().join("built");
+    build_index(
+        &corpus_path,
+        &built,
+        &encoder(&model),
+        &options(4),
+        &mut |_| Ok(()),
+    )
+    .unwrap();
+    let index = DenseIndex::open(&built, encoder(&model)).unwrap();
+    let texts: Vec<String> = (0..11)
+        .map(|i| index.document(i).unwrap().contents())
+        .collect();
+    let vectors = encoder(&model)
+        .encode(
+            &texts,
+            asearcher_torch::encoder::TextKind::Passage,
+            8,
+            &mut |_| Ok(()),
+        )
+        .unwrap();
+    let rows: Vec<Vec<f32>> = (0..11)
+        .map(|i| Vec::try_from(vectors.get(i)).unwrap())
+        .collect();
+    let faiss = tmp.path().join("e5_Flat.index");
+    faiss_file(&faiss, b"IxFI", 16, &rows);
+    let out = tmp.path().join("imported");
+    let stats = import_faiss_flat(
+        &faiss,
+        &corpus_path,
+        &out,
+        &encoder(&model),
+        &options(3),
+        &mut |_| Ok(()),
+    )
+    .unwrap();
+    assert_eq!((stats.rows, stats.shards, stats.encoded_rows), (11, 4, 0));
+    let imported = DenseIndex::open(&out, encoder(&model)).unwrap();
+    let queries = vec!["glass city".to_string()];
+    let a = index.search_batch_blocking(&queries, 5).unwrap();
+    let b = imported.search_batch_blocking(&queries, 5).unwrap();
+    assert_eq!(
+        a[0].iter().map(|d| &d.id).collect::<Vec<_>>(),
+        b[0].iter().map(|d| &d.id).collect::<Vec<_>>()
+    );
+    assert!(imported
+        .manifest()
+        .imported_from
+        .as_deref()
+        .unwrap()
+        .starts_with("faiss:"));
+    // Mismatches are named.
+    let short = tmp.path().join("short.jsonl");
+    corpus(&short, 10);
+    let err = import_faiss_flat(
+        &faiss,
+        &short,
+        &tmp.path().join("x"),
+        &encoder(&model),
+        &options(3),
+        &mut |_| Ok(()),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("10 passages, but"), "{err}");
+    let l2 = tmp.path().join("l2.index");
+    faiss_file(&l2, b"IxF2", 16, &rows);
+    let err = read_faiss_header(&l2).unwrap_err();
+    assert!(err.to_string().contains("IndexFlatL2"), "{err}");
+    let wide = tmp.path().join("wide.index");
+    faiss_file(&wide, b"IxFI", 8, &vec![vec![0.0f32; 8]; 11]);
+    let err = import_faiss_flat(
+        &wide,
+        &corpus_path,
+        &tmp.path().join("y"),
+        &encoder(&model),
+        &options(3),
+        &mut |_| Ok(()),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("8 dimensions"), "{err}");
+    let again = import_faiss_flat(
+        &faiss,
+        &corpus_path,
+        &out,
+        &encoder(&model),
+        &options(3),
+        &mut |_| Ok(()),
+    )
+    .unwrap_err();
+    assert!(
+        again.to_string().contains("already holds a dense index"),
+        "{again}"
+    );
+}

@@ -4,7 +4,9 @@
 
 use crate::errors::{config_err, tool_err, torch_err};
 use crate::tools::{parse_bad_line_policy, progress_step, PyDocument};
-use asearcher_dense::{build_index, BuildOptions, DenseError, DenseIndex, Manifest};
+use asearcher_dense::{
+    build_index, import_faiss_flat, BuildOptions, BuildStats, DenseError, DenseIndex, Manifest,
+};
 use asearcher_torch::encoder::{BertEncoder, EncoderOptions};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -26,6 +28,18 @@ fn load_encoder(
     let device = asearcher_torch::parse_device(device).map_err(torch_err)?;
     let kind = asearcher_torch::parse_dtype(dtype).map_err(torch_err)?;
     BertEncoder::load(path, device, kind, options).map_err(torch_err)
+}
+
+fn stats_dict<'py>(py: Python<'py>, stats: &BuildStats) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("rows", stats.rows)?;
+    d.set_item("shards", stats.shards)?;
+    d.set_item("resumed_shards", stats.resumed_shards)?;
+    d.set_item("encoded_rows", stats.encoded_rows)?;
+    d.set_item("skipped_lines", stats.skipped_lines)?;
+    d.set_item("seconds", stats.seconds)?;
+    d.set_item("build_id", &stats.build_id)?;
+    Ok(d)
 }
 
 /// A dense (embedding) index with its encoder.
@@ -120,15 +134,61 @@ impl PyDenseSearch {
             (Err(_), Some(py_err)) => return Err(py_err),
             (r, _) => r?,
         };
-        let d = PyDict::new(py);
-        d.set_item("rows", stats.rows)?;
-        d.set_item("shards", stats.shards)?;
-        d.set_item("resumed_shards", stats.resumed_shards)?;
-        d.set_item("encoded_rows", stats.encoded_rows)?;
-        d.set_item("skipped_lines", stats.skipped_lines)?;
-        d.set_item("seconds", stats.seconds)?;
-        d.set_item("build_id", stats.build_id)?;
-        Ok(d)
+        stats_dict(py, &stats)
+    }
+
+    /// Writes a dense index in `out` from a FAISS `IndexFlatIP` file and the corpus it was
+    /// built from (row `i` = passage `i`), recorded as encoded by `model` with `options_json`
+    /// (its queries are encoded with them). `progress(passages)` after every shard.
+    #[staticmethod]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (faiss, corpus, out, model, *, device = "cpu", dtype = "float32",
+        options_json = "{}", shard_rows = 16384, overwrite = false, on_bad_line = "error",
+        progress = None))]
+    fn import_faiss_index<'py>(
+        py: Python<'py>,
+        faiss: PathBuf,
+        corpus: PathBuf,
+        out: PathBuf,
+        model: PathBuf,
+        device: &str,
+        dtype: &str,
+        options_json: &str,
+        shard_rows: usize,
+        overwrite: bool,
+        on_bad_line: &str,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let options: EncoderOptions =
+            serde_json::from_str(options_json).map_err(|e| config_err("options", e.to_string()))?;
+        let build = BuildOptions {
+            shard_rows,
+            overwrite,
+            on_bad_line: parse_bad_line_policy(on_bad_line)?,
+            ..BuildOptions::default()
+        };
+        let mut callback_error: Option<PyErr> = None;
+        let result = py.detach(|| {
+            let encoder = load_encoder(&model, device, dtype, &options)?;
+            let mut report = |rows: usize| {
+                progress_step(progress.as_ref(), |py, cb| cb.call1(py, (rows,)).map(drop)).map_err(
+                    |e| {
+                        callback_error = Some(e);
+                        asearcher_tools::ToolError::Cancelled {
+                            what: "FAISS import".into(),
+                        }
+                        .into()
+                    },
+                )
+            };
+            import_faiss_flat(&faiss, &corpus, &out, &encoder, &build, &mut report)
+                .map_err(dense_err)
+        });
+        let stats = match (result, callback_error) {
+            (Err(_), Some(py_err)) => return Err(py_err),
+            (r, _) => r?,
+        };
+        stats_dict(py, &stats)
     }
 
     #[getter]
