@@ -89,6 +89,48 @@ def test_the_dense_index_is_an_agent_tool(dense: DenseSearch):
     assert [d.id for d in out.docs] == want
 
 
+def test_hybrid_search_is_reciprocal_rank_fusion_of_bm25_and_dense(
+    dense: DenseSearch, sample_index, capsys
+):
+    from asearcher.exceptions import ConfigError
+    from asearcher.tools import HybridSearch
+
+    hybrid = HybridSearch([(sample_index, 1.0), (dense, 2.0)], depth=20, rrf_k=60.0)
+    assert "local:bm25:" in hybrid.name and "local:dense:" in hybrid.name
+    questions = [json.loads(q) for q in sample_questions_path().read_text().splitlines()]
+    texts = [q["question"] for q in questions]
+    fused = hybrid.search_batch(texts, k=5)
+    bm25, vec = sample_index.search_batch(texts, k=20), dense.search_batch(texts, k=20)
+    for q in range(len(texts)):
+        scores: dict[str, float] = {}
+        for docs, weight in ((bm25[q], 1.0), (vec[q], 2.0)):
+            for rank, d in enumerate(docs):
+                scores[d.id] = scores.get(d.id, 0.0) + weight / (60.0 + rank + 1)
+        want = sorted(scores.values(), reverse=True)[:5]
+        assert [d.score for d in fused[q]] == pytest.approx(want, rel=1e-5)
+        assert all(scores[d.id] == pytest.approx(d.score, rel=1e-5) for d in fused[q])
+
+    # Answer recall@5 of each (printed for the record; the sample corpus is small).
+    def recall(found: list) -> float:
+        hit = 0
+        for q, docs in zip(questions, found, strict=True):
+            text = " ".join(d.title + " " + d.text for d in docs[:5]).lower()
+            hit += any(a.lower() in text for a in q["answer"])
+        return hit / len(questions)
+
+    with capsys.disabled():
+        print(
+            f"\nanswer recall@5 on the sample questions: bm25 {recall(bm25):.3f}, "
+            f"dense {recall(vec):.3f}, hybrid {recall(fused):.3f}"
+        )
+    assert recall(fused) >= min(recall(bm25), recall(vec))
+    assert Toolbox(hybrid, top_k=3).search(texts[0]).docs[0].id == fused[0][0].id
+    with pytest.raises(ConfigError, match="weight"):
+        HybridSearch([(sample_index, 1.0), (dense, 0.0)])
+    with pytest.raises(ConfigError, match="at least two"):
+        HybridSearch([(dense, 1.0)])
+
+
 def test_a_stopped_build_resumes_and_bad_inputs_are_named(tmp_path: Path):
     model = make_tiny_bert(tmp_path / "bert", seed=3)
     corpus = tmp_path / "corpus.jsonl"

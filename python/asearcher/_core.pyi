@@ -28,6 +28,7 @@ __all__ = [
     "GenerationOutput",
     "Generator",
     "Group",
+    "HybridSearch",
     "InferencePool",
     "LocalSearch",
     "ModelServerHandle",
@@ -308,6 +309,18 @@ class Group:
     def rewards(self) -> list[float | None]: ...
     @property
     def trajectories(self) -> list[Trajectory]: ...
+
+@disjoint_base
+class HybridSearch:
+    """Search backends (BM25 and dense, typically) fused by weighted reciprocal rank fusion."""
+    def __new__(cls, parts: Any, depth: Any = ..., rrf_k: Any = ...) -> HybridSearch: ...
+    def __repr__(self, /) -> str: ...
+    @property
+    def name(self) -> Any:
+        """The backend's name in cache keys (its parts by identity, weights, depth, rrf_k)."""
+    def search(self, query: Any, k: Any = ...) -> Any:
+        """The `k` best passages for `query`, fused; `score` is the fused RRF score."""
+    def search_batch(self, queries: Any, k: Any = ...) -> Any: ...
 
 @final
 class InferencePool:

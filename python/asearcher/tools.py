@@ -22,6 +22,9 @@ PageReader = _core.PageReader
 ResultCache = _core.ResultCache
 Toolbox = _core.Toolbox
 ToolOutput = _core.ToolOutput
+#: Backends fused by weighted reciprocal rank fusion: ``HybridSearch([(bm25, 1.0), (dense, 1.0)],
+#: depth=50, rrf_k=60.0)``; usable wherever ``LocalSearch`` goes.
+HybridSearch = _core.HybridSearch
 RetrievalServerHandle = _core.RetrievalServerHandle
 
 
@@ -224,6 +227,7 @@ def start_retrieval_server(
 __all__ = [
     "DenseSearch",
     "Document",
+    "HybridSearch",
     "LocalSearch",
     "Page",
     "PageReader",

@@ -1,9 +1,11 @@
 //! Dense retrieval: an on-disk vector index of a corpus, encoded by a BERT-family encoder
 //! (`asearcher_torch::encoder`), built in shards that a killed build resumes
 //! ([`build::build_index`]), and searched exactly by chunked matrix products and top-k
-//! ([`search::DenseIndex`], which is a `SearchBackend` for the agents' toolbox).
+//! ([`search::DenseIndex`], which is a `SearchBackend` for the agents' toolbox), alone or
+//! fused with BM25 by reciprocal rank fusion ([`hybrid::HybridSearch`]).
 
 pub mod build;
+pub mod hybrid;
 pub mod import;
 pub mod manifest;
 pub mod search;
@@ -11,6 +13,7 @@ pub mod search;
 mod tests;
 
 pub use build::{build_index, BuildOptions, BuildStats};
+pub use hybrid::HybridSearch;
 pub use import::{import_faiss_flat, read_faiss_header};
 pub use manifest::Manifest;
 pub use search::DenseIndex;

@@ -308,3 +308,28 @@ fn a_faiss_flat_index_imports_with_its_corpus_and_searches_the_same() {
         "{again}"
     );
 }
+
+fn doc(id: &str) -> asearcher_tools::Document {
+    asearcher_tools::Document {
+        id: id.into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn reciprocal_rank_fusion_weights_ranks_and_keeps_order_on_ties() {
+    let a = vec![doc("x"), doc("y"), doc("z")];
+    let b = vec![doc("y"), doc("w")];
+    let fused = hybrid::fuse(&[(a.clone(), 1.0), (b.clone(), 1.0)], 60.0, 4);
+    let ids: Vec<&str> = fused.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["y", "x", "w", "z"]);
+    let want = 1.0 / 62.0 + 1.0 / 61.0;
+    assert!((fused[0].score.unwrap() - want).abs() < 1e-7);
+    // A heavy second backend wins; equal scores keep the first backend's order.
+    let heavy = hybrid::fuse(&[(a.clone(), 1.0), (b, 3.0)], 60.0, 2);
+    assert_eq!(heavy[0].id, "y");
+    let tie = hybrid::fuse(&[(vec![doc("p")], 1.0), (vec![doc("q")], 1.0)], 60.0, 2);
+    assert_eq!([tie[0].id.as_str(), tie[1].id.as_str()], ["p", "q"]);
+    let one = HybridSearch::new(Vec::new(), 10, 60.0).unwrap_err();
+    assert!(one.to_string().contains("at least two"), "{one}");
+}

@@ -3,10 +3,13 @@
 //! search (sync, batched), documents with scores.
 
 use crate::errors::{config_err, tool_err, torch_err};
-use crate::tools::{parse_bad_line_policy, progress_step, PyDocument};
+use crate::runtime::wait_for_future;
+use crate::tools::{parse_bad_line_policy, progress_step, search_backend, PyDocument};
 use asearcher_dense::{
-    build_index, import_faiss_flat, BuildOptions, BuildStats, DenseError, DenseIndex, Manifest,
+    build_index, import_faiss_flat, BuildOptions, BuildStats, DenseError, DenseIndex, HybridSearch,
+    Manifest,
 };
+use asearcher_tools::SearchBackend;
 use asearcher_torch::encoder::{BertEncoder, EncoderOptions};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -244,6 +247,65 @@ impl PyDenseSearch {
     }
 }
 
+/// Search backends (BM25 and dense, typically) fused by weighted reciprocal rank fusion.
+#[pyclass(name = "HybridSearch", module = "asearcher._core", subclass, frozen)]
+pub struct PyHybridSearch {
+    pub(crate) inner: HybridSearch,
+}
+
+#[pymethods]
+impl PyHybridSearch {
+    /// `parts`: `(backend, weight)` pairs (LocalSearch, DenseSearch, RetrievalClient,
+    /// WebSearch); `depth`: hits taken from each; `rrf_k`: the rank offset.
+    #[new]
+    #[pyo3(signature = (parts, depth = 50, rrf_k = 60.0))]
+    fn new(parts: Vec<(Bound<'_, PyAny>, f32)>, depth: usize, rrf_k: f32) -> PyResult<Self> {
+        let parts = parts
+            .iter()
+            .map(|(b, w)| Ok((search_backend(b)?, *w)))
+            .collect::<PyResult<Vec<_>>>()?;
+        let inner = HybridSearch::new(parts, depth, rrf_k).map_err(tool_err)?;
+        Ok(PyHybridSearch { inner })
+    }
+
+    /// The `k` best passages for `query`, fused; `score` is the fused RRF score.
+    #[pyo3(signature = (query, k = 5))]
+    fn search(&self, py: Python<'_>, query: String, k: usize) -> PyResult<Vec<PyDocument>> {
+        Ok(self
+            .search_batch(py, vec![query], k)?
+            .pop()
+            .unwrap_or_default())
+    }
+
+    #[pyo3(signature = (queries, k = 5))]
+    fn search_batch(
+        &self,
+        py: Python<'_>,
+        queries: Vec<String>,
+        k: usize,
+    ) -> PyResult<Vec<Vec<PyDocument>>> {
+        let hybrid = self.inner.clone();
+        wait_for_future(py, async move {
+            let hits = hybrid.search_batch(&queries, k).await.map_err(tool_err)?;
+            Ok(hits
+                .into_iter()
+                .map(|d| d.into_iter().map(PyDocument::from).collect())
+                .collect())
+        })
+    }
+
+    /// The backend's name in cache keys (its parts by identity, weights, depth, rrf_k).
+    #[getter]
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("HybridSearch({})", self.inner.name())
+    }
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<PyDenseSearch>()
+    m.add_class::<PyDenseSearch>()?;
+    m.add_class::<PyHybridSearch>()
 }

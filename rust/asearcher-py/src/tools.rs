@@ -643,7 +643,7 @@ impl PyToolOutput {
     }
 }
 
-fn search_backend(obj: &Bound<'_, PyAny>) -> PyResult<Arc<dyn t::SearchBackend>> {
+pub(crate) fn search_backend(obj: &Bound<'_, PyAny>) -> PyResult<Arc<dyn t::SearchBackend>> {
     if let Ok(l) = obj.cast::<PyLocalSearch>() {
         return Ok(Arc::new(l.get().inner.clone()));
     }
@@ -656,10 +656,14 @@ fn search_backend(obj: &Bound<'_, PyAny>) -> PyResult<Arc<dyn t::SearchBackend>>
     if let Ok(d) = obj.cast::<crate::dense::PyDenseSearch>() {
         return Ok(Arc::new(d.get().inner.clone()));
     }
+    if let Ok(h) = obj.cast::<crate::dense::PyHybridSearch>() {
+        return Ok(Arc::new(h.get().inner.clone()));
+    }
     Err(config_err(
         "search",
         format!(
-            "expected LocalSearch, DenseSearch, RetrievalClient or WebSearch, got {}",
+            "expected LocalSearch, DenseSearch, HybridSearch, RetrievalClient or WebSearch, \
+             got {}",
             obj.get_type().name()?
         ),
     ))
