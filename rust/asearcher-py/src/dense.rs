@@ -5,6 +5,7 @@
 use crate::errors::{config_err, tool_err, torch_err};
 use crate::runtime::wait_for_future;
 use crate::tools::{parse_bad_line_policy, progress_step, search_backend, PyDocument};
+use asearcher_dense::build::Progress;
 use asearcher_dense::{
     build_index, import_faiss_flat, BuildOptions, BuildStats, DenseError, DenseIndex, HybridSearch,
     Manifest,
@@ -31,6 +32,57 @@ fn load_encoder(
     let device = asearcher_torch::parse_device(device).map_err(torch_err)?;
     let kind = asearcher_torch::parse_dtype(dtype).map_err(torch_err)?;
     BertEncoder::load(path, device, kind, options).map_err(torch_err)
+}
+
+/// A job that writes a dense index with an encoder it loads itself (build, import).
+struct EncoderJob<'a> {
+    model: PathBuf,
+    device: &'a str,
+    dtype: &'a str,
+    options: EncoderOptions,
+}
+
+impl<'a> EncoderJob<'a> {
+    fn new(model: PathBuf, device: &'a str, dtype: &'a str, options_json: &str) -> PyResult<Self> {
+        let options =
+            serde_json::from_str(options_json).map_err(|e| config_err("options", e.to_string()))?;
+        Ok(EncoderJob {
+            model,
+            device,
+            dtype,
+            options,
+        })
+    }
+
+    /// Runs `job` with the GIL released; `progress(passages)` is called through the Python
+    /// callback, and Ctrl-C or the callback's own exception stops the job and is re-raised
+    /// unchanged. Returns the job's stats as a dict.
+    fn run<'py>(
+        self,
+        py: Python<'py>,
+        what: &str,
+        progress: Option<Py<PyAny>>,
+        job: impl FnOnce(&BertEncoder, &mut Progress<'_>) -> asearcher_dense::Result<BuildStats> + Send,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let mut callback_error: Option<PyErr> = None;
+        let result = py.detach(|| {
+            let encoder = load_encoder(&self.model, self.device, self.dtype, &self.options)?;
+            let mut report = |rows: usize| {
+                progress_step(progress.as_ref(), |py, cb| cb.call1(py, (rows,)).map(drop)).map_err(
+                    |e| {
+                        callback_error = Some(e);
+                        asearcher_tools::ToolError::Cancelled { what: what.into() }.into()
+                    },
+                )
+            };
+            job(&encoder, &mut report).map_err(dense_err)
+        });
+        let stats = match (result, callback_error) {
+            (Err(_), Some(py_err)) => return Err(py_err),
+            (r, _) => r?,
+        };
+        stats_dict(py, &stats)
+    }
 }
 
 fn stats_dict<'py>(py: Python<'py>, stats: &BuildStats) -> PyResult<Bound<'py, PyDict>> {
@@ -109,35 +161,16 @@ impl PyDenseSearch {
         on_bad_line: &str,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let options: EncoderOptions =
-            serde_json::from_str(options_json).map_err(|e| config_err("options", e.to_string()))?;
         let build = BuildOptions {
             shard_rows,
             batch_size,
             overwrite,
             on_bad_line: parse_bad_line_policy(on_bad_line)?,
         };
-        let mut callback_error: Option<PyErr> = None;
-        let result = py.detach(|| {
-            let encoder = load_encoder(&model, device, dtype, &options)?;
-            let mut report = |rows: usize| {
-                progress_step(progress.as_ref(), |py, cb| cb.call1(py, (rows,)).map(drop)).map_err(
-                    |e| {
-                        callback_error = Some(e);
-                        asearcher_tools::ToolError::Cancelled {
-                            what: "dense index build".into(),
-                        }
-                        .into()
-                    },
-                )
-            };
-            build_index(&corpus, &out, &encoder, &build, &mut report).map_err(dense_err)
-        });
-        let stats = match (result, callback_error) {
-            (Err(_), Some(py_err)) => return Err(py_err),
-            (r, _) => r?,
-        };
-        stats_dict(py, &stats)
+        let job = EncoderJob::new(model, device, dtype, options_json)?;
+        job.run(py, "dense index build", progress, |encoder, report| {
+            build_index(&corpus, &out, encoder, &build, report)
+        })
     }
 
     /// Writes a dense index in `out` from a FAISS `IndexFlatIP` file and the corpus it was
@@ -162,36 +195,16 @@ impl PyDenseSearch {
         on_bad_line: &str,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let options: EncoderOptions =
-            serde_json::from_str(options_json).map_err(|e| config_err("options", e.to_string()))?;
         let build = BuildOptions {
             shard_rows,
             overwrite,
             on_bad_line: parse_bad_line_policy(on_bad_line)?,
             ..BuildOptions::default()
         };
-        let mut callback_error: Option<PyErr> = None;
-        let result = py.detach(|| {
-            let encoder = load_encoder(&model, device, dtype, &options)?;
-            let mut report = |rows: usize| {
-                progress_step(progress.as_ref(), |py, cb| cb.call1(py, (rows,)).map(drop)).map_err(
-                    |e| {
-                        callback_error = Some(e);
-                        asearcher_tools::ToolError::Cancelled {
-                            what: "FAISS import".into(),
-                        }
-                        .into()
-                    },
-                )
-            };
-            import_faiss_flat(&faiss, &corpus, &out, &encoder, &build, &mut report)
-                .map_err(dense_err)
-        });
-        let stats = match (result, callback_error) {
-            (Err(_), Some(py_err)) => return Err(py_err),
-            (r, _) => r?,
-        };
-        stats_dict(py, &stats)
+        let job = EncoderJob::new(model, device, dtype, options_json)?;
+        job.run(py, "FAISS import", progress, |encoder, report| {
+            import_faiss_flat(&faiss, &corpus, &out, encoder, &build, report)
+        })
     }
 
     #[getter]
