@@ -3,9 +3,7 @@
 //! then recorded in the manifest; a build that was killed continues after its last recorded
 //! shard (each one's hash verified), from the same corpus with the same encoder.
 
-use crate::manifest::{
-    corpus_id, hex16, io_err, model_id, CorpusId, Manifest, ModelId, Shard, FORMAT, VERSION,
-};
+use crate::manifest::{corpus_id, hex16, io_err, model_id, CorpusId, Manifest, ModelId, Shard};
 use crate::{index_err, Result};
 use asearcher_tools::corpus::{BadLinePolicy, CorpusReader};
 use asearcher_tools::Document;
@@ -138,20 +136,12 @@ fn start_manifest(
     encoder: &BertEncoder,
     options: &BuildOptions,
 ) -> Result<Manifest> {
-    let fresh = Manifest {
-        format: FORMAT.into(),
-        version: VERSION,
-        model: model.clone(),
-        dim: encoder.dim(),
-        dtype: "float32".into(),
-        normalized: encoder.spec().normalize,
-        corpus: cid.clone(),
-        shard_rows: options.shard_rows,
-        shards: Vec::new(),
-        complete: false,
-        build_id: None,
-        imported_from: None,
-    };
+    let fresh = Manifest::fresh(
+        model.clone(),
+        encoder.dim(),
+        cid.clone(),
+        options.shard_rows,
+    );
     let existing = match Manifest::read(out)? {
         Some(m) if !options.overwrite => m,
         Some(old) => {

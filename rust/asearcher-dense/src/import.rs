@@ -4,7 +4,7 @@
 //! is_trained (u8), metric (i32), a u64 float count, then the floats (row-major, from byte 45).
 
 use crate::build::{build_id, write_shard_files, BuildOptions, BuildStats, Progress};
-use crate::manifest::{corpus_id, file_sha256, io_err, model_id, Manifest, FORMAT, VERSION};
+use crate::manifest::{corpus_id, file_sha256, io_err, model_id, Manifest};
 use crate::{index_err, Result};
 use asearcher_tools::corpus::CorpusReader;
 use asearcher_tools::Document;
@@ -80,24 +80,17 @@ pub fn import_faiss_flat(
         ));
     }
     std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
-    let mut manifest = Manifest {
-        format: FORMAT.into(),
-        version: VERSION,
-        model: model_id(encoder)?,
+    let mut manifest = Manifest::fresh(
+        model_id(encoder)?,
         dim,
-        dtype: "float32".into(),
-        normalized: encoder.spec().normalize,
-        corpus: corpus_id(corpus)?,
-        shard_rows: options.shard_rows.max(1),
-        shards: Vec::new(),
-        complete: false,
-        build_id: None,
-        imported_from: Some(format!(
-            "faiss:{} sha256 {}",
-            faiss.display(),
-            file_sha256(faiss)?
-        )),
-    };
+        corpus_id(corpus)?,
+        options.shard_rows.max(1),
+    );
+    manifest.imported_from = Some(format!(
+        "faiss:{} sha256 {}",
+        faiss.display(),
+        file_sha256(faiss)?
+    ));
     let file = std::fs::File::open(faiss).map_err(|e| io_err(faiss, e))?;
     let mut vectors = BufReader::with_capacity(1 << 20, file);
     vectors

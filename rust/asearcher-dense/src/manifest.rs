@@ -65,6 +65,25 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The manifest of a new, empty index of `corpus` made with `model` (`dim` floats per
+    /// vector, normalised as the encoder's spec says).
+    pub fn fresh(model: ModelId, dim: i64, corpus: CorpusId, shard_rows: usize) -> Self {
+        Manifest {
+            format: FORMAT.into(),
+            version: VERSION,
+            normalized: model.spec.normalize,
+            model,
+            dim,
+            dtype: "float32".into(),
+            corpus,
+            shard_rows,
+            shards: Vec::new(),
+            complete: false,
+            build_id: None,
+            imported_from: None,
+        }
+    }
+
     pub fn rows(&self) -> usize {
         self.shards.iter().map(|s| s.rows).sum()
     }
