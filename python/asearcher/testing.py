@@ -184,6 +184,7 @@ class WeightUpdateReceiver:
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.loads = 0
         self._since_load: set[str] = set()
+        self._expected: set[str] | None = None
         self._scratch = tempfile.TemporaryDirectory(prefix="asearcher-receiver-")
         self.tensors: dict[str, Any] = {}
         self.received: list[str] = []
@@ -288,16 +289,11 @@ class WeightUpdateReceiver:
         import shutil
         from pathlib import Path
 
-        from safetensors import safe_open
         from safetensors.torch import save_file
 
         from .distributed.weight_sync import post_json
 
-        expected: set[str] = set()
-        for f in self.model_dir.glob("*.safetensors"):
-            with safe_open(str(f), "pt") as weights:
-                expected.update(weights.keys())
-        if not expected <= self._since_load:
+        if not self._weight_names() <= self._since_load:
             return
         self._since_load.clear()
 
@@ -310,6 +306,18 @@ class WeightUpdateReceiver:
         if version is not None:
             body["weight_version"] = version
         post_json(f"{self.serving}/update_weights_from_disk", body, self.timeout_s)
+
+    def _weight_names(self) -> set[str]:
+        """The tensor names of the served model's checkpoint (read once)."""
+        if self._expected is None:
+            from safetensors import safe_open
+
+            assert self.model_dir is not None
+            self._expected = set()
+            for f in self.model_dir.glob("*.safetensors"):
+                with safe_open(str(f), "pt") as weights:
+                    self._expected.update(weights.keys())
+        return self._expected
 
     def _forward(self, method: str, path: str, data: bytes | None) -> tuple[int, bytes]:
         """A request this receiver does not answer, sent on to the model server (vLLM's

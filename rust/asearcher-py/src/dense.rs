@@ -4,7 +4,7 @@
 
 use crate::errors::{config_err, tool_err, torch_err};
 use crate::runtime::wait_for_future;
-use crate::tools::{parse_bad_line_policy, progress_step, search_backend, PyDocument};
+use crate::tools::{docs, parse_bad_line_policy, progress_step, search_backend, PyDocument};
 use asearcher_dense::build::Progress;
 use asearcher_dense::{
     build_index, import_faiss_flat, BuildOptions, BuildStats, DenseError, DenseIndex, HybridSearch,
@@ -244,10 +244,7 @@ impl PyDenseSearch {
         let found = py
             .detach(|| self.inner.search_batch_blocking(&queries, k))
             .map_err(dense_err)?;
-        Ok(found
-            .into_iter()
-            .map(|docs| docs.into_iter().map(PyDocument::from).collect())
-            .collect())
+        Ok(found.into_iter().map(docs).collect())
     }
 
     fn __repr__(&self) -> String {
@@ -300,10 +297,7 @@ impl PyHybridSearch {
         let hybrid = self.inner.clone();
         wait_for_future(py, async move {
             let hits = hybrid.search_batch(&queries, k).await.map_err(tool_err)?;
-            Ok(hits
-                .into_iter()
-                .map(|d| d.into_iter().map(PyDocument::from).collect())
-                .collect())
+            Ok(hits.into_iter().map(docs).collect())
         })
     }
 

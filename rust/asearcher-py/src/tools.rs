@@ -140,7 +140,7 @@ impl PyPage {
     }
 }
 
-fn docs(v: Vec<t::Document>) -> Vec<PyDocument> {
+pub(crate) fn docs(v: Vec<t::Document>) -> Vec<PyDocument> {
     v.into_iter().map(PyDocument::from).collect()
 }
 
