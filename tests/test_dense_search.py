@@ -168,3 +168,38 @@ def test_a_stopped_build_resumes_and_bad_inputs_are_named(tmp_path: Path):
         DenseSearch(tmp_path)
     with pytest.raises(ZeroDivisionError):  # an error of the caller's callback, unchanged
         DenseSearch.build(corpus, tmp_path / "x", model, progress=lambda n: 1 / 0)
+
+
+def test_hnsw_finds_what_exact_search_finds(dense: DenseSearch, minilm: Path):
+    questions = [
+        json.loads(q)["question"] for q in sample_questions_path().read_text().splitlines()
+    ]
+    seen: list[int] = []
+    graph = DenseSearch.build_hnsw(dense.path, progress=seen.append, threads=2)
+    assert graph.mode == "hnsw" and dense.mode == "exact"
+    assert graph.last_build["rows"] == len(dense) and seen[-1] == len(dense)
+    assert graph.manifest["hnsw"]["connectivity"] == 32
+    exact, approx = dense.search_batch(questions, k=10), graph.search_batch(questions, k=10)
+    found = sum(
+        len({d.id for d in a} & {d.id for d in b}) for a, b in zip(exact, approx, strict=True)
+    )
+    recall = found / (10 * len(questions))
+    assert recall >= 0.95, recall
+    # Scores are the same inner products exact search gives.
+    for a, b in zip(exact, approx, strict=True):
+        by_id = {d.id: d.score for d in a}
+        for d in b:
+            if d.id in by_id:
+                assert d.score == pytest.approx(by_id[d.id], abs=1e-4)
+    # search_vectors on vectors encoded by the caller gives the same rows.
+    vectors = dense.encode_queries(questions[:3])
+    rows = dense.search_vectors(vectors, k=3)
+    assert [[dense.document(r).id for r, _ in hits] for hits in rows] == [
+        [d.id for d in docs[:3]] for docs in exact[:3]
+    ]
+    from asearcher.exceptions import ConfigError
+
+    with pytest.raises(ConfigError, match="vector 0 has 3 floats"):
+        dense.search_vectors([[0.0, 1.0, 0.0]])
+    with pytest.raises(ConfigError, match='"annoy" is not one of'):
+        DenseSearch(dense.path, search="annoy")

@@ -91,10 +91,34 @@ DIAGNOSTIC_NAMES: list[str]
 class DenseSearch:
     """A dense (embedding) index with its encoder."""
     def __new__(
-        cls, path: Any, model: Any = ..., device: Any = ..., dtype: Any = ...
+        cls,
+        path: Any,
+        model: Any = ...,
+        device: Any = ...,
+        dtype: Any = ...,
+        search: Any = ...,
+        expansion_search: Any = ...,
     ) -> DenseSearch: ...
     def __len__(self, /) -> int: ...
     def __repr__(self, /) -> str: ...
+    def access(self, url: Any) -> Any:
+        """The page at a URL (the passages sharing it, in corpus order) or the passage with that
+        id; None if absent. The first call maps every passage's URL and id.
+        """
+    @staticmethod
+    def build_hnsw_graph(
+        path: Any,
+        *,
+        connectivity: Any = ...,
+        expansion_add: Any = ...,
+        expansion_search: Any = ...,
+        threads: Any = ...,
+        progress: Any = ...,
+    ) -> Any:
+        """Builds the HNSW graph of the finished index at `path` from its stored vectors (no
+        encoding), replacing an earlier graph; `progress(rows)` every few thousand rows.
+        Returns the graph's record in the manifest.
+        """
     @staticmethod
     def build_index(
         corpus: Any,
@@ -117,6 +141,10 @@ class DenseSearch:
         """
     @property
     def dim(self) -> Any: ...
+    def document(self, row: Any) -> Any:
+        """The passage stored at `row`."""
+    def encode_queries(self, queries: Any) -> Any:
+        """The query vectors of `queries` (with the index's query prefix), as lists of floats."""
     @staticmethod
     def import_faiss_index(
         faiss: Any,
@@ -139,11 +167,18 @@ class DenseSearch:
     def manifest_json(self) -> Any:
         """The manifest (`dense.json`) as JSON: model, spec, corpus, shards, build id."""
     @property
+    def mode(self) -> Any:
+        """`"exact"` or `"hnsw"`."""
+    @property
     def path(self) -> Any: ...
     def search(self, query: Any, k: Any = ...) -> Any:
         """The `k` best passages for `query`, best first, with their inner-product scores."""
     def search_batch(self, queries: Any, k: Any = ...) -> Any:
         """`search` for many queries in one encoder pass and one matrix product."""
+    def search_vectors(self, vectors: Any, k: Any = ...) -> Any:
+        """The `k` best rows and scores of each query vector (already encoded, `dim` floats each),
+        best first: `[[(row, score), ...], ...]`.
+        """
 
 @final
 class Document:
@@ -372,6 +407,8 @@ class LocalSearch:
         """Builds an index from a jsonl corpus; `progress(docs, bytes, total_bytes)` is called as it goes
         and may raise (e.g. KeyboardInterrupt) to cancel. Returns the build statistics as a dict.
         """
+    def built_from(self, corpus: Any) -> Any:
+        """Whether this index was built from `corpus` as the file is now."""
     def get(self, id: str) -> Document | None:
         """The passage with this id, or None."""
     @property
@@ -893,12 +930,16 @@ def serve_model(
 
 def serve_retrieval(
     index: LocalSearch,
+    pages: Any = ...,
     host: str = ...,
     port: int = ...,
     default_topk: int = ...,
+    micro_batch: Any = ...,
     on_ready: Callable[[str], object] | None = ...,
 ) -> None:
-    """Serves the index until interrupted; calls `on_ready(url)` once listening."""
+    """Serves `index` (any search backend) until interrupted; calls `on_ready(url)` once
+    listening. `micro_batch` > 0 merges concurrent requests into batches of that many queries.
+    """
 
 def serve_scripted_policy(
     tokenizer: str, config_json: str, on_ready: Callable[[str], object] | None = ...
@@ -931,7 +972,12 @@ def start_model_server(
     """Loads the model, starts its server on the shared runtime and returns once it listens."""
 
 def start_retrieval_server(
-    index: LocalSearch, host: str = ..., port: int = ..., default_topk: int = ...
+    index: LocalSearch,
+    pages: Any = ...,
+    host: str = ...,
+    port: int = ...,
+    default_topk: int = ...,
+    micro_batch: Any = ...,
 ) -> RetrievalServerHandle:
     """Starts a retrieval server on the shared runtime and returns at once."""
 

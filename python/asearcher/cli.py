@@ -24,7 +24,79 @@ def _docs_json(docs: list) -> list[dict]:
     return [d.to_dict() for d in docs]
 
 
+def _dense_dir(index: str, dense: str | None) -> Path:
+    """The dense index: ``--dense-index``, else ``INDEX/dense``, else INDEX itself."""
+    if dense:
+        return Path(dense)
+    nested = Path(index) / "dense"
+    return nested if (nested / "dense.json").is_file() else Path(index)
+
+
 def cmd_index_build(args: argparse.Namespace) -> int:
+    from .tools import LocalSearch
+
+    if args.dense and not args.overwrite and (Path(args.out) / "asearcher_index.json").is_file():
+        existing = LocalSearch(args.out)
+        if existing.built_from(args.corpus):
+            print(f"BM25 index at {args.out} already built from {args.corpus}: kept")
+            _build_dense(args)
+            return 0
+    _build_bm25(args)
+    if args.dense:
+        _build_dense(args)
+    return 0
+
+
+def _build_dense(args: argparse.Namespace) -> None:
+    from .tools import DenseSearch
+
+    out = Path(args.out) / "dense"
+    index = DenseSearch.build(
+        args.corpus,
+        out,
+        args.dense,
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        shard_rows=args.shard_rows,
+        overwrite=args.overwrite,
+        on_bad_line="skip" if args.skip_bad_lines else "error",
+        progress=not args.quiet,
+    )
+    stats = index.last_build or {}
+    resumed = stats.get("resumed_shards", 0)
+    print(
+        f"encoded {stats.get('encoded_rows', 0)} of {len(index)} passages in "
+        f"{stats.get('seconds', 0):.1f}s -> {out}"
+        + (f" ({resumed} finished shards kept from an earlier run)" if resumed else "")
+    )
+    if args.hnsw:
+        graph = DenseSearch.build_hnsw(out, progress=not args.quiet, device=args.device)
+        info = graph.last_build or {}
+        print(f"HNSW graph of {info.get('rows')} vectors in {info.get('seconds', 0):.1f}s")
+
+
+def cmd_index_hnsw(args: argparse.Namespace) -> int:
+    from .tools import DenseSearch
+
+    where = _dense_dir(args.index, None)
+    graph = DenseSearch.build_hnsw(
+        where,
+        connectivity=args.connectivity,
+        expansion_add=args.expansion_add,
+        expansion_search=args.expansion_search,
+        threads=args.threads or 0,
+        progress=not args.quiet,
+    )
+    info = graph.last_build or {}
+    print(
+        f"HNSW graph of {info.get('rows')} vectors ({info.get('bytes', 0) / 2**20:.1f} MiB) in "
+        f"{info.get('seconds', 0):.1f}s -> {where}"
+    )
+    return 0
+
+
+def _build_bm25(args: argparse.Namespace) -> None:
     from .tools import LocalSearch
 
     index = LocalSearch.build(
@@ -47,30 +119,70 @@ def cmd_index_build(args: argparse.Namespace) -> int:
             else ""
         )
     )
-    return 0
 
 
 def cmd_index_info(args: argparse.Namespace) -> int:
+    import json as _json
+
     from .tools import LocalSearch
 
-    index = LocalSearch(args.index)
-    print(f"{index.path}: {len(index)} passages")
+    root = Path(args.index)
+    if (root / "asearcher_index.json").is_file():
+        print(f"{root}: BM25, {len(LocalSearch(root))} passages")
+    dense = _dense_dir(args.index, None)
+    if (dense / "dense.json").is_file():
+        m = _json.loads((dense / "dense.json").read_text())
+        rows = sum(s["rows"] for s in m["shards"])
+        state = "complete" if m["complete"] else "unfinished (run the build again to resume)"
+        graph = f", HNSW graph (M={m['hnsw']['connectivity']})" if m.get("hnsw") else ""
+        print(f"{dense}: dense, {rows} passages x {m['dim']} ({m['model']['dir']}), {state}{graph}")
     return 0
 
 
-def _open_backend(where: str):
-    """A local index directory, or the URL(s) of retrieval servers (comma-separated)."""
-    from .tools import LocalSearch, RetrievalClient
+def open_search(
+    where: str,
+    mode: str = "bm25",
+    *,
+    dense_index: str | None = None,
+    model: str | None = None,
+    search: str = "exact",
+    device: str = "cpu",
+    weights: tuple[float, float] = (1.0, 1.0),
+    depth: int = 50,
+):
+    """The search backend and the page source that ``serve retrieval`` and ``search`` use:
+    BM25 over ``where``, the dense index (``dense_index`` or ``where/dense``), or both fused
+    (hybrid, weights for BM25 and dense); or the retrieval servers at the URL(s) ``where``."""
+    from .tools import DenseSearch, HybridSearch, LocalSearch, RetrievalClient
 
     if where.startswith(("http://", "https://")):
-        return RetrievalClient(where.split(","))
-    return LocalSearch(where)
+        client = RetrievalClient(where.split(","))
+        return client, client
+    if mode not in ("bm25", "dense", "hybrid"):
+        raise AsearcherError(f"mode {mode!r} is not one of bm25, dense, hybrid")
+    bm25 = (
+        LocalSearch(where)
+        if mode != "dense" or Path(where, "asearcher_index.json").is_file()
+        else None
+    )
+    if mode == "bm25":
+        return bm25, bm25
+    dense = DenseSearch(_dense_dir(where, dense_index), model=model, device=device, search=search)
+    if mode == "dense":
+        return dense, bm25 or dense
+    hybrid = HybridSearch([(bm25, weights[0]), (dense, weights[1])], depth=depth)
+    return hybrid, bm25
+
+
+def _open_backend(where: str, mode: str = "bm25"):
+    """A local index directory, or the URL(s) of retrieval servers (comma-separated)."""
+    return open_search(where, mode)[0]
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     from .tools import Toolbox
 
-    backend = _open_backend(args.index)
+    backend = _open_backend(args.index, args.mode)
     if args.json:
         _print_json(_docs_json(backend.search(args.query, k=args.k)))
     else:
@@ -104,11 +216,30 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _weights(text: str) -> tuple[float, float]:
+    try:
+        bm25, dense = (float(w) for w in text.split(","))
+    except ValueError:
+        raise AsearcherError(f"--weights {text!r}: expected two numbers, BM25,DENSE") from None
+    return bm25, dense
+
+
 def cmd_serve_retrieval(args: argparse.Namespace) -> int:
     from . import _core
-    from .tools import LocalSearch
 
-    index = LocalSearch(args.index)
+    index, pages = open_search(
+        args.index,
+        args.mode,
+        dense_index=args.dense_index,
+        model=args.model,
+        search=args.search,
+        device=args.device,
+        weights=_weights(args.weights),
+        depth=args.depth,
+    )
+    micro_batch = (
+        args.micro_batch if args.micro_batch is not None else (0 if args.mode == "bm25" else 512)
+    )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger("asearcher").warning(
             "binding %s: the retrieval server has no authentication and will answer anyone "
@@ -117,11 +248,17 @@ def cmd_serve_retrieval(args: argparse.Namespace) -> int:
         )
 
     def ready(url: str) -> None:
-        print(f"retrieval server on {url} ({len(index)} passages); Ctrl-C stops it", flush=True)
+        print(f"retrieval server on {url} ({args.mode}: {index!r}); Ctrl-C stops it", flush=True)
 
     try:
         _core.serve_retrieval(
-            index, host=args.host, port=args.port, default_topk=args.default_topk, on_ready=ready
+            index,
+            pages=pages,
+            host=args.host,
+            port=args.port,
+            default_topk=args.default_topk,
+            micro_batch=micro_batch,
+            on_ready=ready,
         )
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
@@ -227,9 +364,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_index_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("index", help="build or inspect a BM25 index")
+    p = sub.add_parser("index", help="build or inspect a BM25 and dense index")
     isub = p.add_subparsers(dest="index_cmd", required=True)
-    b = isub.add_parser("build", help="build a BM25 index from a jsonl corpus")
+    b = isub.add_parser(
+        "build", help="build a BM25 index (and with --dense a dense one) from a jsonl corpus"
+    )
     b.add_argument("corpus", help='jsonl corpus: {"id","contents"} or {"id","title","text"}')
     b.add_argument("--out", required=True, help="index directory to create")
     b.add_argument("--threads", type=int, default=None, help="indexing threads (default: cores)")
@@ -237,10 +376,45 @@ def _add_index_parsers(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--skip-bad-lines", action="store_true", help="skip malformed lines, count them")
     b.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument(
+        "--dense",
+        metavar="MODEL_DIR",
+        default=None,
+        help="also encode the corpus with this BERT-family encoder (E5, MiniLM, BGE) into "
+        "OUT/dense; a stopped build resumes when run again",
+    )
+    b.add_argument("--hnsw", action="store_true", help="with --dense: also build an HNSW graph")
+    b.add_argument("--device", default="cpu", help="encoder device (cpu, cuda, cuda:1)")
+    b.add_argument("--dtype", default="float32", help="encoder dtype (float32, bfloat16, float16)")
+    b.add_argument("--batch-size", type=int, default=64, help="passages per encoder pass")
+    b.add_argument("--shard-rows", type=int, default=16_384, help="passages per dense shard")
     b.set_defaults(func=cmd_index_build)
+    h = isub.add_parser("hnsw", help="build an HNSW graph over a dense index's vectors")
+    h.add_argument("index", help="the dense index, or an index directory holding dense/")
+    h.add_argument("--connectivity", type=int, default=32, help="neighbours per node (M)")
+    h.add_argument("--expansion-add", type=int, default=128, help="efConstruction")
+    h.add_argument("--expansion-search", type=int, default=128, help="default efSearch")
+    h.add_argument("--threads", type=int, default=None, help="insertion threads (default: cores)")
+    h.add_argument("--quiet", action="store_true", help="no progress bar")
+    h.set_defaults(func=cmd_index_hnsw)
     i = isub.add_parser("info", help="show an index's size")
     i.add_argument("index")
     i.set_defaults(func=cmd_index_info)
+
+
+def _add_mode_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--mode",
+        choices=["bm25", "dense", "hybrid"],
+        default="bm25",
+        help="bm25, dense (the index's dense/ or --dense-index), or both fused by RRF",
+    )
+    p.add_argument("--dense-index", default=None, help="dense index (default: INDEX/dense)")
+    p.add_argument("--model", default=None, help="encoder directory (default: the build's)")
+    p.add_argument("--search", choices=["exact", "hnsw"], default="exact", help="dense search")
+    p.add_argument("--device", default="cpu", help="encoder and vectors device")
+    p.add_argument("--weights", default="1,1", help="hybrid RRF weights BM25,DENSE")
+    p.add_argument("--depth", type=int, default=50, help="hybrid: hits fused from each part")
 
 
 def _add_tool_parsers(sub: argparse._SubParsersAction) -> None:
@@ -250,6 +424,7 @@ def _add_tool_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("-k", type=int, default=5, help="documents to return (default 5)")
     s.add_argument("--doc-chars", type=int, default=5000, help="characters kept per document")
     s.add_argument("--json", action="store_true", help="print documents as JSON")
+    s.add_argument("--mode", choices=["bm25", "dense", "hybrid"], default="bm25")
     s.set_defaults(func=cmd_search)
     a = sub.add_parser("access", help="read a page of an index or a server by URL or id")
     a.add_argument("index", help="index directory, or retrieval server URL(s), comma-separated")
@@ -271,10 +446,18 @@ def _add_serve_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run a server")
     ssub = p.add_subparsers(dest="serve_cmd", required=True)
     r = ssub.add_parser("retrieval", help="Search-R1/ASearcher-compatible retrieval server")
-    r.add_argument("--index", required=True, help="index directory")
+    r.add_argument("--index", required=True, help="index directory (BM25, with dense/ inside)")
     r.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     r.add_argument("--port", type=int, default=8000)
     r.add_argument("--default-topk", type=int, default=3, help="topk when a request has none")
+    r.add_argument(
+        "--micro-batch",
+        type=int,
+        default=None,
+        help="merge concurrent requests into searches of up to N queries "
+        "(default: 512 in dense and hybrid mode, off for bm25)",
+    )
+    _add_mode_arguments(r)
     r.set_defaults(func=cmd_serve_retrieval)
     m = ssub.add_parser(
         "model", help="SGLang/OpenAI-compatible model server over the embedded generator"

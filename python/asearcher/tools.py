@@ -142,12 +142,55 @@ class DenseSearch(_core.DenseSearch):
         index.last_build = stats
         return index
 
+    @classmethod
+    def build_hnsw(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        connectivity: int = 32,
+        expansion_add: int = 128,
+        expansion_search: int = 128,
+        threads: int = 0,
+        progress: bool | Callable[[int], object] = True,
+        model: str | os.PathLike[str] | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+    ) -> DenseSearch:
+        """Builds an HNSW graph (usearch; M = ``connectivity``, efConstruction =
+        ``expansion_add``, efSearch = ``expansion_search``) over the stored vectors of the
+        finished index at ``path`` and opens it for approximate search. Nothing is re-encoded;
+        an earlier graph is replaced. ``threads=0`` uses every core."""
+        import json
+
+        kwargs: dict[str, Any] = dict(
+            connectivity=connectivity,
+            expansion_add=expansion_add,
+            expansion_search=expansion_search,
+            threads=threads,
+        )
+        if callable(progress):
+            info = cls.build_hnsw_graph(path, progress=progress, **kwargs)
+        elif progress:
+            with progress_bar(desc="HNSW graph", unit="vector") as bar:
+
+                def report(rows: int) -> None:
+                    bar.update(rows - bar.n)
+
+                info = cls.build_hnsw_graph(path, progress=report, **kwargs)
+        else:
+            info = cls.build_hnsw_graph(path, **kwargs)
+        index = cls(path, model=model, device=device, dtype=dtype, search="hnsw")
+        index.last_build = json.loads(info)
+        return index
+
     def __init__(
         self,
         path: str | os.PathLike[str],
         model: str | os.PathLike[str] | None = None,
         device: str = "cpu",
         dtype: str = "float32",
+        search: str = "exact",
+        expansion_search: int | None = None,
     ) -> None:
         self.last_build: dict | None = None
 
@@ -218,10 +261,27 @@ class LocalSearch(_core.LocalSearch):
 
 
 def start_retrieval_server(
-    index: LocalSearch, host: str = "127.0.0.1", port: int = 0, default_topk: int = 3
+    index: LocalSearch | DenseSearch | HybridSearch,
+    pages: LocalSearch | DenseSearch | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    default_topk: int = 3,
+    micro_batch: int = 0,
 ) -> RetrievalServerHandle:
-    """Starts a Search-R1-compatible retrieval server in the background of this process."""
-    return _core.start_retrieval_server(index, host=host, port=port, default_topk=default_topk)
+    """Starts a Search-R1-compatible retrieval server in the background of this process.
+
+    ``index`` is any search backend; ``/access`` reads pages from ``pages`` (default: the
+    index itself when it has pages; a hybrid needs ``pages=``). ``micro_batch`` > 0 merges
+    concurrent requests into one search of up to that many queries (one encoder pass and one
+    matrix product for a dense index)."""
+    return _core.start_retrieval_server(
+        index,
+        pages=pages,
+        host=host,
+        port=port,
+        default_topk=default_topk,
+        micro_batch=micro_batch,
+    )
 
 
 __all__ = [

@@ -1,10 +1,12 @@
 //! Dense retrieval: an on-disk vector index of a corpus, encoded by a BERT-family encoder
 //! (`asearcher_torch::encoder`), built in shards that a killed build resumes
-//! ([`build::build_index`]), and searched exactly by chunked matrix products and top-k
-//! ([`search::DenseIndex`], which is a `SearchBackend` for the agents' toolbox), alone or
+//! ([`build::build_index`]), and searched exactly by chunked matrix products and top-k or
+//! approximately in an HNSW graph ([`hnsw`]) ([`search::DenseIndex`], which is a `SearchBackend`
+//! and a `PageSource` for the agents' toolbox and the retrieval server), alone or
 //! fused with BM25 by reciprocal rank fusion ([`hybrid::HybridSearch`]).
 
 pub mod build;
+pub mod hnsw;
 pub mod hybrid;
 pub mod import;
 pub mod manifest;
@@ -13,10 +15,11 @@ pub mod search;
 mod tests;
 
 pub use build::{build_index, BuildOptions, BuildStats};
+pub use hnsw::{build_hnsw, HnswInfo, HnswOptions};
 pub use hybrid::HybridSearch;
 pub use import::{import_faiss_flat, read_faiss_header};
 pub use manifest::Manifest;
-pub use search::DenseIndex;
+pub use search::{DenseIndex, SearchMode};
 
 /// Errors of the dense index: the tools' (index, corpus, I/O) and the encoder's.
 #[derive(Debug, thiserror::Error)]

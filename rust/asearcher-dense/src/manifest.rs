@@ -62,6 +62,9 @@ pub struct Manifest {
     /// <hash>` for an imported FAISS flat index).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imported_from: Option<String>,
+    /// The HNSW graph over the vectors, when one was built ([`crate::hnsw`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hnsw: Option<crate::hnsw::HnswInfo>,
 }
 
 impl Manifest {
@@ -81,6 +84,7 @@ impl Manifest {
             complete: false,
             build_id: None,
             imported_from: None,
+            hnsw: None,
         }
     }
 

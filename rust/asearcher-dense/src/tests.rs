@@ -333,3 +333,132 @@ fn reciprocal_rank_fusion_weights_ranks_and_keeps_order_on_ties() {
     let one = HybridSearch::new(Vec::new(), 10, 60.0).unwrap_err();
     assert!(one.to_string().contains("at least two"), "{one}");
 }
+
+/// A dense index of `n` random unit vectors (dim 16, the random BERT's width) imported from a
+/// FAISS file, over a corpus whose passages share URLs in pairs.
+fn random_index(tmp: &Path, model: &Path, n: usize) -> (std::path::PathBuf, Vec<Vec<f32>>) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let rows: Vec<Vec<f32>> = (0..n)
+        .map(|_| {
+            let v: Vec<f32> = (0..16).map(|_| rng.random::<f32>() - 0.5).collect();
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.into_iter().map(|x| x / norm).collect()
+        })
+        .collect();
+    let corpus_path = tmp.join("random.jsonl");
+    let lines: String = (0..n)
+        .map(|i| {
+            serde_json::json!({"id": format!("r{i}"), "contents": format!("\"P{}\"\npart {i}", i / 2),
+                               "url": format!("https://x/{}", i / 2)})
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(&corpus_path, lines).unwrap();
+    let faiss = tmp.join("random.index");
+    faiss_file(&faiss, b"IxFI", 16, &rows);
+    let out = tmp.join("random-index");
+    import_faiss_flat(
+        &faiss,
+        &corpus_path,
+        &out,
+        &encoder(model),
+        &options(700),
+        &mut |_| Ok(()),
+    )
+    .unwrap();
+    (out, rows)
+}
+
+#[test]
+fn hnsw_finds_what_exact_search_finds_and_refuses_a_missing_graph() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("bert");
+    write_random_bert(&model, Pooling::Mean, 5).unwrap();
+    let (dir, rows) = random_index(tmp.path(), &model, 2000);
+    let err = DenseIndex::open_with(
+        &dir,
+        encoder(&model),
+        SearchMode::Hnsw {
+            expansion_search: None,
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("no HNSW graph"), "{err}");
+    let mut seen = 0;
+    let info = build_hnsw(&dir, &HnswOptions::default(), &mut |n| {
+        seen = n;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!((info.rows, seen), (2000, 2000));
+    let exact = DenseIndex::open(&dir, encoder(&model)).unwrap();
+    let hnsw = DenseIndex::open_with(
+        &dir,
+        encoder(&model),
+        SearchMode::Hnsw {
+            expansion_search: Some(64),
+        },
+    )
+    .unwrap();
+    assert_eq!(hnsw.mode(), "hnsw");
+    // Queries: 50 stored vectors, slightly perturbed.
+    let q: Vec<f32> = rows[..50]
+        .iter()
+        .flat_map(|v| v.iter().map(|x| x + 0.01))
+        .collect();
+    let q = tch::Tensor::from_slice(&q).view([50, 16]);
+    let a = exact.search_vectors(&q, 10).unwrap();
+    let b = hnsw.search_vectors(&q, 10).unwrap();
+    let found: usize = a
+        .iter()
+        .zip(&b)
+        .map(|(a, b)| {
+            a.iter()
+                .filter(|(r, _)| b.iter().any(|(s, _)| s == r))
+                .count()
+        })
+        .sum();
+    let recall = found as f64 / 500.0;
+    assert!(recall >= 0.95, "recall@10 {recall}");
+    // Scores are inner products, as exact search gives them.
+    for (ea, hb) in a.iter().zip(&b) {
+        for (row, score) in hb {
+            if let Some((_, s)) = ea.iter().find(|(r, _)| r == row) {
+                assert!((s - score).abs() < 1e-4, "{s} vs {score}");
+            }
+        }
+    }
+    // A rebuilt index (fresh manifest) forgets its graph.
+    let mut m = Manifest::read(&dir).unwrap().unwrap();
+    assert!(m.hnsw.is_some());
+    m.hnsw = None;
+    m.write(&dir).unwrap();
+    assert!(DenseIndex::open_with(
+        &dir,
+        encoder(&model),
+        SearchMode::Hnsw {
+            expansion_search: None
+        }
+    )
+    .is_err());
+}
+
+#[test]
+fn pages_join_the_passages_of_a_url_or_give_one_passage_by_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("bert");
+    write_random_bert(&model, Pooling::Mean, 5).unwrap();
+    let (dir, _) = random_index(tmp.path(), &model, 10);
+    let index = DenseIndex::open(&dir, encoder(&model)).unwrap();
+    let page = index.access_blocking("https://x/3").unwrap().unwrap();
+    assert_eq!(
+        (page.title.as_str(), page.contents.as_str()),
+        ("P3", "part 6\n\npart 7")
+    );
+    let one = index.access_blocking(" r7 ").unwrap().unwrap();
+    assert_eq!(one.contents, "part 7");
+    assert!(index.access_blocking("https://x/99").unwrap().is_none());
+    assert!(index.access_blocking("  ").unwrap().is_none());
+}

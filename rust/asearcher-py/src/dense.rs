@@ -4,11 +4,13 @@
 
 use crate::errors::{config_err, tool_err, torch_err};
 use crate::runtime::wait_for_future;
-use crate::tools::{docs, parse_bad_line_policy, progress_step, search_backend, PyDocument};
+use crate::tools::{
+    docs, parse_bad_line_policy, progress_step, search_backend, PyDocument, PyPage,
+};
 use asearcher_dense::build::Progress;
 use asearcher_dense::{
-    build_index, import_faiss_flat, BuildOptions, BuildStats, DenseError, DenseIndex, HybridSearch,
-    Manifest,
+    build_hnsw, build_index, import_faiss_flat, BuildOptions, BuildStats, DenseError, DenseIndex,
+    HnswOptions, HybridSearch, Manifest, SearchMode,
 };
 use asearcher_tools::SearchBackend;
 use asearcher_torch::encoder::{BertEncoder, EncoderOptions};
@@ -106,16 +108,31 @@ pub struct PyDenseSearch {
 #[pymethods]
 impl PyDenseSearch {
     /// Opens `path`; the encoder is `model` (default: the directory the index was built
-    /// with) with the index's spec (pooling, prefixes, limits).
+    /// with) with the index's spec (pooling, prefixes, limits). `search`: `"exact"` (every
+    /// vector loaded and scored) or `"hnsw"` (the graph built by `build_hnsw_graph`, keeping
+    /// `expansion_search` candidates; default: the graph's setting).
     #[new]
-    #[pyo3(signature = (path, model = None, device = "cpu", dtype = "float32"))]
+    #[pyo3(signature = (path, model = None, device = "cpu", dtype = "float32", search = "exact",
+        expansion_search = None))]
     fn new(
         py: Python<'_>,
         path: PathBuf,
         model: Option<PathBuf>,
         device: &str,
         dtype: &str,
+        search: &str,
+        expansion_search: Option<usize>,
     ) -> PyResult<Self> {
+        let mode = match search {
+            "exact" => SearchMode::Exact,
+            "hnsw" => SearchMode::Hnsw { expansion_search },
+            other => {
+                return Err(config_err(
+                    "search",
+                    format!("{other:?} is not one of 'exact', 'hnsw'"),
+                ))
+            }
+        };
         let inner = py.detach(|| {
             let manifest = Manifest::read(&path).map_err(dense_err)?.ok_or_else(|| {
                 tool_err(asearcher_tools::ToolError::Index {
@@ -133,9 +150,114 @@ impl PyDenseSearch {
             };
             let model = model.unwrap_or_else(|| PathBuf::from(&manifest.model.dir));
             let encoder = load_encoder(&model, device, dtype, &options)?;
-            DenseIndex::open(&path, encoder).map_err(dense_err)
+            DenseIndex::open_with(&path, encoder, mode).map_err(dense_err)
         })?;
         Ok(PyDenseSearch { inner })
+    }
+
+    /// Builds the HNSW graph of the finished index at `path` from its stored vectors (no
+    /// encoding), replacing an earlier graph; `progress(rows)` every few thousand rows.
+    /// Returns the graph's record in the manifest.
+    #[staticmethod]
+    #[pyo3(signature = (path, *, connectivity = 32, expansion_add = 128, expansion_search = 128,
+        threads = 0, progress = None))]
+    fn build_hnsw_graph(
+        py: Python<'_>,
+        path: PathBuf,
+        connectivity: usize,
+        expansion_add: usize,
+        expansion_search: usize,
+        threads: usize,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<String> {
+        let opts = HnswOptions {
+            connectivity,
+            expansion_add,
+            expansion_search,
+            threads,
+        };
+        let mut callback_error: Option<PyErr> = None;
+        let result = py.detach(|| {
+            build_hnsw(&path, &opts, &mut |rows| {
+                progress_step(progress.as_ref(), |py, cb| cb.call1(py, (rows,)).map(drop)).map_err(
+                    |e| {
+                        callback_error = Some(e);
+                        asearcher_tools::ToolError::Cancelled {
+                            what: "HNSW build".into(),
+                        }
+                        .into()
+                    },
+                )
+            })
+        });
+        match (result, callback_error) {
+            (Err(_), Some(py_err)) => Err(py_err),
+            (r, _) => Ok(serde_json::to_string(&r.map_err(dense_err)?).expect("serialises")),
+        }
+    }
+
+    /// `"exact"` or `"hnsw"`.
+    #[getter]
+    fn mode(&self) -> &'static str {
+        self.inner.mode()
+    }
+
+    /// The `k` best rows and scores of each query vector (already encoded, `dim` floats each),
+    /// best first: `[[(row, score), ...], ...]`.
+    #[pyo3(signature = (vectors, k = 5))]
+    fn search_vectors(
+        &self,
+        py: Python<'_>,
+        vectors: Vec<Vec<f32>>,
+        k: usize,
+    ) -> PyResult<Vec<Vec<(usize, f32)>>> {
+        let dim = self.inner.dim() as usize;
+        if let Some((i, v)) = vectors.iter().enumerate().find(|(_, v)| v.len() != dim) {
+            return Err(config_err(
+                "vectors",
+                format!("vector {i} has {} floats; the index holds {dim}", v.len()),
+            ));
+        }
+        let flat: Vec<f32> = vectors.concat();
+        py.detach(|| {
+            let q = tch::Tensor::from_slice(&flat).view([vectors.len() as i64, dim as i64]);
+            self.inner.search_vectors(&q, k)
+        })
+        .map_err(dense_err)
+    }
+
+    /// The query vectors of `queries` (with the index's query prefix), as lists of floats.
+    fn encode_queries(&self, py: Python<'_>, queries: Vec<String>) -> PyResult<Vec<Vec<f32>>> {
+        py.detach(|| {
+            let q = self.inner.encode_queries(&queries)?;
+            let flat: Vec<f32> = Vec::try_from(q.to_kind(tch::Kind::Float).flatten(0, -1))?;
+            Ok(flat
+                .chunks(self.inner.dim() as usize)
+                .map(<[f32]>::to_vec)
+                .collect())
+        })
+        .map_err(dense_err)
+    }
+
+    /// The passage stored at `row`.
+    fn document(&self, py: Python<'_>, row: usize) -> PyResult<PyDocument> {
+        if row >= self.inner.rows() {
+            return Err(config_err(
+                "row",
+                format!("{row} is past the index's {} rows", self.inner.rows()),
+            ));
+        }
+        py.detach(|| self.inner.document(row))
+            .map(PyDocument::from)
+            .map_err(dense_err)
+    }
+
+    /// The page at a URL (the passages sharing it, in corpus order) or the passage with that
+    /// id; None if absent. The first call maps every passage's URL and id.
+    fn access(&self, py: Python<'_>, url: &str) -> PyResult<Option<PyPage>> {
+        py.detach(|| self.inner.access_blocking(url))
+            .map(|p| p.map(PyPage::from))
+            .map_err(dense_err)
     }
 
     /// Builds (or resumes) the index of `corpus` in `out` with the encoder at `model`
@@ -249,10 +371,11 @@ impl PyDenseSearch {
 
     fn __repr__(&self) -> String {
         format!(
-            "DenseSearch({:?}, {} passages, dim {})",
+            "DenseSearch({:?}, {} passages, dim {}, {})",
             self.inner.dir().display(),
             self.inner.rows(),
-            self.inner.dim()
+            self.inner.dim(),
+            self.inner.mode()
         )
     }
 }

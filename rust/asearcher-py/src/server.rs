@@ -1,18 +1,22 @@
 //! Python entry points of the HTTP servers: serve in the foreground (Ctrl-C stops it) or start in
 //! the background and get a handle (for notebooks and tests).
 
+use crate::dense::{PyDenseSearch, PyHybridSearch};
 use crate::errors::{config_err, io_err};
 use crate::runtime::{runtime, wait_for_future};
-use crate::tools::PyLocalSearch;
-use asearcher_server::{RetrievalServer, ServerConfig};
-use asearcher_tools::LocalIndex;
+use crate::tools::{page_source, search_backend, PyLocalSearch};
+use asearcher_server::{RetrievalServer, Retriever, ServerConfig};
 use pyo3::prelude::*;
-use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-fn server_config(host: String, port: u16, default_topk: usize) -> PyResult<ServerConfig> {
+fn server_config(
+    host: String,
+    port: u16,
+    default_topk: usize,
+    micro_batch: usize,
+) -> PyResult<ServerConfig> {
     if default_topk == 0 {
         return Err(config_err("default_topk", "must be at least 1"));
     }
@@ -20,33 +24,64 @@ fn server_config(host: String, port: u16, default_topk: usize) -> PyResult<Serve
         host,
         port,
         default_topk,
+        micro_batch,
         ..ServerConfig::default()
     })
 }
 
-fn bind(index: Arc<LocalIndex>, cfg: ServerConfig) -> PyResult<RetrievalServer> {
+/// What to serve: `search` (LocalSearch, DenseSearch, HybridSearch, RetrievalClient), pages
+/// from `pages` or else from `search` itself when it has pages (LocalSearch, DenseSearch).
+fn retriever(search: &Bound<'_, PyAny>, pages: Option<&Bound<'_, PyAny>>) -> PyResult<Retriever> {
+    let (mode, docs) = if let Ok(l) = search.cast::<PyLocalSearch>() {
+        ("bm25", Some(l.get().index().num_docs() as usize))
+    } else if let Ok(d) = search.cast::<PyDenseSearch>() {
+        ("dense", Some(d.get().inner.rows()))
+    } else if search.cast::<PyHybridSearch>().is_ok() {
+        ("hybrid", None)
+    } else {
+        ("remote", None)
+    };
+    let pages = match pages {
+        Some(p) => Some(page_source(p)?),
+        None if mode == "bm25" || mode == "dense" => Some(page_source(search)?),
+        None => None,
+    };
+    Ok(Retriever {
+        search: search_backend(search)?,
+        pages,
+        mode: mode.into(),
+        docs,
+    })
+}
+
+fn bind(retriever: Retriever, cfg: ServerConfig) -> PyResult<RetrievalServer> {
     let (host, port) = (cfg.host.clone(), cfg.port);
     runtime()
-        .block_on(RetrievalServer::bind(index, cfg))
+        .block_on(RetrievalServer::bind(retriever, cfg))
         .map_err(|e| io_err(format!("cannot listen on {host}:{port}: {e}")))
 }
 
-/// Serves the index until interrupted; calls `on_ready(url)` once listening.
+/// Serves `index` (any search backend) until interrupted; calls `on_ready(url)` once
+/// listening. `micro_batch` > 0 merges concurrent requests into batches of that many queries.
 #[pyfunction]
-#[pyo3(signature = (index, host = "127.0.0.1".to_string(), port = 8000, default_topk = 3, on_ready = None))]
+#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (index, pages = None, host = "127.0.0.1".to_string(), port = 8000,
+    default_topk = 3, micro_batch = 0, on_ready = None))]
 fn serve_retrieval(
     py: Python<'_>,
-    index: &Bound<'_, PyLocalSearch>,
+    index: &Bound<'_, PyAny>,
+    pages: Option<&Bound<'_, PyAny>>,
     host: String,
     port: u16,
     default_topk: usize,
+    micro_batch: usize,
     on_ready: Option<Py<PyAny>>,
 ) -> PyResult<()> {
-    let (idx, cfg) = (
-        index.get().index(),
-        server_config(host, port, default_topk)?,
+    let (r, cfg) = (
+        retriever(index, pages)?,
+        server_config(host, port, default_topk, micro_batch)?,
     );
-    let server = py.detach(|| bind(idx, cfg))?;
+    let server = py.detach(|| bind(r, cfg))?;
     let url = format!(
         "http://{}",
         server.local_addr().map_err(|e| io_err(e.to_string()))?
@@ -115,19 +150,22 @@ impl RetrievalServerHandle {
 
 /// Starts a retrieval server on the shared runtime and returns at once.
 #[pyfunction]
-#[pyo3(signature = (index, host = "127.0.0.1".to_string(), port = 0, default_topk = 3))]
+#[pyo3(signature = (index, pages = None, host = "127.0.0.1".to_string(), port = 0,
+    default_topk = 3, micro_batch = 0))]
 fn start_retrieval_server(
     py: Python<'_>,
-    index: &Bound<'_, PyLocalSearch>,
+    index: &Bound<'_, PyAny>,
+    pages: Option<&Bound<'_, PyAny>>,
     host: String,
     port: u16,
     default_topk: usize,
+    micro_batch: usize,
 ) -> PyResult<RetrievalServerHandle> {
-    let (idx, cfg) = (
-        index.get().index(),
-        server_config(host, port, default_topk)?,
+    let (r, cfg) = (
+        retriever(index, pages)?,
+        server_config(host, port, default_topk, micro_batch)?,
     );
-    let server = py.detach(|| bind(idx, cfg))?;
+    let server = py.detach(|| bind(r, cfg))?;
     let addr = server.local_addr().map_err(|e| io_err(e.to_string()))?;
     let (tx, rx) = oneshot::channel::<()>();
     let task = runtime().spawn(async move {

@@ -309,6 +309,12 @@ impl PyLocalSearch {
             .map_err(tool_err)
     }
 
+    /// Whether this index was built from `corpus` as the file is now.
+    fn built_from(&self, py: Python<'_>, corpus: PathBuf) -> PyResult<bool> {
+        py.detach(|| self.inner.built_from(&corpus))
+            .map_err(tool_err)
+    }
+
     /// The passage with this id, or None.
     fn get(&self, py: Python<'_>, id: &str) -> PyResult<Option<PyDocument>> {
         py.detach(|| self.inner.get(id))
@@ -669,7 +675,7 @@ pub(crate) fn search_backend(obj: &Bound<'_, PyAny>) -> PyResult<Arc<dyn t::Sear
     ))
 }
 
-fn page_source(obj: &Bound<'_, PyAny>) -> PyResult<Arc<dyn t::PageSource>> {
+pub(crate) fn page_source(obj: &Bound<'_, PyAny>) -> PyResult<Arc<dyn t::PageSource>> {
     if let Ok(l) = obj.cast::<PyLocalSearch>() {
         return Ok(Arc::new(l.get().inner.clone()));
     }
@@ -679,10 +685,13 @@ fn page_source(obj: &Bound<'_, PyAny>) -> PyResult<Arc<dyn t::PageSource>> {
     if let Ok(p) = obj.cast::<PyPageReader>() {
         return Ok(Arc::new(p.get().inner.clone()));
     }
+    if let Ok(d) = obj.cast::<crate::dense::PyDenseSearch>() {
+        return Ok(Arc::new(d.get().inner.clone()));
+    }
     Err(config_err(
         "pages",
         format!(
-            "expected LocalSearch, RetrievalClient or PageReader, got {}",
+            "expected LocalSearch, DenseSearch, RetrievalClient or PageReader, got {}",
             obj.get_type().name()?
         ),
     ))

@@ -1,7 +1,10 @@
-//! The retrieval server. Requests run concurrently: each is searched on the blocking pool against
-//! a shared, lock-free index reader (there is no global lock, unlike the original server).
+//! The retrieval server over any search backend (BM25, dense, hybrid). Requests run
+//! concurrently (there is no global lock, unlike the original server); with `micro_batch` set,
+//! concurrent requests are merged into one search per batch ([`crate::batching`]), which is
+//! what a dense backend needs to encode and score many queries at once.
 
-use asearcher_tools::{Document, LocalIndex, Page};
+use crate::batching::{BatchStats, MicroBatcher};
+use asearcher_tools::{Document, LocalIndex, Page, PageSource, SearchBackend};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -24,6 +27,9 @@ pub struct ServerConfig {
     /// Upper bound on `topk` and on queries per request.
     pub max_topk: usize,
     pub max_queries: usize,
+    /// Merge concurrent requests into batches of at most this many queries (0: every request
+    /// searches on its own, best for BM25; dense and hybrid backends gain from batching).
+    pub micro_batch: usize,
 }
 
 impl Default for ServerConfig {
@@ -34,12 +40,41 @@ impl Default for ServerConfig {
             default_topk: 3,
             max_topk: 100,
             max_queries: 4096,
+            micro_batch: 0,
+        }
+    }
+}
+
+/// What a retrieval server serves: a search backend, where `/access` reads pages (none: it
+/// answers 404), and a description for `/health`.
+#[derive(Clone)]
+pub struct Retriever {
+    pub search: Arc<dyn SearchBackend>,
+    pub pages: Option<Arc<dyn PageSource>>,
+    /// `bm25`, `dense`, `hybrid` (shown by `/health`).
+    pub mode: String,
+    /// Passages searched, when known.
+    pub docs: Option<usize>,
+}
+
+impl Retriever {
+    /// BM25 search and pages over one local index.
+    pub fn bm25(index: Arc<LocalIndex>) -> Self {
+        Retriever {
+            docs: Some(index.num_docs() as usize),
+            search: Arc::new(index.clone()),
+            pages: Some(Arc::new(index)),
+            mode: "bm25".into(),
         }
     }
 }
 
 struct AppState {
-    index: Arc<LocalIndex>,
+    search: Arc<dyn SearchBackend>,
+    pages: Option<Arc<dyn PageSource>>,
+    mode: String,
+    docs: Option<usize>,
+    batching: Option<Arc<BatchStats>>,
     cfg: ServerConfig,
 }
 
@@ -104,11 +139,8 @@ async fn retrieve(State(st): State<Arc<AppState>>, body: axum::body::Bytes) -> R
             st.cfg.max_queries
         ));
     }
-    let index = st.index.clone();
-    let queries = req.queries;
-    let hits = match tokio::task::spawn_blocking(move || index.search_batch(&queries, k)).await {
-        Ok(Ok(h)) => h,
-        Ok(Err(e)) => return internal(e),
+    let hits = match st.search.search_batch(&req.queries, k).await {
+        Ok(h) => h,
         Err(e) => return internal(e),
     };
     let result: Vec<Vec<Value>> = hits
@@ -140,41 +172,67 @@ async fn access(State(st): State<Arc<AppState>>, body: axum::body::Bytes) -> Res
             st.cfg.max_queries
         ));
     }
-    let index = st.index.clone();
-    let pages = tokio::task::spawn_blocking(move || {
-        req.urls
-            .iter()
-            .map(|u| index.access(u))
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await;
+    let Some(source) = st.pages.clone() else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(
+                json!({"error": format!("this {} server has no page source for /access", st.mode)}),
+            ),
+        )
+            .into_response();
+    };
+    let pages = futures::future::try_join_all(req.urls.iter().map(|u| source.access(u))).await;
     match pages {
-        Ok(Ok(pages)) => {
+        Ok(pages) => {
             let result: Vec<Value> = pages
                 .iter()
                 .map(|p| p.as_ref().map(page_json).unwrap_or(Value::Null))
                 .collect();
             Json(json!({ "result": result })).into_response()
         }
-        Ok(Err(e)) => internal(e),
         Err(e) => internal(e),
     }
 }
 
 async fn health(State(st): State<Arc<AppState>>) -> Json<Value> {
-    Json(
-        json!({"status": "ok", "docs": st.index.num_docs(), "index": st.index.path().display().to_string()}),
-    )
+    let mut v = json!({
+        "status": "ok",
+        "mode": st.mode,
+        "backend": st.search.name(),
+        "docs": st.docs,
+        "pages": st.pages.is_some(),
+    });
+    if let Some(stats) = &st.batching {
+        let (requests, queries, batches) = stats.snapshot();
+        v["micro_batch"] = json!({"max_queries": st.cfg.micro_batch, "requests": requests, "queries": queries, "batches": batches});
+    }
+    Json(v)
 }
 
-/// Builds the router (used by [`serve_retrieval`] and by tests).
-pub fn router(index: Arc<LocalIndex>, cfg: ServerConfig) -> Router {
+/// Builds the router (used by [`serve_retrieval`] and by tests). With `cfg.micro_batch` > 0
+/// it must be called inside a tokio runtime (the batching worker is spawned there).
+pub fn router(retriever: Retriever, cfg: ServerConfig) -> Router {
+    let (search, batching) = if cfg.micro_batch > 0 {
+        let batcher = MicroBatcher::spawn(retriever.search, cfg.micro_batch);
+        let stats = batcher.stats();
+        (Arc::new(batcher) as Arc<dyn SearchBackend>, Some(stats))
+    } else {
+        (retriever.search, None)
+    };
+    let state = AppState {
+        search,
+        pages: retriever.pages,
+        mode: retriever.mode,
+        docs: retriever.docs,
+        batching,
+        cfg,
+    };
     Router::new()
         .route("/retrieve", post(retrieve))
         .route("/access", post(access))
         .route("/health", get(health))
         .layer(DefaultBodyLimit::max(16 << 20))
-        .with_state(Arc::new(AppState { index, cfg }))
+        .with_state(Arc::new(state))
 }
 
 /// A bound, not yet serving, retrieval server.
@@ -185,11 +243,11 @@ pub struct RetrievalServer {
 
 impl RetrievalServer {
     /// Binds the listening socket (so the address is known before serving).
-    pub async fn bind(index: Arc<LocalIndex>, cfg: ServerConfig) -> std::io::Result<Self> {
+    pub async fn bind(retriever: Retriever, cfg: ServerConfig) -> std::io::Result<Self> {
         let listener = TcpListener::bind((cfg.host.as_str(), cfg.port)).await?;
         Ok(Self {
             listener,
-            app: router(index, cfg),
+            app: router(retriever, cfg),
         })
     }
 
@@ -210,11 +268,11 @@ impl RetrievalServer {
 
 /// Binds and serves until `shutdown` resolves.
 pub async fn serve_retrieval(
-    index: Arc<LocalIndex>,
+    retriever: Retriever,
     cfg: ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let server = RetrievalServer::bind(index, cfg).await?;
+    let server = RetrievalServer::bind(retriever, cfg).await?;
     tracing::info!(addr = %server.local_addr()?, "retrieval server listening");
     server.serve(shutdown).await
 }

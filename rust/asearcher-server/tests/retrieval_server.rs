@@ -1,6 +1,6 @@
 //! The retrieval server against our own client, over real HTTP on loopback.
 
-use asearcher_server::{RetrievalServer, ServerConfig};
+use asearcher_server::{RetrievalServer, Retriever, ServerConfig};
 use asearcher_tools::backoff::RetryPolicy;
 use asearcher_tools::{BuildOptions, LocalIndex, RetrievalClient, RetrievalClientConfig};
 use std::sync::Arc;
@@ -33,7 +33,7 @@ fn index(dir: &std::path::Path) -> Arc<LocalIndex> {
 
 async fn start(index: Arc<LocalIndex>) -> (String, tokio::sync::oneshot::Sender<()>) {
     let server = RetrievalServer::bind(
-        index,
+        Retriever::bm25(index),
         ServerConfig {
             port: 0,
             ..Default::default()

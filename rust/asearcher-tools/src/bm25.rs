@@ -280,6 +280,11 @@ impl LocalIndex {
         }
     }
 
+    /// Whether this index was built from `corpus` as it is now (same bytes, same analyzer).
+    pub fn built_from(&self, corpus: &Path) -> Result<bool> {
+        Ok(self.meta.build_id.as_deref() == Some(build_id(corpus)?.as_str()))
+    }
+
     /// Number of passages in the index.
     pub fn num_docs(&self) -> u64 {
         self.searcher.num_docs()
