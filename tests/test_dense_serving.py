@@ -171,3 +171,30 @@ def test_cli_builds_both_indexes_resumes_after_sigkill_and_serves_every_mode(tmp
         finally:
             server.send_signal(signal.SIGINT)
             server.wait(timeout=30)
+
+
+def test_training_searches_with_the_configured_hybrid_tool(indexes, tmp_path: Path):
+    import asearcher
+    from asearcher.exceptions import ConfigError
+    from run_files import first_questions
+    from tiny_models import make_tiny_qwen
+
+    bm25, _ = indexes
+    model = make_tiny_qwen(tmp_path / "m", hidden_size=32, intermediate_size=64)
+    cfg = {
+        "model": {"path": str(model)},
+        "data": {"train": str(first_questions(tmp_path, 4))},
+        "tools": {"index": str(bm25.path), "top_k": 2, "search": "hybrid", "dense_weight": 2.0},
+        "agent": {"kind": "search_r1", "max_turns": 2, "sampling": {"max_new_tokens": 12}},
+        "rollout": {"group_size": 2, "batch_size": 2, "filter_zero_variance": False},
+        "inference": {"max_context": 2048},
+        "run": {"out_dir": str(tmp_path / "run"), "steps": 1},
+    }
+    result = asearcher.Trainer(cfg).fit(progress=False)
+    assert result.steps == 1
+    fingerprint = (tmp_path / "run" / "fingerprint.json").read_text()
+    assert "local:dense:" in fingerprint and "local:bm25:" in fingerprint
+    cfg["tools"] = {"search": "dense"}
+    cfg["run"]["out_dir"] = str(tmp_path / "run2")
+    with pytest.raises(ConfigError, match="tools.index"):
+        asearcher.Trainer(cfg).fit(progress=False)

@@ -134,9 +134,11 @@ def make_tiny_qwen(
     return directory
 
 
-def make_tiny_bert(directory: Path, seed: int) -> Path:
-    """A random tiny BERT encoder written by transformers (hidden 32, 2 layers) with a
-    WordPiece tokenizer trained on the sample corpus, in HF layout."""
+def make_tiny_bert(
+    directory: Path, seed: int, hidden_size: int = 32, layers: int = 2, heads: int = 4
+) -> Path:
+    """A random tiny BERT encoder written by transformers (hidden 32, 2 layers by default) with
+    a WordPiece tokenizer trained on the sample corpus, in HF layout."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertConfig, BertModel
 
@@ -156,9 +158,9 @@ def make_tiny_bert(directory: Path, seed: int) -> Path:
     )
     config = BertConfig(
         vocab_size=tok.get_vocab_size(),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
         intermediate_size=64,
         max_position_embeddings=128,
     )

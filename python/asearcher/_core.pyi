@@ -175,6 +175,10 @@ class DenseSearch:
         """The `k` best passages for `query`, best first, with their inner-product scores."""
     def search_batch(self, queries: Any, k: Any = ...) -> Any:
         """`search` for many queries in one encoder pass and one matrix product."""
+    def search_vector_bytes(self, data: Any, rows: Any, k: Any = ...) -> Any:
+        """`search_vectors` on `rows` vectors given as little-endian float32 bytes (row-major), as
+        numpy's `tobytes()` gives them: no per-float conversion.
+        """
     def search_vectors(self, vectors: Any, k: Any = ...) -> Any:
         """The `k` best rows and scores of each query vector (already encoded, `dim` floats each),
         best first: `[[(row, score), ...], ...]`.

@@ -56,6 +56,9 @@ RuleMetric = Literal["f1", "em", "cem"]
 ScheduleKind = Literal["constant", "warmup_constant", "warmup_cosine", "warmup_linear"]
 """The shape of a schedule."""
 
+SearchKind = Literal["bm25", "dense", "hybrid"]
+"""How the agent's search tool ranks passages."""
+
 SpreadPolicy = Literal["drop", "mask"]
 """What the version-spread cap does to a trajectory over it."""
 
@@ -1192,6 +1195,19 @@ class ToolsConfig(Config):
             search and for page access. Ignored when a toolbox is given from Python.
         top_k (int, default 5):
             Documents per search.
+        search (SearchKind, default "bm25"):
+            `bm25`, `dense` or `hybrid`; pages always come from the BM25 index when there is
+            one.
+        dense_index (str | None, default null):
+            The dense index (`asearcher index build --dense`); default `<index>/dense`.
+        dense_model (str | None, default null):
+            The dense index's encoder directory; default: the one it was built with.
+        hnsw (bool, default false):
+            Search the dense index's HNSW graph instead of every vector.
+        bm25_weight (float, default 1.0):
+            Hybrid: the reciprocal rank fusion weight of the BM25 ranking.
+        dense_weight (float, default 1.0):
+            Hybrid: the reciprocal rank fusion weight of the dense ranking.
     """
 
     _root = None
@@ -1202,6 +1218,18 @@ class ToolsConfig(Config):
     """
     top_k: int = 5
     """Documents per search."""
+    search: SearchKind = "bm25"
+    """`bm25`, `dense` or `hybrid`; pages always come from the BM25 index when there is one."""
+    dense_index: str | None = None
+    """The dense index (`asearcher index build --dense`); default `<index>/dense`."""
+    dense_model: str | None = None
+    """The dense index's encoder directory; default: the one it was built with."""
+    hnsw: bool = False
+    """Search the dense index's HNSW graph instead of every vector."""
+    bm25_weight: float = 1.0
+    """Hybrid: the reciprocal rank fusion weight of the BM25 ranking."""
+    dense_weight: float = 1.0
+    """Hybrid: the reciprocal rank fusion weight of the dense ranking."""
 
 
 @dataclass(kw_only=True)
@@ -1213,7 +1241,7 @@ class TrainConfig(Config):
             The policy model and where it runs.
         data (DataConfig, default {"train": "", "epochs": 1, "shuffle": true}):
             Training questions.
-        tools (ToolsConfig, default {"index": null, "top_k": 5}):
+        tools (ToolsConfig, default {"index": null, "top_k": 5, "search": "bm25", "dense_index": null, "dense_model": null, "hnsw": false, "bm25_weight": 1.0, "dense_weight": 1.0}):
             The agent's search tools.
         agent (AgentConfig, default {"kind": "asearcher", "max_turns": null, "sampling": {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "max_new_tokens": 1024}, "context_budget": 32768, "min_new_tokens": 32, "prompts": {}, "force_turns": null, "history_chars": 25000, "page_chunk_chars": null, "max_page_chunks": 10, "note_chars": 100, "docs_for_answer_phase": 20, "max_generation_failures": 32, "answer_attempts": 1, "summary_chars": 2000, "allow_early_answer": false, "action_precedence": "first_in_text", "max_argument_chars": 2000}):
             The agent (kind, turns, prompts, sampling); see `asearcher.default_prompts`.
@@ -1389,6 +1417,7 @@ __all__ = [
     "RunConfig",
     "SamplingConfig",
     "ScheduleKind",
+    "SearchKind",
     "SpreadPolicy",
     "ToolErrorPolicy",
     "ToolsConfig",

@@ -194,6 +194,26 @@ class DenseSearch(_core.DenseSearch):
     ) -> None:
         self.last_build: dict | None = None
 
+    def search_vectors(self, vectors: Any, k: int = 5) -> list[list[tuple[int, float]]]:
+        """The ``k`` best rows and inner-product scores of each query vector, best first.
+        ``vectors``: a list of float lists, or a 2-D numpy array or torch tensor (passed as
+        raw float32 bytes, no per-float conversion). Rows map to passages by
+        :meth:`document`."""
+        if hasattr(vectors, "detach"):  # torch
+            vectors = vectors.detach().to("cpu").float().contiguous().numpy()
+        if hasattr(vectors, "tobytes") and hasattr(vectors, "shape"):
+            import numpy as np
+
+            array = np.ascontiguousarray(vectors, dtype="<f4")
+            if array.ndim != 2:
+                from .exceptions import ConfigError
+
+                raise ConfigError(
+                    f"invalid setting `vectors`: expected a 2-D array, got shape {array.shape}"
+                )
+            return self.search_vector_bytes(array.tobytes(), array.shape[0], k)
+        return super().search_vectors(vectors, k)
+
     @property
     def manifest(self) -> dict[str, Any]:
         """``dense.json``: the encoder (weights hash, spec), the corpus (hash), the shards."""

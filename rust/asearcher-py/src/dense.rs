@@ -226,6 +226,37 @@ impl PyDenseSearch {
         .map_err(dense_err)
     }
 
+    /// `search_vectors` on `rows` vectors given as little-endian float32 bytes (row-major), as
+    /// numpy's `tobytes()` gives them: no per-float conversion.
+    #[pyo3(signature = (data, rows, k = 5))]
+    fn search_vector_bytes(
+        &self,
+        py: Python<'_>,
+        data: &[u8],
+        rows: usize,
+        k: usize,
+    ) -> PyResult<Vec<Vec<(usize, f32)>>> {
+        let dim = self.inner.dim() as usize;
+        if data.len() != rows * dim * 4 {
+            return Err(config_err(
+                "vectors",
+                format!(
+                    "{} bytes are not {rows} vectors of {dim} float32",
+                    data.len()
+                ),
+            ));
+        }
+        let flat: Vec<f32> = data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        py.detach(|| {
+            let q = tch::Tensor::from_slice(&flat).view([rows as i64, dim as i64]);
+            self.inner.search_vectors(&q, k)
+        })
+        .map_err(dense_err)
+    }
+
     /// The query vectors of `queries` (with the index's query prefix), as lists of floats.
     fn encode_queries(&self, py: Python<'_>, queries: Vec<String>) -> PyResult<Vec<Vec<f32>>> {
         py.detach(|| {

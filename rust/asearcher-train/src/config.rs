@@ -91,6 +91,21 @@ impl Default for DataConfig {
     }
 }
 
+/// How the agent's search tool ranks passages.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum SearchKind {
+    /// BM25 over `tools.index`.
+    #[default]
+    Bm25,
+    /// The dense index (`tools.dense_index`, default `<index>/dense`).
+    Dense,
+    /// BM25 and dense fused by weighted reciprocal rank fusion.
+    Hybrid,
+}
+
 /// The agent's search tools.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -100,6 +115,18 @@ pub struct ToolsConfig {
     pub index: Option<PathBuf>,
     /// Documents per search.
     pub top_k: usize,
+    /// `bm25`, `dense` or `hybrid`; pages always come from the BM25 index when there is one.
+    pub search: SearchKind,
+    /// The dense index (`asearcher index build --dense`); default `<index>/dense`.
+    pub dense_index: Option<PathBuf>,
+    /// The dense index's encoder directory; default: the one it was built with.
+    pub dense_model: Option<PathBuf>,
+    /// Search the dense index's HNSW graph instead of every vector.
+    pub hnsw: bool,
+    /// Hybrid: the reciprocal rank fusion weight of the BM25 ranking.
+    pub bm25_weight: f32,
+    /// Hybrid: the reciprocal rank fusion weight of the dense ranking.
+    pub dense_weight: f32,
 }
 
 impl Default for ToolsConfig {
@@ -107,6 +134,12 @@ impl Default for ToolsConfig {
         Self {
             index: None,
             top_k: 5,
+            search: SearchKind::Bm25,
+            dense_index: None,
+            dense_model: None,
+            hnsw: false,
+            bm25_weight: 1.0,
+            dense_weight: 1.0,
         }
     }
 }
@@ -323,8 +356,15 @@ impl TrainConfig {
             fix(t);
         }
         fix(&mut self.data.train);
-        if let Some(i) = self.tools.index.as_mut() {
-            fix(i);
+        for p in [
+            self.tools.index.as_mut(),
+            self.tools.dense_index.as_mut(),
+            self.tools.dense_model.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            fix(p);
         }
         if let Some(w) = self.inference.weights_dir.as_mut() {
             fix(w);

@@ -26,6 +26,8 @@ pub const OPERATIONAL: &[&str] = &[
     "model.device",
     "data.train",
     "tools.index",
+    "tools.dense_index",
+    "tools.dense_model",
     "inference.servers",
     "inference.weights_dir",
     "inference.keep_weights",

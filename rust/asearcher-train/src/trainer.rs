@@ -13,7 +13,7 @@
 //! are cut back to the steps it contains, and the engine resumes its groups, so no step is
 //! repeated or skipped and no question is lost or trained on twice.
 
-use crate::config::{InferenceBackend, TrainConfig, WeightSyncMode};
+use crate::config::{InferenceBackend, SearchKind, TrainConfig, WeightSyncMode};
 use crate::embedded::{EmbeddedBackend, TokenizerDetok};
 use crate::learner::{Learner, LearnerBackend, LearnerConfig, StepStats};
 use crate::policy::{save_final, PolicyLearner};
@@ -608,6 +608,13 @@ fn toolbox_of(cfg: &TrainConfig, parts: &TrainParts) -> Result<Option<Toolbox>> 
         return Ok(Some(tb.clone()));
     }
     let Some(index) = &cfg.tools.index else {
+        if cfg.tools.search != SearchKind::Bm25 {
+            return Err(TrainError::config(
+                "tools.index",
+                "required with dense or hybrid search: the BM25 index gives the pages and \
+                 holds the dense index in dense/ by default",
+            ));
+        }
         return Ok(None);
     };
     let local = Arc::new(
@@ -618,9 +625,65 @@ fn toolbox_of(cfg: &TrainConfig, parts: &TrainParts) -> Result<Option<Toolbox>> 
         top_k: cfg.tools.top_k,
         ..ToolboxConfig::default()
     };
-    let search: Arc<dyn SearchBackend> = Arc::new(local.clone());
+    let search: Arc<dyn SearchBackend> = match cfg.tools.search {
+        SearchKind::Bm25 => Arc::new(local.clone()),
+        SearchKind::Dense => Arc::new(open_dense(cfg, index)?),
+        SearchKind::Hybrid => {
+            let parts: Vec<(Arc<dyn SearchBackend>, f32)> = vec![
+                (Arc::new(local.clone()), cfg.tools.bm25_weight),
+                (Arc::new(open_dense(cfg, index)?), cfg.tools.dense_weight),
+            ];
+            Arc::new(
+                asearcher_dense::HybridSearch::new(parts, 50, 60.0)
+                    .map_err(|e| TrainError::config("tools", e.to_string()))?,
+            )
+        }
+    };
     let pages: Arc<dyn PageSource> = Arc::new(local);
     Ok(Some(Toolbox::new(search, Some(pages), None, tb_cfg)))
+}
+
+/// The dense index of `tools.dense_index` (default `<index>/dense`) with its encoder.
+fn open_dense(cfg: &TrainConfig, index: &Path) -> Result<asearcher_dense::DenseIndex> {
+    let dir = cfg
+        .tools
+        .dense_index
+        .clone()
+        .unwrap_or_else(|| index.join("dense"));
+    let bad = |e: &dyn std::fmt::Display| {
+        TrainError::config("tools.dense_index", format!("{}: {e}", dir.display()))
+    };
+    let manifest = asearcher_dense::Manifest::read(&dir)
+        .map_err(|e| bad(&e))?
+        .ok_or_else(|| bad(&"no dense.json: build it with `asearcher index build --dense`"))?;
+    let spec = &manifest.model.spec;
+    let options = asearcher_torch::encoder::EncoderOptions {
+        pooling: Some(spec.pooling),
+        normalize: Some(spec.normalize),
+        max_length: Some(spec.max_length),
+        query_prefix: Some(spec.query_prefix.clone()),
+        passage_prefix: Some(spec.passage_prefix.clone()),
+    };
+    let model = cfg
+        .tools
+        .dense_model
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&manifest.model.dir));
+    let encoder = asearcher_torch::encoder::BertEncoder::load(
+        &model,
+        tch::Device::Cpu,
+        tch::Kind::Float,
+        &options,
+    )
+    .map_err(|e| TrainError::config("tools.dense_model", format!("{}: {e}", model.display())))?;
+    let mode = if cfg.tools.hnsw {
+        asearcher_dense::SearchMode::Hnsw {
+            expansion_search: None,
+        }
+    } else {
+        asearcher_dense::SearchMode::Exact
+    };
+    asearcher_dense::DenseIndex::open_with(&dir, encoder, mode).map_err(|e| bad(&e))
 }
 
 fn agent_factory(cfg: &TrainConfig, tokenizer: Arc<Tokenizer>) -> AgentFactory {
