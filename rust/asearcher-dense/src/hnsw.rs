@@ -239,6 +239,23 @@ impl Hnsw {
         Ok(Hnsw { graph, threads })
     }
 
+    fn search_one(
+        &self,
+        query: &[f32],
+        k: usize,
+    ) -> std::result::Result<Vec<(usize, f32)>, String> {
+        let m = self
+            .graph
+            .search(query, k)
+            .map_err(|e| e.what().to_string())?;
+        // usearch's inner-product distance is 1 - <q, v>.
+        Ok(m.keys
+            .iter()
+            .zip(&m.distances)
+            .map(|(&key, &d)| (key as usize, 1.0 - d))
+            .collect())
+    }
+
     /// The `k` best rows and inner products of each query (`floats` holds `b` rows of `dim`).
     pub(crate) fn search(
         &self,
@@ -247,6 +264,12 @@ impl Hnsw {
         k: usize,
     ) -> std::result::Result<Vec<Vec<(usize, f32)>>, String> {
         let b = floats.len() / dim;
+        if b <= 4 || self.threads == 1 {
+            // Starting threads would cost more than these few searches.
+            return (0..b)
+                .map(|q| self.search_one(&floats[q * dim..(q + 1) * dim], k))
+                .collect();
+        }
         let per = b.div_ceil(self.threads).max(1);
         std::thread::scope(|s| {
             let workers: Vec<_> = (0..b)
@@ -255,18 +278,7 @@ impl Hnsw {
                     let hi = (lo + per).min(b);
                     s.spawn(move || {
                         (lo..hi)
-                            .map(|q| {
-                                let m = self
-                                    .graph
-                                    .search(&floats[q * dim..(q + 1) * dim], k)
-                                    .map_err(|e| e.what().to_string())?;
-                                // usearch's inner-product distance is 1 - <q, v>.
-                                Ok(m.keys
-                                    .iter()
-                                    .zip(&m.distances)
-                                    .map(|(&key, &d)| (key as usize, 1.0 - d))
-                                    .collect())
-                            })
+                            .map(|q| self.search_one(&floats[q * dim..(q + 1) * dim], k))
                             .collect::<std::result::Result<Vec<_>, String>>()
                     })
                 })
