@@ -57,10 +57,10 @@ def tinyworld_questions(root: Path) -> tuple[Path, dict[int, list[dict]]]:
 
     world = build(root, size="small", seed=0)
     by_hops: dict[int, list[dict]] = {}
-    for path in (world.train, world.heldout / "test.jsonl"):
+    for path in (world.train, world.heldout):
         for line in Path(path).read_text().splitlines():
             q = json.loads(line)
-            by_hops.setdefault(int(q.get("hops", 1)), []).append(q)
+            by_hops.setdefault(len(q["chain"]), []).append(q)
     return Path(world.corpus), by_hops
 
 
@@ -69,9 +69,8 @@ def main() -> None:
     ap.add_argument("--write-docs", action="store_true")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_dense import minilm_dir
-
     from asearcher.data import sample_corpus_path, sample_questions_path
+    from bench_dense import minilm_dir
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

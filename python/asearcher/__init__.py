@@ -39,6 +39,7 @@ from .rollout import (
     save_trajectories,
 )
 from .serving import Tokenizer, start_model_server
+from .synthesis import asynthesize, synthesize
 from .training import FitResult, Trainer, WarmStartResult, read_metrics, warm_start
 
 __version__: str = _core.__version__
@@ -73,6 +74,7 @@ __all__ = [
     "WarmStartResult",
     "__version__",
     "aevaluate",
+    "asynthesize",
     "config",
     "default_prompts",
     "evaluate",
@@ -82,5 +84,6 @@ __all__ = [
     "save_trajectories",
     "set_log_level",
     "start_model_server",
+    "synthesize",
     "warm_start",
 ]

@@ -72,6 +72,7 @@ __all__ = [
     "start_model_server",
     "start_retrieval_server",
     "start_scripted_policy_server",
+    "synthesize_run",
     "tch_ppo_step",
     "token_advantages_into",
     "token_logprobs_backward_into",
@@ -987,6 +988,13 @@ def start_retrieval_server(
 
 def start_scripted_policy_server(tokenizer: str, config_json: str) -> ScriptedPolicyHandle:
     """Starts the server on the shared runtime and returns once it listens."""
+
+def synthesize_run(
+    config_json: Any, seeds: Any, out: Any, toolbox: Any, name: Any = ..., progress: Any = ...
+) -> Any:
+    """Grows the seeds of `seeds` into `out` (see `asearcher.synthesize`); returns the run's
+    stats and report as JSON.
+    """
 
 def tch_ppo_step(
     model_dir: str | PathLike[str],

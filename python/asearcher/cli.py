@@ -757,7 +757,50 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_parser(sub)
     _add_train_parser(sub)
     _add_config_parser(sub)
+    _add_synthesize_parser(sub)
     return parser
+
+
+def cmd_synthesize(args: argparse.Namespace) -> int:
+    from .config import SynthConfig
+    from .synthesis import synthesize
+
+    cfg = SynthConfig.from_file(args.config, *args.overrides)
+    index = open_search(args.index, args.mode)[0]
+    from .tools import Toolbox
+
+    pages = open_search(args.index, "bm25")[1] if args.mode != "bm25" else index
+    result = synthesize(
+        args.seeds,
+        args.out,
+        cfg,
+        toolbox=Toolbox(index, pages=pages, top_k=cfg.search_top_k),
+        name=args.name,
+        progress=not args.quiet,
+    )
+    report = result["report"]
+    print(
+        f"{result['accepted']} of {result['seeds']} seeds grew into harder questions "
+        f"({result['resumed']} read back from an earlier run); "
+        f"{report['commits']:.0f} edits committed of {report['candidates']:.0f} candidates; "
+        f"mean hops {report['per_accepted']['hops']:.2f} -> {args.out}/qas.jsonl"
+    )
+    return 0
+
+
+def _add_synthesize_parser(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser(
+        "synthesize", help="grow seed QAs into harder multi-hop questions (resumable)"
+    )
+    s.add_argument("seeds", help="seeds jsonl: question, answer, optional id, facts, hops")
+    s.add_argument("--out", required=True, help="output directory (a rerun resumes it)")
+    s.add_argument("--config", type=Path, required=True, help="a SynthConfig file")
+    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="SynthConfig settings")
+    s.add_argument("--index", required=True, help="index directory (or retrieval server URLs)")
+    s.add_argument("--mode", choices=["bm25", "dense", "hybrid"], default="bm25")
+    s.add_argument("--name", default="synth", help="evaluation set name: OUT/NAME/test.jsonl")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_synthesize)
 
 
 def _flushed(rc: int) -> int:

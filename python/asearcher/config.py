@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ._config import Config
+from ._config import Config, _build
 
 ActionPrecedence = Literal["first_in_text", "by_kind"]
 """Which action wins when a turn holds several."""
@@ -1074,6 +1074,42 @@ class PoolConfig(Config):
 
 
 @dataclass(kw_only=True)
+class PromptTemplates(Config):
+    """The prompt of each step, a minijinja template (variables in each default). Override any to
+    change what the models are asked; the prompt hashes are recorded in the provenance.
+
+    Fields:
+        propose (str, default "TASK: propose\\nYou are making a question harder to answer without searching, while keeping its answer.\\nPick ONE action:\\n- \\"inject\\": replace an entity named in the question by a description of it that can only be\\n  resolved by searching (give the entity exactly as written in the question);\\n- \\"fuzz\\": blur one detail (a date to a period, a number to a range, a name to a description,\\n  a place to a region), giving the exact span and its kind;\\n- \\"stop\\": the question is hard enough or cannot be changed further.\\n\\nQUESTION: {{ question }}\\nANSWER: {{ answer }}\\nFACTS SO FAR:\\n{% for f in facts %}- [{{ f.id }}] {{ f.text }}\\n{% else %}(none)\\n{% endfor %}ROUND: {{ round }}\\n{% if rejected %}REJECTED THIS ROUND (do not repeat):\\n{% for r in rejected %}- {{ r }}\\n{% endfor %}{% endif %}\\nReply with one JSON object only: {\\"action\\": \\"inject\\", \\"entity\\": \\"...\\"} or\\n{\\"action\\": \\"fuzz\\", \\"span\\": \\"...\\", \\"kind\\": \\"date|number|name|place\\"} or {\\"action\\": \\"stop\\"}.\\n"):
+            The proposer picks the next action (`question`, `answer`, `facts`, `round`,
+            `rejected`).
+        inject (str, default "TASK: inject\\nReplace the entity \\"{{ entity }}\\" in the question by a description that identifies it uniquely,\\nbuilt from ONE fact stated in the passages below (copy the fact's sentence verbatim). The answer\\nmust stay \\"{{ answer }}\\"; the new question must not name \\"{{ entity }}\\" nor the answer.\\n\\nQUESTION: {{ question }}\\nENTITY: {{ entity }}\\nPASSAGES:\\n{% for p in passages %}[{{ p.id }}] {{ p.title }}: {{ p.text }}\\n{% endfor %}\\nReply with one JSON object only:\\n{\\"doc_id\\": \\"<passage id>\\", \\"fact\\": \\"<sentence copied from that passage>\\",\\n \\"relation\\": \\"<what the fact says, e.g. founder>\\", \\"description\\": \\"<the phrase replacing the entity>\\",\\n \\"question\\": \\"<the rewritten question>\\"}\\n"):
+            The rewriter replaces an entity by a description built from one retrieved fact
+            (`question`, `answer`, `entity`, `passages`).
+        fuzz (str, default "TASK: fuzz\\nBlur the detail \\"{{ span }}\\" ({{ kind }}) in the question so that it is vaguer but the answer\\n\\"{{ answer }}\\" stays the only right one.\\n\\nQUESTION: {{ question }}\\nSPAN: {{ span }}\\nKIND: {{ kind }}\\n\\nReply with one JSON object only: {\\"blurred\\": \\"<the vaguer phrase>\\", \\"question\\": \\"<the rewritten question>\\"}\\n"):
+            The rewriter blurs one detail (`question`, `answer`, `span`, `kind`).
+        judge (str, default "TASK: judge\\nCheck the question against the facts it was built from.\\n\\nQUESTION: {{ question }}\\nANSWER: {{ answer }}\\nFACTS:\\n{% for f in facts %}- {{ f.text }}\\n{% endfor %}\\nIs the question self-contained and fluent, one question (not two joined), and do the facts\\nalone lead to the answer? Reply with one JSON object only:\\n{\\"self_contained\\": true|false, \\"fluent\\": true|false, \\"single_question\\": true|false,\\n \\"entailed\\": true|false, \\"reason\\": \\"...\\"}\\n"):
+            The judge checks a candidate's quality (`question`, `answer`, `facts`).
+        solve (str, default "TASK: solve\\nAnswer the question from your own knowledge, without searching. If you do not know, guess.\\n\\nQUESTION: {{ question }}\\n\\nReply with one JSON object only: {\\"answer\\": \\"...\\"}\\n"):
+            The no-tool solver answers from its own knowledge (`question`).
+    """
+
+    _root = None
+
+    propose: str = 'TASK: propose\nYou are making a question harder to answer without searching, while keeping its answer.\nPick ONE action:\n- "inject": replace an entity named in the question by a description of it that can only be\n  resolved by searching (give the entity exactly as written in the question);\n- "fuzz": blur one detail (a date to a period, a number to a range, a name to a description,\n  a place to a region), giving the exact span and its kind;\n- "stop": the question is hard enough or cannot be changed further.\n\nQUESTION: {{ question }}\nANSWER: {{ answer }}\nFACTS SO FAR:\n{% for f in facts %}- [{{ f.id }}] {{ f.text }}\n{% else %}(none)\n{% endfor %}ROUND: {{ round }}\n{% if rejected %}REJECTED THIS ROUND (do not repeat):\n{% for r in rejected %}- {{ r }}\n{% endfor %}{% endif %}\nReply with one JSON object only: {"action": "inject", "entity": "..."} or\n{"action": "fuzz", "span": "...", "kind": "date|number|name|place"} or {"action": "stop"}.\n'
+    """The proposer picks the next action (`question`, `answer`, `facts`, `round`, `rejected`)."""
+    inject: str = 'TASK: inject\nReplace the entity "{{ entity }}" in the question by a description that identifies it uniquely,\nbuilt from ONE fact stated in the passages below (copy the fact\'s sentence verbatim). The answer\nmust stay "{{ answer }}"; the new question must not name "{{ entity }}" nor the answer.\n\nQUESTION: {{ question }}\nENTITY: {{ entity }}\nPASSAGES:\n{% for p in passages %}[{{ p.id }}] {{ p.title }}: {{ p.text }}\n{% endfor %}\nReply with one JSON object only:\n{"doc_id": "<passage id>", "fact": "<sentence copied from that passage>",\n "relation": "<what the fact says, e.g. founder>", "description": "<the phrase replacing the entity>",\n "question": "<the rewritten question>"}\n'
+    """The rewriter replaces an entity by a description built from one retrieved fact
+    (`question`, `answer`, `entity`, `passages`).
+    """
+    fuzz: str = 'TASK: fuzz\nBlur the detail "{{ span }}" ({{ kind }}) in the question so that it is vaguer but the answer\n"{{ answer }}" stays the only right one.\n\nQUESTION: {{ question }}\nSPAN: {{ span }}\nKIND: {{ kind }}\n\nReply with one JSON object only: {"blurred": "<the vaguer phrase>", "question": "<the rewritten question>"}\n'
+    """The rewriter blurs one detail (`question`, `answer`, `span`, `kind`)."""
+    judge: str = 'TASK: judge\nCheck the question against the facts it was built from.\n\nQUESTION: {{ question }}\nANSWER: {{ answer }}\nFACTS:\n{% for f in facts %}- {{ f.text }}\n{% endfor %}\nIs the question self-contained and fluent, one question (not two joined), and do the facts\nalone lead to the answer? Reply with one JSON object only:\n{"self_contained": true|false, "fluent": true|false, "single_question": true|false,\n "entailed": true|false, "reason": "..."}\n'
+    """The judge checks a candidate's quality (`question`, `answer`, `facts`)."""
+    solve: str = 'TASK: solve\nAnswer the question from your own knowledge, without searching. If you do not know, guess.\n\nQUESTION: {{ question }}\n\nReply with one JSON object only: {"answer": "..."}\n'
+    """The no-tool solver answers from its own knowledge (`question`)."""
+
+
+@dataclass(kw_only=True)
 class RetrievalSettings(Config):
     """Settings of a retrieval client: Search-R1/ASearcher retrieval servers with failover.
 
@@ -1102,6 +1138,50 @@ class RetrievalSettings(Config):
     """First back-off between retries, seconds (doubling, with jitter)."""
     max_concurrency: int = 16
     """Requests in flight per server at most."""
+
+
+@dataclass(kw_only=True)
+class RoleConfig(Config):
+    """One LLM role: where it is served (OpenAI chat protocol: vLLM, SGLang or a paid API) and how it
+    samples.
+
+    Fields:
+        url (str, default ""):
+            Base URL of the server (`http://host:port`, a trailing `/v1` is accepted).
+        model (str, default ""):
+            Model name sent in every request.
+        api_key_env (str | None, default null):
+            Environment variable holding the API key (none: no `Authorization` header).
+        temperature (float, default 0.800000011920929):
+            Sampling temperature.
+        max_tokens (int, default 1024):
+            Most tokens per reply.
+        timeout_s (float, default 120.0):
+            Timeout of one call, in seconds.
+        max_attempts (int, default 2):
+            Calls per request at most (transient failures retried with back-off).
+        max_concurrent (int, default 16):
+            Requests in flight to this endpoint at most, over all seeds.
+    """
+
+    _root = None
+
+    url: str = ""
+    """Base URL of the server (`http://host:port`, a trailing `/v1` is accepted)."""
+    model: str = ""
+    """Model name sent in every request."""
+    api_key_env: str | None = None
+    """Environment variable holding the API key (none: no `Authorization` header)."""
+    temperature: float = 0.800000011920929
+    """Sampling temperature."""
+    max_tokens: int = 1024
+    """Most tokens per reply."""
+    timeout_s: float = 120.0
+    """Timeout of one call, in seconds."""
+    max_attempts: int = 2
+    """Calls per request at most (transient failures retried with back-off)."""
+    max_concurrent: int = 16
+    """Requests in flight to this endpoint at most, over all seeds."""
 
 
 @dataclass(kw_only=True)
@@ -1183,6 +1263,101 @@ class RunConfig(Config):
     what else was running). Slower; remote servers must sample deterministically themselves
     (SGLang: `--enable-deterministic-inference`).
     """
+
+
+@dataclass(kw_only=True)
+class SynthConfig(Config):
+    """How seeds are grown into hard questions (`asearcher synthesize`).
+
+    Fields:
+        proposer (RoleConfig, default {"url": "", "model": "", "api_key_env": null, "temperature": 0.800000011920929, "max_tokens": 1024, "timeout_s": 120.0, "max_attempts": 2, "max_concurrent": 16}):
+            Picks the next action (inject an entity, fuzz a span, stop). Required.
+        rewriter (RoleConfig, default {"url": "", "model": "", "api_key_env": null, "temperature": 0.800000011920929, "max_tokens": 1024, "timeout_s": 120.0, "max_attempts": 2, "max_concurrent": 16}):
+            Writes the candidate question; default: the proposer's endpoint.
+        judge (RoleConfig, default {"url": "", "model": "", "api_key_env": null, "temperature": 0.800000011920929, "max_tokens": 1024, "timeout_s": 120.0, "max_attempts": 2, "max_concurrent": 16}):
+            Checks a candidate's quality; default: the proposer's endpoint.
+        solver (RoleConfig, default {"url": "", "model": "", "api_key_env": null, "temperature": 0.6000000238418579, "max_tokens": 1024, "timeout_s": 120.0, "max_attempts": 2, "max_concurrent": 16}):
+            Answers without tools, for the difficulty check; default: the proposer's
+            endpoint.
+        rounds (int, default 4):
+            Rounds (committed edits) per seed at most.
+        rejections_per_round (int, default 3):
+            Rejected candidates in one round before the seed is finished.
+        max_llm_calls (int, default 96):
+            LLM calls per seed at most (a budget on tokens and cost).
+        max_tool_calls (int, default 32):
+            Search calls per seed at most.
+        search_top_k (int, default 5):
+            Passages per search shown to the rewriter.
+        passage_chars (int, default 1500):
+            Characters kept of each passage shown to the rewriter.
+        solver_samples (int, default 8):
+            No-tool solver samples per candidate; a candidate any of them answers is too
+            easy.
+        judge_quality (bool, default true):
+            Ask the judge about each candidate's quality (the code checks run regardless).
+        max_concurrent_seeds (int, default 8):
+            Seeds grown at the same time.
+        limit (int, default 0):
+            Seeds at most (0: all).
+        prompts (PromptTemplates, default {"propose": "TASK: propose\\nYou are making a question harder to answer without searching, while keeping its answer.\\nPick ONE action:\\n- \\"inject\\": replace an entity named in the question by a description of it that can only be\\n  resolved by searching (give the entity exactly as written in the question);\\n- \\"fuzz\\": blur one detail (a date to a period, a number to a range, a name to a description,\\n  a place to a region), giving the exact span and its kind;\\n- \\"stop\\": the question is hard enough or cannot be changed further.\\n\\nQUESTION: {{ question }}\\nANSWER: {{ answer }}\\nFACTS SO FAR:\\n{% for f in facts %}- [{{ f.id }}] {{ f.text }}\\n{% else %}(none)\\n{% endfor %}ROUND: {{ round }}\\n{% if rejected %}REJECTED THIS ROUND (do not repeat):\\n{% for r in rejected %}- {{ r }}\\n{% endfor %}{% endif %}\\nReply with one JSON object only: {\\"action\\": \\"inject\\", \\"entity\\": \\"...\\"} or\\n{\\"action\\": \\"fuzz\\", \\"span\\": \\"...\\", \\"kind\\": \\"date|number|name|place\\"} or {\\"action\\": \\"stop\\"}.\\n", "inject": "TASK: inject\\nReplace the entity \\"{{ entity }}\\" in the question by a description that identifies it uniquely,\\nbuilt from ONE fact stated in the passages below (copy the fact's sentence verbatim). The answer\\nmust stay \\"{{ answer }}\\"; the new question must not name \\"{{ entity }}\\" nor the answer.\\n\\nQUESTION: {{ question }}\\nENTITY: {{ entity }}\\nPASSAGES:\\n{% for p in passages %}[{{ p.id }}] {{ p.title }}: {{ p.text }}\\n{% endfor %}\\nReply with one JSON object only:\\n{\\"doc_id\\": \\"<passage id>\\", \\"fact\\": \\"<sentence copied from that passage>\\",\\n \\"relation\\": \\"<what the fact says, e.g. founder>\\", \\"description\\": \\"<the phrase replacing the entity>\\",\\n \\"question\\": \\"<the rewritten question>\\"}\\n", "fuzz": "TASK: fuzz\\nBlur the detail \\"{{ span }}\\" ({{ kind }}) in the question so that it is vaguer but the answer\\n\\"{{ answer }}\\" stays the only right one.\\n\\nQUESTION: {{ question }}\\nSPAN: {{ span }}\\nKIND: {{ kind }}\\n\\nReply with one JSON object only: {\\"blurred\\": \\"<the vaguer phrase>\\", \\"question\\": \\"<the rewritten question>\\"}\\n", "judge": "TASK: judge\\nCheck the question against the facts it was built from.\\n\\nQUESTION: {{ question }}\\nANSWER: {{ answer }}\\nFACTS:\\n{% for f in facts %}- {{ f.text }}\\n{% endfor %}\\nIs the question self-contained and fluent, one question (not two joined), and do the facts\\nalone lead to the answer? Reply with one JSON object only:\\n{\\"self_contained\\": true|false, \\"fluent\\": true|false, \\"single_question\\": true|false,\\n \\"entailed\\": true|false, \\"reason\\": \\"...\\"}\\n", "solve": "TASK: solve\\nAnswer the question from your own knowledge, without searching. If you do not know, guess.\\n\\nQUESTION: {{ question }}\\n\\nReply with one JSON object only: {\\"answer\\": \\"...\\"}\\n"}):
+            The prompt templates of the steps.
+    """
+
+    _root = "SynthConfig"
+    _nested = {
+        "proposer": RoleConfig,
+        "rewriter": RoleConfig,
+        "judge": RoleConfig,
+        "solver": RoleConfig,
+        "prompts": PromptTemplates,
+    }  # type: ignore[assignment]
+
+    proposer: RoleConfig = field(default_factory=RoleConfig)
+    """Picks the next action (inject an entity, fuzz a span, stop). Required."""
+    rewriter: RoleConfig = field(default_factory=RoleConfig)
+    """Writes the candidate question; default: the proposer's endpoint."""
+    judge: RoleConfig = field(default_factory=RoleConfig)
+    """Checks a candidate's quality; default: the proposer's endpoint."""
+    solver: RoleConfig = field(
+        default_factory=lambda: _build(
+            RoleConfig,
+            {
+                "url": "",
+                "model": "",
+                "api_key_env": None,
+                "temperature": 0.6000000238418579,
+                "max_tokens": 1024,
+                "timeout_s": 120.0,
+                "max_attempts": 2,
+                "max_concurrent": 16,
+            },
+            "",
+        )
+    )
+    """Answers without tools, for the difficulty check; default: the proposer's endpoint."""
+    rounds: int = 4
+    """Rounds (committed edits) per seed at most."""
+    rejections_per_round: int = 3
+    """Rejected candidates in one round before the seed is finished."""
+    max_llm_calls: int = 96
+    """LLM calls per seed at most (a budget on tokens and cost)."""
+    max_tool_calls: int = 32
+    """Search calls per seed at most."""
+    search_top_k: int = 5
+    """Passages per search shown to the rewriter."""
+    passage_chars: int = 1500
+    """Characters kept of each passage shown to the rewriter."""
+    solver_samples: int = 8
+    """No-tool solver samples per candidate; a candidate any of them answers is too easy."""
+    judge_quality: bool = True
+    """Ask the judge about each candidate's quality (the code checks run regardless)."""
+    max_concurrent_seeds: int = 8
+    """Seeds grown at the same time."""
+    limit: int = 0
+    """Seeds at most (0: all)."""
+    prompts: PromptTemplates = field(default_factory=PromptTemplates)
+    """The prompt templates of the steps."""
 
 
 @dataclass(kw_only=True)
@@ -1409,9 +1584,11 @@ __all__ = [
     "PageReaderSettings",
     "PoolConfig",
     "PpoConfig",
+    "PromptTemplates",
     "ResumeMode",
     "RetrievalSettings",
     "RewardConfig",
+    "RoleConfig",
     "RolloutConfig",
     "RuleMetric",
     "RunConfig",
@@ -1419,6 +1596,7 @@ __all__ = [
     "ScheduleKind",
     "SearchKind",
     "SpreadPolicy",
+    "SynthConfig",
     "ToolErrorPolicy",
     "ToolsConfig",
     "TrainConfig",

@@ -249,8 +249,11 @@ fn exact_top_k(vectors: &Tensor, queries: &Tensor, k: usize) -> Result<Vec<Vec<(
         .collect())
 }
 
-/// Every shard's vectors in one `[rows, dim]` float32 tensor on `device`, filled shard by shard
-/// (peak memory: the index plus one shard).
+/// Rows read at a time while loading vectors.
+const LOAD_ROWS: usize = 16_384;
+
+/// Every shard's vectors in one `[rows, dim]` float32 tensor on `device`, filled piece by piece
+/// (peak memory: the index plus a few pieces).
 fn load_vectors(dir: &Path, manifest: &Manifest, device: Device) -> Result<Tensor> {
     let dim = manifest.dim;
     let all = Tensor::empty([manifest.rows() as i64, dim], (Kind::Float, Device::Cpu));
@@ -269,9 +272,15 @@ fn load_vectors(dir: &Path, manifest: &Manifest, device: Device) -> Result<Tenso
                 ),
             ));
         }
-        let floats = crate::hnsw::read_rows(dir, shard, dim as usize, 0, shard.rows)?;
-        all.narrow(0, row, shard.rows as i64)
-            .copy_(&Tensor::from_slice(&floats).view([shard.rows as i64, dim]));
+        // In pieces, so that the transient copies stay small beside the index.
+        let mut start = 0;
+        while start < shard.rows {
+            let n = LOAD_ROWS.min(shard.rows - start);
+            let floats = crate::hnsw::read_rows(dir, shard, dim as usize, start, n)?;
+            all.narrow(0, row + start as i64, n as i64)
+                .copy_(&Tensor::from_slice(&floats).view([n as i64, dim]));
+            start += n;
+        }
         row += shard.rows as i64;
     }
     Ok(if device == Device::Cpu {

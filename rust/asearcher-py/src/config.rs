@@ -92,6 +92,12 @@ impl Root for asearcher_tools::PageReaderSettings {
     }
 }
 
+impl Root for asearcher_synth::SynthConfig {
+    fn check(&self) -> PyResult<()> {
+        self.validate().map_err(crate::errors::synth_err)
+    }
+}
+
 impl Root for RewardConfig {
     fn check(&self) -> PyResult<()> {
         self.validate().map_err(rollout_err)
@@ -126,7 +132,7 @@ fn ops<T: Root>(name: &'static str) -> RootOps {
 }
 
 /// The roots, by the name of their Python dataclass.
-fn roots() -> [RootOps; 11] {
+fn roots() -> [RootOps; 12] {
     [
         ops::<TrainConfig>("TrainConfig"),
         ops::<EvalConfig>("EvalConfig"),
@@ -139,6 +145,7 @@ fn roots() -> [RootOps; 11] {
         ops::<asearcher_tools::RetrievalSettings>("RetrievalSettings"),
         ops::<asearcher_tools::WebSearchSettings>("WebSearchSettings"),
         ops::<asearcher_tools::PageReaderSettings>("PageReaderSettings"),
+        ops::<asearcher_synth::SynthConfig>("SynthConfig"),
     ]
 }
 

@@ -190,3 +190,14 @@ pub fn scripted_err(e: ScriptedPolicyError) -> PyErr {
         ScriptedPolicyError::Tokenizer(t) => tokenizer_err(t),
     }
 }
+
+/// Synthesis: a bad config, a bad seed line, an unwritable output.
+pub fn synth_err(e: asearcher_synth::SynthError) -> PyErr {
+    use asearcher_synth::SynthError as E;
+    let msg = e.to_string();
+    match e {
+        E::Config { .. } => py::ConfigError::new_err(msg),
+        E::BadSeed { .. } => py::BadLineError::new_err(msg),
+        E::Io { .. } => py::AsearcherIOError::new_err(msg),
+    }
+}

@@ -19,6 +19,7 @@ mod rollout;
 mod runtime;
 mod scripted;
 mod server;
+mod synth;
 mod tensors;
 mod tools;
 mod train;
@@ -50,5 +51,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     train::register(m)?;
     learner::register(m)?;
     config::register(m)?;
+    synth::register(m)?;
     Ok(())
 }
