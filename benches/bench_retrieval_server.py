@@ -8,6 +8,7 @@ Corpus: the sample corpus encoded with the real all-MiniLM-L6-v2 (the same vecto
 Queries: the sample questions with a random suffix word each, so no two requests are equal.
 Servers and the client run in separate processes; the client is an aiohttp loop.
 
+    pip install aiohttp   # the load generator and the baseline server
     python benches/bench_retrieval_server.py [--seconds 15] [--clients 64] [--write-docs]
 """
 
