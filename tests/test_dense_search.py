@@ -203,3 +203,21 @@ def test_hnsw_finds_what_exact_search_finds(dense: DenseSearch, minilm: Path):
         dense.search_vectors([[0.0, 1.0, 0.0]])
     with pytest.raises(ConfigError, match='"annoy" is not one of'):
         DenseSearch(dense.path, search="annoy")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_encoding_and_search_match_the_cpu(dense: DenseSearch, minilm: Path):
+    questions = [
+        json.loads(q)["question"] for q in sample_questions_path().read_text().splitlines()
+    ]
+    cpu = asearcher.Encoder(minilm).encode(questions, "query")
+    for dtype, tol in (("float32", 1e-4), ("bfloat16", 3e-2), ("float16", 5e-3)):
+        gpu = asearcher.Encoder(minilm, device="cuda", dtype=dtype).encode(questions, "query")
+        assert (gpu.float().cpu() - cpu).abs().max().item() < tol, dtype
+    on_gpu = DenseSearch(dense.path, device="cuda")
+    want = dense.search_batch(questions, k=5)
+    got = on_gpu.search_batch(questions, k=5)
+    agree = sum(
+        [d.id for d in a] == [d.id for d in b] for a, b in zip(want, got, strict=True)
+    )
+    assert agree >= len(questions) - 2  # ties and float order may swap a pair

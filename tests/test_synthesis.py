@@ -190,3 +190,54 @@ def test_bad_inputs_are_named(world, tmp_path: Path):
         seeds, tmp_path / "down", config("http://127.0.0.1:9", limit=2), toolbox=box, progress=False
     )
     assert result["accepted"] == 0 and result["report"]["rejects_by_reason"]["llm_error"] > 0
+
+
+def test_the_solve_rate_filter_drops_unsolved_easy_and_one_search_questions(
+    sample_index, tmp_path: Path
+):
+    from asearcher.data import sample_questions_path, sample_tokenizer_path
+    from asearcher.synthesis import filter_by_solve_rate
+    from asearcher.testing import start_scripted_policy_server
+
+    questions = tmp_path / "qs.jsonl"
+    questions.write_text("\n".join(sample_questions_path().read_text().splitlines()[:8]) + "\n")
+    agent = {
+        "kind": "asearcher",
+        "max_turns": 8,
+        "prompts": {"prompt": asearcher.default_prompts("asearcher")["prompt"] + "\n"},
+    }
+    box = Toolbox(sample_index, pages=sample_index)
+    with start_scripted_policy_server(answers=sample_questions_path(), wrong_rate=0.5) as srv:
+        common = dict(toolbox=box, k=4, agent=agent, work_dir=tmp_path / "w", progress=False)
+        result = filter_by_solve_rate(
+            questions, tmp_path / "kept.jsonl", [srv.url], sample_tokenizer_path(),
+            min_tool_calls=0, max_solve_rate=0.75, **common,
+        )  # fmt: skip
+        strict = filter_by_solve_rate(
+            questions, tmp_path / "strict.jsonl", [srv.url], sample_tokenizer_path(),
+            min_tool_calls=99, max_solve_rate=0.75, **common,
+        )  # fmt: skip
+    rows = result["questions"]
+    assert len(rows) == 8 and sum(result["counts"].values()) == 8
+    # The reasons follow from the saved samples, recomputed by hand.
+    samples: dict[str, list[dict]] = {}
+    for line in (
+        (tmp_path / "w" / "runs" / "questions" / "trajectories.jsonl").read_text().splitlines()
+    ):
+        t = json.loads(line)
+        samples.setdefault(t["question_id"], []).append(t)
+    for row in rows:
+        runs = samples[row["id"]]
+        assert len(runs) == 4
+        rate = sum(t["rewards"]["em"] >= 1.0 for t in runs) / 4
+        assert row["solve_rate"] == rate
+        want = "unsolved" if rate == 0 else "too_easy" if rate >= 0.75 else "kept"
+        assert row["reason"] == want
+    kept = read_jsonl(tmp_path / "kept.jsonl")
+    assert [q["id"] for q in kept] == [r["id"] for r in rows if r["reason"] == "kept"]
+    assert all(0 < q["solve_rate"] < 0.75 for q in kept)
+    # The same samples (resumed, not rerun) under a strict tool-call rule: every kept one is a
+    # shortcut now.
+    assert strict["counts"]["shortcut"] == result["counts"]["kept"]
+    assert strict["counts"]["kept"] == 0
+    assert result["counts"]["unsolved"] + result["counts"]["too_easy"] < 8

@@ -95,4 +95,90 @@ async def asynthesize(
     return await asyncio.to_thread(synthesize, seeds, out, config, **kwargs)
 
 
-__all__ = ["asynthesize", "synthesize"]
+def filter_by_solve_rate(
+    questions: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    backend: Any,
+    tokenizer: Any,
+    *,
+    toolbox: Any,
+    k: int = 16,
+    metric: str = "em",
+    solved_at: float = 1.0,
+    max_solve_rate: float = 0.5,
+    min_tool_calls: int = 2,
+    work_dir: str | os.PathLike[str] | None = None,
+    agent: Any = None,
+    rollout: Any = None,
+    seed: int | None = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """ASearcher's offline solve-rate filter, on any QA file (synthesized or not): the policy
+    behind ``backend`` answers every question ``k`` times with ``toolbox`` (through
+    :func:`asearcher.evaluate`, so the samples are saved and a stopped filter resumes); a sample
+    is solved when its ``metric`` reward is at least ``solved_at``. A question is dropped when
+    no sample solved it (``unsolved``), when its solve rate is ``max_solve_rate`` or more
+    (``too_easy``), or when its successes needed fewer than ``min_tool_calls`` tool calls at the
+    median (``shortcut``: solved in one search). Kept questions go to ``out`` (jsonl) with
+    ``solve_rate`` and ``tool_calls_median``; returns the counts by reason and a row per
+    question."""
+    import shutil
+    import statistics
+    from pathlib import Path
+
+    from .evaluation import evaluate
+    from .exceptions import ConfigError
+    from .rollout import load_trajectories
+
+    if not 0.0 < max_solve_rate <= 1.0 or k < 1:
+        raise ConfigError(
+            f"invalid setting `max_solve_rate`/`k`: need 0 < max_solve_rate <= 1 and k >= 1, "
+            f"got {max_solve_rate}, {k}"
+        )
+    out = Path(out)
+    work = Path(work_dir) if work_dir is not None else out.with_name(out.name + ".samples")
+    data = work / "data" / "questions"
+    data.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(questions, data / "test.jsonl")
+    evaluate(
+        work / "data",
+        backend,
+        tokenizer,
+        toolbox=toolbox,
+        k=k,
+        output_dir=work / "runs",
+        agent=agent,
+        rollout=rollout,
+        seed=seed,
+        progress=progress,
+    )
+    runs: dict[str, list[tuple[bool, int]]] = {}
+    for t in load_trajectories(work / "runs" / "questions" / "trajectories.jsonl"):
+        solved = t.rewards.get(metric, 0.0) >= solved_at
+        runs.setdefault(t.question_id, []).append((solved, t.tool_calls))
+    lines = [json.loads(x) for x in Path(questions).read_text().splitlines() if x.strip()]
+    kept, rows = [], []
+    counts = {"kept": 0, "unsolved": 0, "too_easy": 0, "shortcut": 0}
+    for i, q in enumerate(lines):
+        qid = str(q.get("id", f"test-{i + 1}"))
+        samples = runs.get(qid, [])
+        rate = sum(s for s, _ in samples) / max(1, len(samples))
+        calls = [c for s, c in samples if s]
+        median = statistics.median(calls) if calls else None
+        if rate == 0.0:
+            reason = "unsolved"
+        elif rate >= max_solve_rate:
+            reason = "too_easy"
+        elif median is not None and median < min_tool_calls:
+            reason = "shortcut"
+        else:
+            reason = "kept"
+            kept.append({"id": qid, **q, "solve_rate": rate, "tool_calls_median": median})
+        counts[reason] += 1
+        rows.append({"id": qid, "solve_rate": rate, "tool_calls_median": median, "reason": reason})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in kept))
+    return {"counts": counts, "questions": rows, "k": k}
+
+
+__all__ = ["asynthesize", "filter_by_solve_rate", "synthesize"]
