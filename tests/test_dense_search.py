@@ -217,7 +217,5 @@ def test_cuda_encoding_and_search_match_the_cpu(dense: DenseSearch, minilm: Path
     on_gpu = DenseSearch(dense.path, device="cuda")
     want = dense.search_batch(questions, k=5)
     got = on_gpu.search_batch(questions, k=5)
-    agree = sum(
-        [d.id for d in a] == [d.id for d in b] for a, b in zip(want, got, strict=True)
-    )
+    agree = sum([d.id for d in a] == [d.id for d in b] for a, b in zip(want, got, strict=True))
     assert agree >= len(questions) - 2  # ties and float order may swap a pair
