@@ -93,94 +93,98 @@ class DenseSearch:
     """A dense (embedding) index with its encoder."""
     def __new__(
         cls,
-        path: Any,
-        model: Any = ...,
-        device: Any = ...,
-        dtype: Any = ...,
-        search: Any = ...,
-        expansion_search: Any = ...,
+        path: str | PathLike[str],
+        model: str | PathLike[str] | None = ...,
+        device: str = ...,
+        dtype: str = ...,
+        search: str = ...,
+        expansion_search: int | None = ...,
     ) -> DenseSearch: ...
     def __len__(self, /) -> int: ...
     def __repr__(self, /) -> str: ...
-    def access(self, url: Any) -> Any:
+    def access(self, url: str) -> Page | None:
         """The page at a URL (the passages sharing it, in corpus order) or the passage with that
         id; None if absent. The first call maps every passage's URL and id.
         """
     @staticmethod
     def build_hnsw_graph(
-        path: Any,
+        path: str | PathLike[str],
         *,
-        connectivity: Any = ...,
-        expansion_add: Any = ...,
-        expansion_search: Any = ...,
-        threads: Any = ...,
-        progress: Any = ...,
-    ) -> Any:
+        connectivity: int = ...,
+        expansion_add: int = ...,
+        expansion_search: int = ...,
+        threads: int = ...,
+        progress: Callable[[int], object] | None = ...,
+    ) -> str:
         """Builds the HNSW graph of the finished index at `path` from its stored vectors (no
         encoding), replacing an earlier graph; `progress(rows)` every few thousand rows.
         Returns the graph's record in the manifest.
         """
     @staticmethod
     def build_index(
-        corpus: Any,
-        out: Any,
-        model: Any,
+        corpus: str | PathLike[str],
+        out: str | PathLike[str],
+        model: str | PathLike[str],
         *,
-        device: Any = ...,
-        dtype: Any = ...,
-        options_json: Any = ...,
-        batch_size: Any = ...,
-        shard_rows: Any = ...,
-        overwrite: Any = ...,
-        on_bad_line: Any = ...,
-        progress: Any = ...,
-    ) -> Any:
+        device: str = ...,
+        dtype: str = ...,
+        options_json: str = ...,
+        batch_size: int = ...,
+        shard_rows: int = ...,
+        overwrite: bool = ...,
+        on_bad_line: str = ...,
+        progress: Callable[[int], object] | None = ...,
+    ) -> dict[str, Any]:
         """Builds (or resumes) the index of `corpus` in `out` with the encoder at `model`
         (`options_json`: pooling, normalize, max_length, prefixes). `progress(passages)` is
         called after every batch; an exception from it (or Ctrl-C) stops the build, whose
         finished shards a later call keeps.
         """
     @property
-    def dim(self) -> Any: ...
-    def document(self, row: Any) -> Any:
+    def dim(self) -> int: ...
+    def document(self, row: int) -> Document:
         """The passage stored at `row`."""
-    def encode_queries(self, queries: Any) -> Any:
+    def encode_queries(self, queries: list[str]) -> list[list[float]]:
         """The query vectors of `queries` (with the index's query prefix), as lists of floats."""
     @staticmethod
     def import_faiss_index(
-        faiss: Any,
-        corpus: Any,
-        out: Any,
-        model: Any,
+        faiss: str | PathLike[str],
+        corpus: str | PathLike[str],
+        out: str | PathLike[str],
+        model: str | PathLike[str],
         *,
-        device: Any = ...,
-        dtype: Any = ...,
-        options_json: Any = ...,
-        shard_rows: Any = ...,
-        overwrite: Any = ...,
-        on_bad_line: Any = ...,
-        progress: Any = ...,
-    ) -> Any:
+        device: str = ...,
+        dtype: str = ...,
+        options_json: str = ...,
+        shard_rows: int = ...,
+        overwrite: bool = ...,
+        on_bad_line: str = ...,
+        progress: Callable[[int], object] | None = ...,
+    ) -> dict[str, Any]:
         """Writes a dense index in `out` from a FAISS `IndexFlatIP` file and the corpus it was
         built from (row `i` = passage `i`), recorded as encoded by `model` with `options_json`
         (its queries are encoded with them). `progress(passages)` after every shard.
         """
-    def manifest_json(self) -> Any:
+    def manifest_json(self) -> str:
         """The manifest (`dense.json`) as JSON: model, spec, corpus, shards, build id."""
     @property
-    def mode(self) -> Any:
+    def mode(self) -> str:
         """`"exact"` or `"hnsw"`."""
     @property
-    def path(self) -> Any: ...
-    def search(self, query: Any, k: Any = ...) -> Any:
+    def path(self) -> PathLike[str]: ...
+    def search(self, query: str, k: int = ...) -> list[Document]:
         """The `k` best passages for `query`, best first, with their inner-product scores."""
-    def search_batch(self, queries: Any, k: Any = ...) -> Any:
+    def search_batch(self, queries: list[str], k: int = ...) -> list[list[Document]]:
         """`search` for many queries in one encoder pass and one matrix product."""
-    def search_vector_bytes(self, data: Any, rows: Any, k: Any = ...) -> Any:
+    def search_vector_bytes(
+        self, data: bytes, rows: int, k: int = ...
+    ) -> list[list[tuple[int, float]]]:
         """`search_vectors` on `rows` vectors given as little-endian float32 bytes (row-major), as
         numpy's `tobytes()` gives them: no per-float conversion.
         """
-    def search_vectors(self, vectors: Any, k: Any = ...) -> Any:
+    def search_vectors(
+        self, vectors: list[list[float]], k: int = ...
+    ) -> list[list[tuple[int, float]]]:
         """The `k` best rows and scores of each query vector (already encoded, `dim` floats each),
         best first: `[[(row, score), ...], ...]`.
         """
@@ -934,12 +938,12 @@ def serve_model(
     """Serves the model until interrupted; calls `on_ready(url)` once listening."""
 
 def serve_retrieval(
-    index: LocalSearch,
-    pages: Any = ...,
+    index: LocalSearch | DenseSearch | HybridSearch | RetrievalClient,
+    pages: LocalSearch | DenseSearch | RetrievalClient | PageReader | None = ...,
     host: str = ...,
     port: int = ...,
     default_topk: int = ...,
-    micro_batch: Any = ...,
+    micro_batch: int = ...,
     on_ready: Callable[[str], object] | None = ...,
 ) -> None:
     """Serves `index` (any search backend) until interrupted; calls `on_ready(url)` once
@@ -977,12 +981,12 @@ def start_model_server(
     """Loads the model, starts its server on the shared runtime and returns once it listens."""
 
 def start_retrieval_server(
-    index: LocalSearch,
-    pages: Any = ...,
+    index: LocalSearch | DenseSearch | HybridSearch | RetrievalClient,
+    pages: LocalSearch | DenseSearch | RetrievalClient | PageReader | None = ...,
     host: str = ...,
     port: int = ...,
     default_topk: int = ...,
-    micro_batch: Any = ...,
+    micro_batch: int = ...,
 ) -> RetrievalServerHandle:
     """Starts a retrieval server on the shared runtime and returns at once."""
 
@@ -990,8 +994,13 @@ def start_scripted_policy_server(tokenizer: str, config_json: str) -> ScriptedPo
     """Starts the server on the shared runtime and returns once it listens."""
 
 def synthesize_run(
-    config_json: Any, seeds: Any, out: Any, toolbox: Any, name: Any = ..., progress: Any = ...
-) -> Any:
+    config_json: str,
+    seeds: str | PathLike[str],
+    out: str | PathLike[str],
+    toolbox: Toolbox,
+    name: str = ...,
+    progress: Callable[[int, int], object] | None = ...,
+) -> str:
     """Grows the seeds of `seeds` into `out` (see `asearcher.synthesize`); returns the run's
     stats and report as JSON.
     """

@@ -758,6 +758,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(sub)
     _add_config_parser(sub)
     _add_synthesize_parser(sub)
+    _add_filter_parser(sub)
     return parser
 
 
@@ -786,6 +787,57 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
         f"mean hops {report['per_accepted']['hops']:.2f} -> {args.out}/qas.jsonl"
     )
     return 0
+
+
+def cmd_filter(args: argparse.Namespace) -> int:
+    from .synthesis import filter_by_solve_rate
+
+    result = filter_by_solve_rate(
+        args.questions,
+        args.out,
+        _eval_backend(args),
+        args.tokenizer,
+        toolbox=_eval_toolbox(args),
+        k=args.k,
+        metric=args.metric,
+        solved_at=args.solved_at,
+        max_solve_rate=args.max_solve_rate,
+        min_tool_calls=args.min_tool_calls,
+        work_dir=args.work_dir,
+        agent={"kind": args.agent, "max_turns": args.max_turns},
+        progress=not args.quiet,
+    )
+    c = result["counts"]
+    print(
+        f"kept {c['kept']} of {sum(c.values())} questions -> {args.out} (dropped: "
+        f"{c['unsolved']} unsolved, {c['too_easy']} too easy, {c['shortcut']} one-search)"
+    )
+    return 0
+
+
+def _add_filter_parser(sub: argparse._SubParsersAction) -> None:
+    f = sub.add_parser(
+        "filter", help="keep questions a policy solves sometimes, with searching (solve rate)"
+    )
+    f.add_argument("questions", help="QA jsonl (question, answer, optional id)")
+    f.add_argument("--out", required=True, help="the kept questions (jsonl)")
+    policy = f.add_mutually_exclusive_group(required=True)
+    policy.add_argument("--server", action="append", help="SGLang server URL (repeatable)")
+    policy.add_argument("--model", help="model directory to run embedded")
+    f.add_argument("--tokenizer", required=True, help="tokenizer directory")
+    tools = f.add_mutually_exclusive_group(required=True)
+    tools.add_argument("--index", help="local BM25 index directory")
+    tools.add_argument("--retrieval", help="retrieval server URL(s), comma-separated")
+    f.add_argument("-k", type=int, default=16, help="samples per question (default 16)")
+    f.add_argument("--metric", default="em", help="reward metric that decides solved (em)")
+    f.add_argument("--solved-at", type=float, default=1.0, help="metric value counted solved")
+    f.add_argument("--max-solve-rate", type=float, default=0.5, help="drop at this rate or more")
+    f.add_argument("--min-tool-calls", type=int, default=2, help="median tool calls of successes")
+    f.add_argument("--agent", default="asearcher", help="asearcher, search_r1 or reasoning")
+    f.add_argument("--max-turns", type=int, default=32, help="turns per trajectory")
+    f.add_argument("--work-dir", default=None, help="where samples are saved (default OUT.samples)")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+    f.set_defaults(func=cmd_filter)
 
 
 def _add_synthesize_parser(sub: argparse._SubParsersAction) -> None:
