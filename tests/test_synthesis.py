@@ -241,3 +241,40 @@ def test_the_solve_rate_filter_drops_unsolved_easy_and_one_search_questions(
     assert strict["counts"]["shortcut"] == result["counts"]["kept"]
     assert strict["counts"]["kept"] == 0
     assert result["counts"]["unsolved"] + result["counts"]["too_easy"] < 8
+
+
+def test_a_clause_whose_own_search_finds_the_answer_is_a_shortcut(tmp_path: Path):
+    # Rome's own passage names Acme's founder relation: searching "the founder of Acme" alone
+    # finds the answer's passage, so injecting Ann as "the founder of Acme" is a shortcut.
+    docs = [
+        ("0", "Ann", "Ann is a person. Ann has birthplace Rome."),
+        ("1", "Acme", "Acme is a company. Acme has founder Ann."),
+        ("2", "Rome", "Rome is a city. Rome has founder Acme."),
+    ]
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(
+        "".join(json.dumps({"id": i, "contents": f'"{t}"\n{x}'}) + "\n" for i, t, x in docs)
+    )
+    index = LocalSearch.build(corpus, tmp_path / "idx", progress=False)
+    seeds = tmp_path / "s.jsonl"
+    seeds.write_text(json.dumps({"question": "What is the birthplace of Ann?", "answer": "Rome"}))
+    w = World(
+        seed=0,
+        size="small",
+        types={"Ann": "person", "Acme": "company", "Rome": "city"},
+        facts={("Ann", "born_in"): "Rome", ("Acme", "founded_by"): "Ann"},
+    )
+    with SynthesisLLM(w, know_fraction=0.0) as llm:
+        on = asearcher.synthesize(
+            seeds, tmp_path / "on", config(llm.url), index=index.path, progress=False
+        )
+        off = asearcher.synthesize(
+            seeds, tmp_path / "off", config(llm.url, shortcut_check=False), index=index.path,
+            progress=False,
+        )  # fmt: skip
+    assert on["accepted"] == 0
+    assert on["report"]["rejects_by_reason"]["shortcut_clause"] >= 1
+    assert on["report"]["rejects_by_stage"]["shortcut"] >= 1
+    assert off["accepted"] == 1
+    qa = read_jsonl(tmp_path / "off" / "qas.jsonl")[0]
+    assert qa["question"] == "What is the birthplace of the founder of Acme?"

@@ -1296,6 +1296,9 @@ class SynthConfig(Config):
             easy.
         judge_quality (bool, default true):
             Ask the judge about each candidate's quality (the code checks run regardless).
+        shortcut_check (bool, default true):
+            Reject shortcuts: a clause whose own search finds the answer's passage (titled
+            by the answer) in the top `search_top_k`, or every fact read from one passage.
         max_concurrent_seeds (int, default 8):
             Seeds grown at the same time.
         limit (int, default 0):
@@ -1352,6 +1355,10 @@ class SynthConfig(Config):
     """No-tool solver samples per candidate; a candidate any of them answers is too easy."""
     judge_quality: bool = True
     """Ask the judge about each candidate's quality (the code checks run regardless)."""
+    shortcut_check: bool = True
+    """Reject shortcuts: a clause whose own search finds the answer's passage (titled by the
+    answer) in the top `search_top_k`, or every fact read from one passage.
+    """
     max_concurrent_seeds: int = 8
     """Seeds grown at the same time."""
     limit: int = 0

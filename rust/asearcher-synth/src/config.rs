@@ -117,6 +117,9 @@ pub struct SynthConfig {
     pub solver_samples: u32,
     /// Ask the judge about each candidate's quality (the code checks run regardless).
     pub judge_quality: bool,
+    /// Reject shortcuts: a clause whose own search finds the answer's passage (titled by the
+    /// answer) in the top `search_top_k`, or every fact read from one passage.
+    pub shortcut_check: bool,
     /// Seeds grown at the same time.
     pub max_concurrent_seeds: usize,
     /// Seeds at most (0: all).
@@ -143,6 +146,7 @@ impl Default for SynthConfig {
             passage_chars: 1500,
             solver_samples: 8,
             judge_quality: true,
+            shortcut_check: true,
             max_concurrent_seeds: 8,
             limit: 0,
             prompts: PromptTemplates::default(),

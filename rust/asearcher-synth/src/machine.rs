@@ -159,6 +159,9 @@ impl Run<'_> {
         };
         self.candidates += 1;
         self.check_common(&candidate)?;
+        if self.ctx.config.shortcut_check {
+            self.check_shortcuts(&candidate).await?;
+        }
         if self.ctx.config.judge_quality {
             self.judge(&candidate).await?;
         }
@@ -334,6 +337,47 @@ impl Run<'_> {
         }
         if c.question.matches('?').count() > 1 {
             return Err(Reject::new("two_questions", "more than one question mark"));
+        }
+        Ok(())
+    }
+
+    /// No single clause's search may find the answer's own passage (one titled by an answer),
+    /// and the evidence may not all come from one passage.
+    async fn check_shortcuts(&mut self, c: &Candidate) -> Result<(), Reject> {
+        let mut docs: Vec<&str> = self.state.facts.iter().map(|f| f.doc_id.as_str()).collect();
+        if let Some(f) = &c.fact {
+            docs.push(&f.doc_id);
+        }
+        if docs.len() >= 2 && docs.iter().all(|d| *d == docs[0]) {
+            return Err(Reject::new(
+                "one_passage",
+                format!("every fact comes from passage {}", docs[0]),
+            ));
+        }
+        let mut clauses: Vec<String> = self
+            .state
+            .clauses
+            .iter()
+            .map(|cl| cl.text.clone())
+            .filter(|t| mentions(&c.question, t))
+            .collect();
+        if let Some(f) = &c.fact {
+            clauses.push(f.entity_out.clone());
+        }
+        let answers = self.state.answer.clone();
+        for clause in clauses {
+            let found = self.search(&clause).await?;
+            let k = self.ctx.config.search_top_k;
+            if let Some(d) = found
+                .iter()
+                .take(k)
+                .find(|d| answers.iter().any(|a| loose(&d.title) == loose(a)))
+            {
+                return Err(Reject::new(
+                    "shortcut_clause",
+                    format!("searching {clause:?} alone finds the answer's passage {}", d.id),
+                ));
+            }
         }
         Ok(())
     }

@@ -357,6 +357,7 @@ fn stage(code: &str) -> &'static str {
     match code {
         c if c.starts_with("quality_") => "quality",
         "too_easy" | "easier" => "difficulty",
+        "shortcut_clause" | "one_passage" => "shortcut",
         "bad_json" | "llm_error" | "prompt_error" | "bad_action" => "llm",
         "tool_error" => "tool",
         _ => "validation",
