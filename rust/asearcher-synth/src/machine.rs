@@ -375,7 +375,10 @@ impl Run<'_> {
             {
                 return Err(Reject::new(
                     "shortcut_clause",
-                    format!("searching {clause:?} alone finds the answer's passage {}", d.id),
+                    format!(
+                        "searching {clause:?} alone finds the answer's passage {}",
+                        d.id
+                    ),
                 ));
             }
         }
