@@ -24,6 +24,7 @@ from typing import Any
 
 from . import _core
 from ._core import ScriptedPolicyHandle
+from ._loopback import LoopbackServer
 
 
 def _spread(name: str, value: int | tuple[int, int] | Sequence[int]) -> int | list[int]:
@@ -141,7 +142,7 @@ def emit_test_event(level: str, message: str) -> None:
     _core.emit_test_event(level, message)
 
 
-class WeightUpdateReceiver:
+class WeightUpdateReceiver(LoopbackServer):
     """A one-GPU SGLang or vLLM server's weight-update endpoints, on loopback, over gloo.
 
     ``with WeightUpdateReceiver("sglang") as r: ...``; ``r.url`` is its base URL. It joins the
@@ -173,7 +174,6 @@ class WeightUpdateReceiver:
     ) -> None:
         import tempfile
         import threading
-        from http.server import ThreadingHTTPServer
         from pathlib import Path
 
         if (serving is None) != (model_dir is None):
@@ -194,18 +194,10 @@ class WeightUpdateReceiver:
         self._group: Any = None
         self._store: Any = None
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        self._serve(self._handler())
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._shutdown()
         self._scratch.cleanup()
 
     def __enter__(self) -> WeightUpdateReceiver:
@@ -346,48 +338,34 @@ class WeightUpdateReceiver:
             return e.code, e.read()
 
     def _handler(self) -> Any:
-        from http.server import BaseHTTPRequestHandler
+        from ._loopback import JsonHandler
 
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _answer(self, status: int, reply: dict[str, Any]) -> None:
-                data = json.dumps(reply).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+        class Handler(JsonHandler):
+            protocol_version = "HTTP/1.0"  # as before: one request per connection
 
             def _forwarded(self, method: str, data: bytes | None) -> bool:
                 own = self.path.partition("?")[0] in receiver.OWN_ROUTES
                 if receiver.serving is None or own:
                     return False
                 status, reply = receiver._forward(method, self.path, data)
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
+                self.send_bytes(status, reply)
                 return True
 
             def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", "0"))
-                data = self.rfile.read(length)
+                data = self.read_body()
                 if self._forwarded("POST", data):
                     return
                 body = json.loads(data or b"{}")
                 try:
-                    self._answer(200, receiver._route(self.path, body))
+                    self.send_json(200, receiver._route(self.path, body))
                 except Exception as e:  # reported to the sender as the server would
-                    self._answer(500, {"success": False, "message": str(e)})
+                    self.send_json(500, {"success": False, "message": str(e)})
 
             def do_GET(self) -> None:
                 if not self._forwarded("GET", None):
-                    self._answer(200, receiver._route(self.path, {}))
+                    self.send_json(200, receiver._route(self.path, {}))
 
         return Handler
 

@@ -18,10 +18,10 @@ import random
 import re
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from .._loopback import JsonHandler, LoopbackServer
 from .world import RELATIONS, World
 
 _QUESTION = re.compile(r"question : (.*?) <\|im_end\|>")
@@ -102,7 +102,7 @@ def _mentions(text: str, name: str) -> bool:
     return name.lower() in text.split()
 
 
-class Demonstrator:
+class Demonstrator(LoopbackServer):
     """A running demonstrator server on 127.0.0.1 (``url``); ``stop()`` or ``with`` ends it."""
 
     def __init__(
@@ -118,15 +118,7 @@ class Demonstrator:
         self.policy = Policy(world, self.tokenizer, imperfections or Imperfections(), seed)
         self.requests = 0
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        self._serve(_handler(self))
 
     def generate(self, body: dict) -> dict:
         """The /generate answer for a request body (SGLang's native protocol)."""
@@ -155,9 +147,7 @@ class Demonstrator:
         }
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        self._shutdown()
 
     def __enter__(self) -> Demonstrator:
         return self
@@ -166,42 +156,28 @@ class Demonstrator:
         self.stop()
 
 
-def _handler(demo: Demonstrator) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _reply(self, status: int, payload: dict) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
+def _handler(demo: Demonstrator) -> type[JsonHandler]:
+    class Handler(JsonHandler):
         def do_GET(self) -> None:
             if self.path in ("/health", "/health_generate"):
-                self._reply(200, {"status": "ok"})
+                self.send_json(200, {"status": "ok"})
             else:
-                self._reply(404, {"error": f"no route GET {self.path}"})
+                self.send_json(404, {"error": f"no route GET {self.path}"})
 
         def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
             try:
-                body = json.loads(self.rfile.read(length) or b"{}")
+                body = json.loads(self.read_body() or b"{}")
             except json.JSONDecodeError as e:
-                self._reply(400, {"error": f"body is not JSON: {e}"})
+                self.send_json(400, {"error": f"body is not JSON: {e}"})
                 return
             if self.path == "/generate":
                 try:
-                    self._reply(200, demo.generate(body))
+                    self.send_json(200, demo.generate(body))
                 except (ValueError, LookupError) as e:
-                    self._reply(400, {"error": f"demonstrator: {e}"})
+                    self.send_json(400, {"error": f"demonstrator: {e}"})
             elif self.path == "/abort_request":
-                self._reply(200, {"success": True})
+                self.send_json(200, {"success": True})
             else:
-                self._reply(404, {"error": f"no route POST {self.path}"})
+                self.send_json(404, {"error": f"no route POST {self.path}"})
 
     return Handler

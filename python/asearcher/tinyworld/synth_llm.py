@@ -25,9 +25,9 @@ import json
 import re
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from .._loopback import JsonHandler, LoopbackServer
 from .world import RELATIONS, World
 
 _BY_NOUN = {r.noun: r for r in RELATIONS.values()}
@@ -67,7 +67,7 @@ def resolve(world: World, question: str) -> str | None:
     return value
 
 
-class SynthesisLLM:
+class SynthesisLLM(LoopbackServer):
     """The running server (``url``); ``stop()`` or ``with`` ends it. ``calls`` counts requests
     by task."""
 
@@ -87,20 +87,10 @@ class SynthesisLLM:
         self.timeout_sleep_s = timeout_sleep_s
         self.calls: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        self._serve(_handler(self))
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        self._shutdown()
 
     def __enter__(self) -> SynthesisLLM:
         return self
@@ -194,31 +184,17 @@ class SynthesisLLM:
         return {"answer": value}
 
 
-def _handler(llm: SynthesisLLM) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _send(self, status: int, payload: dict) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
+def _handler(llm: SynthesisLLM) -> type[JsonHandler]:
+    class Handler(JsonHandler):
         def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(length) or b"{}")
+            body = json.loads(self.read_body() or b"{}")
             if self.path != "/v1/chat/completions":
-                self._send(404, {"error": f"no route POST {self.path}"})
+                self.send_json(404, {"error": f"no route POST {self.path}"})
                 return
             messages = body.get("messages") or []
             fault = llm.fault(messages)
             if fault == "500":
-                self._send(500, {"error": "scripted server error"})
+                self.send_json(500, {"error": "scripted server error"})
                 return
             if fault == "timeout":
                 time.sleep(llm.timeout_sleep_s)
@@ -227,7 +203,7 @@ def _handler(llm: SynthesisLLM) -> type[BaseHTTPRequestHandler]:
                 content = "I believe the best move here is to think again."
             elif fault == "missing":
                 content = json.dumps({"note": "fields forgotten"})
-            self._send(
+            self.send_json(
                 200,
                 {
                     "id": "chatcmpl-scripted",
