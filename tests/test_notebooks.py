@@ -12,6 +12,7 @@ nbclient = pytest.importorskip("nbclient")
 # What each notebook must have printed.
 EXPECTED = {
     "search_tools": "[Doc 1](",
+    "synthesis": "round 2: ",
     "tinyworld": "held-out F1: random",
 }
 
