@@ -161,7 +161,7 @@ pub fn text_field(v: &Value, key: &str) -> std::result::Result<String, Reject> {
     match v.get(key) {
         Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_string()),
         _ => Err(Reject::new(
-            "bad_json",
+            "incomplete_reply",
             format!("`{key}` is not a non-empty string"),
         )),
     }

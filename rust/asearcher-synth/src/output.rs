@@ -358,7 +358,7 @@ fn stage(code: &str) -> &'static str {
         c if c.starts_with("quality_") => "quality",
         "too_easy" | "easier" => "difficulty",
         "shortcut_clause" | "one_passage" => "shortcut",
-        "bad_json" | "llm_error" | "prompt_error" | "bad_action" => "llm",
+        "bad_json" | "incomplete_reply" | "llm_error" | "prompt_error" | "bad_action" => "llm",
         "tool_error" => "tool",
         _ => "validation",
     }
