@@ -93,10 +93,7 @@ pub(crate) fn read_rows(
         .map_err(|e| io_err(&path, e))?;
     let mut bytes = vec![0u8; n * dim * 4];
     f.read_exact(&mut bytes).map_err(|e| io_err(&path, e))?;
-    Ok(bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect())
+    Ok(crate::f32s_from_le(&bytes))
 }
 
 /// Builds the HNSW graph of the finished index in `dir` (replacing an earlier one) and records

@@ -38,6 +38,14 @@ impl From<tch::TchError> for DenseError {
 
 pub type Result<T> = std::result::Result<T, DenseError>;
 
+/// Little-endian float32 bytes (the vector files, numpy's `tobytes()`) as floats.
+pub fn f32s_from_le(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
 /// An index error naming the directory.
 pub(crate) fn index_err(path: &std::path::Path, msg: impl Into<String>) -> DenseError {
     DenseError::Tool(asearcher_tools::ToolError::Index {

@@ -8,7 +8,7 @@ use crate::hnsw::Hnsw;
 use crate::manifest::{io_err, model_id, Manifest};
 use crate::{index_err, Result};
 use asearcher_tools::{Document, Page, PageSource, SearchBackend, ToolError};
-use asearcher_torch::encoder::{BertEncoder, TextKind};
+use asearcher_torch::encoder::{BertEncoder, EncoderOptions, TextKind};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -85,8 +85,39 @@ impl DenseIndex {
 
     /// Opens `dir` for exact or HNSW search.
     pub fn open_with(dir: &Path, encoder: BertEncoder, mode: SearchMode) -> Result<Self> {
-        let manifest = Manifest::read(dir)?
-            .ok_or_else(|| index_err(dir, "no dense.json: not a dense index (build one first)"))?;
+        Self::open_manifest(dir, read_manifest(dir)?, encoder, mode)
+    }
+
+    /// Opens `dir` with the encoder it was built with: the model directory its manifest names
+    /// (or `model`, when that directory moved), with the recorded spec (pooling, normalisation,
+    /// limit, prefixes), on `device` in `kind`.
+    pub fn open_built(
+        dir: &Path,
+        model: Option<&Path>,
+        device: Device,
+        kind: Kind,
+        mode: SearchMode,
+    ) -> Result<Self> {
+        let manifest = read_manifest(dir)?;
+        let spec = &manifest.model.spec;
+        let options = EncoderOptions {
+            pooling: Some(spec.pooling),
+            normalize: Some(spec.normalize),
+            max_length: Some(spec.max_length),
+            query_prefix: Some(spec.query_prefix.clone()),
+            passage_prefix: Some(spec.passage_prefix.clone()),
+        };
+        let model = model.map_or_else(|| PathBuf::from(&manifest.model.dir), Path::to_path_buf);
+        let encoder = BertEncoder::load(&model, device, kind, &options)?;
+        Self::open_manifest(dir, manifest, encoder, mode)
+    }
+
+    fn open_manifest(
+        dir: &Path,
+        manifest: Manifest,
+        encoder: BertEncoder,
+        mode: SearchMode,
+    ) -> Result<Self> {
         if !manifest.complete {
             return Err(index_err(
                 dir,
@@ -247,6 +278,17 @@ fn exact_top_k(vectors: &Tensor, queries: &Tensor, k: usize) -> Result<Vec<Vec<(
                 .collect()
         })
         .collect())
+}
+
+/// `dir/dense.json`, or an error saying there is no dense index there.
+fn read_manifest(dir: &Path) -> Result<Manifest> {
+    Manifest::read(dir)?.ok_or_else(|| {
+        index_err(
+            dir,
+            "no dense.json: not a dense index (build one with `asearcher index build --dense` \
+             or DenseSearch.build)",
+        )
+    })
 }
 
 /// Rows read at a time while loading vectors.

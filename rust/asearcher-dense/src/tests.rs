@@ -23,6 +23,17 @@ fn encoder(dir: &Path) -> BertEncoder {
     BertEncoder::load(dir, Device::Cpu, Kind::Float, &EncoderOptions::default()).unwrap()
 }
 
+/// Builds the index of `corpus` in `out` with `model`, `shard_rows` per shard, no progress.
+fn build(corpus: &Path, out: &Path, model: &Path, shard_rows: usize) -> Result<BuildStats> {
+    build_index(
+        corpus,
+        out,
+        &encoder(model),
+        &options(shard_rows),
+        &mut |_| Ok(()),
+    )
+}
+
 fn options(shard_rows: usize) -> BuildOptions {
     BuildOptions {
         shard_rows,
@@ -39,14 +50,7 @@ fn exact_search_equals_brute_force_and_returns_documents() {
     let corpus_path = tmp.path().join("corpus.jsonl");
     corpus(&corpus_path, 23);
     let out = tmp.path().join("index");
-    let stats = build_index(
-        &corpus_path,
-        &out,
-        &encoder(&model),
-        &options(5),
-        &mut |_| Ok(()),
-    )
-    .unwrap();
+    let stats = build(&corpus_path, &out, &model, 5).unwrap();
     assert_eq!((stats.rows, stats.shards, stats.encoded_rows), (23, 5, 23));
     let index = DenseIndex::open(&out, encoder(&model)).unwrap();
     let queries = vec!["old glass works".to_string(), "city".to_string()];
@@ -118,39 +122,18 @@ fn a_killed_build_resumes_after_its_finished_shards() {
         refused.to_string().contains("has not finished"),
         "{refused}"
     );
-    let stats = build_index(
-        &corpus_path,
-        &out,
-        &encoder(&model),
-        &options(4),
-        &mut |_| Ok(()),
-    )
-    .unwrap();
+    let stats = build(&corpus_path, &out, &model, 4).unwrap();
     assert_eq!(
         (stats.resumed_shards, stats.encoded_rows, stats.rows),
         (2, 12, 20)
     );
     // The same vectors as a build in one go.
     let fresh = tmp.path().join("fresh");
-    build_index(
-        &corpus_path,
-        &fresh,
-        &encoder(&model),
-        &options(4),
-        &mut |_| Ok(()),
-    )
-    .unwrap();
+    build(&corpus_path, &fresh, &model, 4).unwrap();
     let a = Manifest::read(&out).unwrap().unwrap();
     let b = Manifest::read(&fresh).unwrap().unwrap();
     assert_eq!(a.build_id, b.build_id);
-    let again = build_index(
-        &corpus_path,
-        &out,
-        &encoder(&model),
-        &options(4),
-        &mut |_| Ok(()),
-    )
-    .unwrap();
+    let again = build(&corpus_path, &out, &model, 4).unwrap();
     assert_eq!(again.encoded_rows, 0, "a finished index is not rebuilt");
 }
 
@@ -163,20 +146,14 @@ fn another_encoder_or_a_changed_corpus_is_refused() {
     let corpus_path = tmp.path().join("corpus.jsonl");
     corpus(&corpus_path, 6);
     let out = tmp.path().join("index");
-    build_index(&corpus_path, &out, &encoder(&m1), &options(4), &mut |_| {
-        Ok(())
-    })
-    .unwrap();
+    build(&corpus_path, &out, &m1, 4).unwrap();
     let err = DenseIndex::open(&out, encoder(&m2)).unwrap_err();
     assert!(
         err.to_string().contains("query vectors would not match"),
         "{err}"
     );
     corpus(&corpus_path, 7);
-    let err = build_index(&corpus_path, &out, &encoder(&m1), &options(4), &mut |_| {
-        Ok(())
-    })
-    .unwrap_err();
+    let err = build(&corpus_path, &out, &m1, 4).unwrap_err();
     assert!(err.to_string().contains("the corpus changed"), "{err}");
     let over = BuildOptions {
         overwrite: true,
@@ -215,14 +192,7 @@ fn a_faiss_flat_index_imports_with_its_corpus_and_searches_the_same() {
     let corpus_path = tmp.path().join("corpus.jsonl");
     corpus(&corpus_path, 11);
     let built = tmp.path().join("built");
-    build_index(
-        &corpus_path,
-        &built,
-        &encoder(&model),
-        &options(4),
-        &mut |_| Ok(()),
-    )
-    .unwrap();
+    build(&corpus_path, &built, &model, 4).unwrap();
     let index = DenseIndex::open(&built, encoder(&model)).unwrap();
     let texts: Vec<String> = (0..11)
         .map(|i| index.document(i).unwrap().contents())

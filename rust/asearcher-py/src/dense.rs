@@ -3,14 +3,14 @@
 //! search (sync, batched), documents with scores.
 
 use crate::errors::{config_err, tool_err, torch_err};
-use crate::runtime::wait_for_future;
 use crate::tools::{
-    docs, parse_bad_line_policy, progress_step, search_backend, PyDocument, PyPage,
+    docs, parse_bad_line_policy, progress_step, search_backend, search_on_runtime, PyDocument,
+    PyPage,
 };
 use asearcher_dense::build::Progress;
 use asearcher_dense::{
     build_hnsw, build_index, import_faiss_flat, BuildOptions, BuildStats, DenseError, DenseIndex,
-    HnswOptions, HybridSearch, Manifest, SearchMode,
+    HnswOptions, HybridSearch, SearchMode,
 };
 use asearcher_tools::SearchBackend;
 use asearcher_torch::encoder::{BertEncoder, EncoderOptions};
@@ -30,10 +30,36 @@ fn load_encoder(
     device: &str,
     dtype: &str,
     options: &EncoderOptions,
-) -> Result<BertEncoder, PyErr> {
-    let device = asearcher_torch::parse_device(device).map_err(torch_err)?;
-    let kind = asearcher_torch::parse_dtype(dtype).map_err(torch_err)?;
-    BertEncoder::load(path, device, kind, options).map_err(torch_err)
+) -> asearcher_dense::Result<BertEncoder> {
+    let device = asearcher_torch::parse_device(device)?;
+    let kind = asearcher_torch::parse_dtype(dtype)?;
+    Ok(BertEncoder::load(path, device, kind, options)?)
+}
+
+/// Runs `job` with the GIL released, its `progress(rows)` calls going to the Python callback;
+/// Ctrl-C or the callback's own exception stops the job (as `Cancelled { what }`) and is
+/// re-raised unchanged.
+fn with_progress<T: Send>(
+    py: Python<'_>,
+    what: &str,
+    progress: Option<Py<PyAny>>,
+    job: impl FnOnce(&mut Progress<'_>) -> asearcher_dense::Result<T> + Send,
+) -> PyResult<T> {
+    let mut callback_error: Option<PyErr> = None;
+    let result = py.detach(|| {
+        job(&mut |rows: usize| {
+            progress_step(progress.as_ref(), |py, cb| cb.call1(py, (rows,)).map(drop)).map_err(
+                |e| {
+                    callback_error = Some(e);
+                    asearcher_tools::ToolError::Cancelled { what: what.into() }.into()
+                },
+            )
+        })
+    });
+    match (result, callback_error) {
+        (Err(_), Some(py_err)) => Err(py_err),
+        (r, _) => r.map_err(dense_err),
+    }
 }
 
 /// A job that writes a dense index with an encoder it loads itself (build, import).
@@ -66,23 +92,10 @@ impl<'a> EncoderJob<'a> {
         progress: Option<Py<PyAny>>,
         job: impl FnOnce(&BertEncoder, &mut Progress<'_>) -> asearcher_dense::Result<BuildStats> + Send,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let mut callback_error: Option<PyErr> = None;
-        let result = py.detach(|| {
+        let stats = with_progress(py, what, progress, |report| {
             let encoder = load_encoder(&self.model, self.device, self.dtype, &self.options)?;
-            let mut report = |rows: usize| {
-                progress_step(progress.as_ref(), |py, cb| cb.call1(py, (rows,)).map(drop)).map_err(
-                    |e| {
-                        callback_error = Some(e);
-                        asearcher_tools::ToolError::Cancelled { what: what.into() }.into()
-                    },
-                )
-            };
-            job(&encoder, &mut report).map_err(dense_err)
-        });
-        let stats = match (result, callback_error) {
-            (Err(_), Some(py_err)) => return Err(py_err),
-            (r, _) => r?,
-        };
+            job(&encoder, report)
+        })?;
         stats_dict(py, &stats)
     }
 }
@@ -103,6 +116,24 @@ fn stats_dict<'py>(py: Python<'py>, stats: &BuildStats) -> PyResult<Bound<'py, P
 #[pyclass(name = "DenseSearch", module = "asearcher._core", subclass, frozen)]
 pub struct PyDenseSearch {
     pub(crate) inner: DenseIndex,
+}
+
+impl PyDenseSearch {
+    /// The best rows of `rows` query vectors given row-major in `flat`.
+    fn search_rows(
+        &self,
+        py: Python<'_>,
+        flat: &[f32],
+        rows: usize,
+        k: usize,
+    ) -> PyResult<Vec<Vec<(usize, f32)>>> {
+        let dim = self.inner.dim();
+        py.detach(|| {
+            let q = tch::Tensor::from_slice(flat).view([rows as i64, dim]);
+            self.inner.search_vectors(&q, k)
+        })
+        .map_err(dense_err)
+    }
 }
 
 #[pymethods]
@@ -133,25 +164,11 @@ impl PyDenseSearch {
                 ))
             }
         };
-        let inner = py.detach(|| {
-            let manifest = Manifest::read(&path).map_err(dense_err)?.ok_or_else(|| {
-                tool_err(asearcher_tools::ToolError::Index {
-                    path: path.clone(),
-                    msg: "no dense.json: not a dense index (build one first)".into(),
-                })
-            })?;
-            let spec = &manifest.model.spec;
-            let options = EncoderOptions {
-                pooling: Some(spec.pooling),
-                normalize: Some(spec.normalize),
-                max_length: Some(spec.max_length),
-                query_prefix: Some(spec.query_prefix.clone()),
-                passage_prefix: Some(spec.passage_prefix.clone()),
-            };
-            let model = model.unwrap_or_else(|| PathBuf::from(&manifest.model.dir));
-            let encoder = load_encoder(&model, device, dtype, &options)?;
-            DenseIndex::open_with(&path, encoder, mode).map_err(dense_err)
-        })?;
+        let device = asearcher_torch::parse_device(device).map_err(torch_err)?;
+        let kind = asearcher_torch::parse_dtype(dtype).map_err(torch_err)?;
+        let inner = py
+            .detach(|| DenseIndex::open_built(&path, model.as_deref(), device, kind, mode))
+            .map_err(dense_err)?;
         Ok(PyDenseSearch { inner })
     }
 
@@ -176,24 +193,10 @@ impl PyDenseSearch {
             expansion_search,
             threads,
         };
-        let mut callback_error: Option<PyErr> = None;
-        let result = py.detach(|| {
-            build_hnsw(&path, &opts, &mut |rows| {
-                progress_step(progress.as_ref(), |py, cb| cb.call1(py, (rows,)).map(drop)).map_err(
-                    |e| {
-                        callback_error = Some(e);
-                        asearcher_tools::ToolError::Cancelled {
-                            what: "HNSW build".into(),
-                        }
-                        .into()
-                    },
-                )
-            })
-        });
-        match (result, callback_error) {
-            (Err(_), Some(py_err)) => Err(py_err),
-            (r, _) => Ok(serde_json::to_string(&r.map_err(dense_err)?).expect("serialises")),
-        }
+        let info = with_progress(py, "HNSW build", progress, |report| {
+            build_hnsw(&path, &opts, report)
+        })?;
+        Ok(serde_json::to_string(&info).expect("serialises"))
     }
 
     /// `"exact"` or `"hnsw"`.
@@ -218,12 +221,7 @@ impl PyDenseSearch {
                 format!("vector {i} has {} floats; the index holds {dim}", v.len()),
             ));
         }
-        let flat: Vec<f32> = vectors.concat();
-        py.detach(|| {
-            let q = tch::Tensor::from_slice(&flat).view([vectors.len() as i64, dim as i64]);
-            self.inner.search_vectors(&q, k)
-        })
-        .map_err(dense_err)
+        self.search_rows(py, &vectors.concat(), vectors.len(), k)
     }
 
     /// `search_vectors` on `rows` vectors given as little-endian float32 bytes (row-major), as
@@ -246,15 +244,7 @@ impl PyDenseSearch {
                 ),
             ));
         }
-        let flat: Vec<f32> = data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        py.detach(|| {
-            let q = tch::Tensor::from_slice(&flat).view([rows as i64, dim as i64]);
-            self.inner.search_vectors(&q, k)
-        })
-        .map_err(dense_err)
+        self.search_rows(py, &asearcher_dense::f32s_from_le(data), rows, k)
     }
 
     /// The query vectors of `queries` (with the index's query prefix), as lists of floats.
@@ -448,11 +438,7 @@ impl PyHybridSearch {
         queries: Vec<String>,
         k: usize,
     ) -> PyResult<Vec<Vec<PyDocument>>> {
-        let hybrid = self.inner.clone();
-        wait_for_future(py, async move {
-            let hits = hybrid.search_batch(&queries, k).await.map_err(tool_err)?;
-            Ok(hits.into_iter().map(docs).collect())
-        })
+        search_on_runtime(py, std::sync::Arc::new(self.inner.clone()), queries, k)
     }
 
     /// The backend's name in cache keys (its parts by identity, weights, depth, rrf_k).

@@ -398,11 +398,7 @@ impl PyRetrievalClient {
         queries: Vec<String>,
         k: usize,
     ) -> PyResult<Vec<Vec<PyDocument>>> {
-        let c = self.inner.clone();
-        wait_for_future(py, async move {
-            let hits = c.search_batch(&queries, k).await.map_err(tool_err)?;
-            Ok(hits.into_iter().map(docs).collect())
-        })
+        search_on_runtime(py, Arc::new(self.inner.clone()), queries, k)
     }
 
     #[pyo3(signature = (queries, k = 5))]
@@ -647,6 +643,19 @@ impl PyToolOutput {
             self.elapsed_ms
         )
     }
+}
+
+/// `search_batch` of any backend on the shared runtime, the GIL released (Ctrl-C stops it).
+pub(crate) fn search_on_runtime(
+    py: Python<'_>,
+    backend: Arc<dyn t::SearchBackend>,
+    queries: Vec<String>,
+    k: usize,
+) -> PyResult<Vec<Vec<PyDocument>>> {
+    wait_for_future(py, async move {
+        let hits = backend.search_batch(&queries, k).await.map_err(tool_err)?;
+        Ok(hits.into_iter().map(docs).collect())
+    })
 }
 
 pub(crate) fn search_backend(obj: &Bound<'_, PyAny>) -> PyResult<Arc<dyn t::SearchBackend>> {

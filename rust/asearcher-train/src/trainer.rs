@@ -650,32 +650,6 @@ fn open_dense(cfg: &TrainConfig, index: &Path) -> Result<asearcher_dense::DenseI
         .dense_index
         .clone()
         .unwrap_or_else(|| index.join("dense"));
-    let bad = |e: &dyn std::fmt::Display| {
-        TrainError::config("tools.dense_index", format!("{}: {e}", dir.display()))
-    };
-    let manifest = asearcher_dense::Manifest::read(&dir)
-        .map_err(|e| bad(&e))?
-        .ok_or_else(|| bad(&"no dense.json: build it with `asearcher index build --dense`"))?;
-    let spec = &manifest.model.spec;
-    let options = asearcher_torch::encoder::EncoderOptions {
-        pooling: Some(spec.pooling),
-        normalize: Some(spec.normalize),
-        max_length: Some(spec.max_length),
-        query_prefix: Some(spec.query_prefix.clone()),
-        passage_prefix: Some(spec.passage_prefix.clone()),
-    };
-    let model = cfg
-        .tools
-        .dense_model
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(&manifest.model.dir));
-    let encoder = asearcher_torch::encoder::BertEncoder::load(
-        &model,
-        tch::Device::Cpu,
-        tch::Kind::Float,
-        &options,
-    )
-    .map_err(|e| TrainError::config("tools.dense_model", format!("{}: {e}", model.display())))?;
     let mode = if cfg.tools.hnsw {
         asearcher_dense::SearchMode::Hnsw {
             expansion_search: None,
@@ -683,7 +657,17 @@ fn open_dense(cfg: &TrainConfig, index: &Path) -> Result<asearcher_dense::DenseI
     } else {
         asearcher_dense::SearchMode::Exact
     };
-    asearcher_dense::DenseIndex::open_with(&dir, encoder, mode).map_err(|e| bad(&e))
+    let model = cfg.tools.dense_model.as_deref();
+    asearcher_dense::DenseIndex::open_built(&dir, model, tch::Device::Cpu, tch::Kind::Float, mode)
+        .map_err(|e| match e {
+            // The encoder could not be loaded: the model directory is at fault.
+            asearcher_dense::DenseError::Torch(e) => {
+                let shown =
+                    model.map_or_else(|| "the build's encoder".into(), |m| m.display().to_string());
+                TrainError::config("tools.dense_model", format!("{shown}: {e}"))
+            }
+            e => TrainError::config("tools.dense_index", format!("{}: {e}", dir.display())),
+        })
 }
 
 fn agent_factory(cfg: &TrainConfig, tokenizer: Arc<Tokenizer>) -> AgentFactory {
