@@ -9,7 +9,6 @@ use asearcher_rollout::client::openai::ChatClient;
 use asearcher_rollout::client::ChatModel;
 use asearcher_tokenizer::ChatMessage;
 use serde_json::Value;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
@@ -30,37 +29,24 @@ impl Reject {
     }
 }
 
-/// One role's client, its concurrency bound and its counters.
+/// One role's client and its endpoint's concurrency bound.
 pub struct RoleClient {
     pub role: Role,
     pub config: RoleConfig,
-    client: Arc<dyn ChatModel>,
+    client: ChatClient,
     limit: Arc<Semaphore>,
-    pub calls: AtomicU64,
-    pub chars: AtomicU64,
 }
 
 impl RoleClient {
     pub fn new(role: Role, config: RoleConfig, limit: Arc<Semaphore>) -> Result<Self> {
         let client = ChatClient::new(config.chat_config())
             .map_err(|e| SynthError::config(role.name(), e.to_string()))?;
-        Ok(Self::with_model(role, config, Arc::new(client), limit))
-    }
-
-    pub fn with_model(
-        role: Role,
-        config: RoleConfig,
-        client: Arc<dyn ChatModel>,
-        limit: Arc<Semaphore>,
-    ) -> Self {
-        RoleClient {
+        Ok(RoleClient {
             role,
             config,
             client,
             limit,
-            calls: AtomicU64::new(0),
-            chars: AtomicU64::new(0),
-        }
+        })
     }
 
     async fn chat(&self, messages: &[ChatMessage]) -> std::result::Result<String, Reject> {
@@ -69,17 +55,10 @@ impl RoleClient {
             .acquire()
             .await
             .map_err(|_| Reject::new("llm_error", "the endpoint's limiter closed"))?;
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        let reply = self
-            .client
+        self.client
             .chat(messages, self.config.max_tokens, self.config.temperature)
             .await
-            .map_err(|e| Reject::new("llm_error", format!("{}: {e}", self.role.name())))?;
-        self.chars.fetch_add(
-            (reply.len() + messages_len(messages)) as u64,
-            Ordering::Relaxed,
-        );
-        Ok(reply)
+            .map_err(|e| Reject::new("llm_error", format!("{}: {e}", self.role.name())))
     }
 
     /// Asks `prompt` and returns the reply's JSON object, which must hold every key of
@@ -124,12 +103,6 @@ fn user(text: &str) -> ChatMessage {
         content: Some(text.to_string()),
         extra: Default::default(),
     }
-}
-
-fn messages_len(m: &[ChatMessage]) -> usize {
-    m.iter()
-        .map(|m| m.content.as_deref().map_or(0, str::len))
-        .sum()
 }
 
 /// The first JSON object in `reply` (inside code fences or prose) holding every `required` key.

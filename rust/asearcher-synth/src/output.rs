@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 pub const EVENTS: &str = "events.jsonl";
@@ -196,16 +196,16 @@ fn read_log(path: &Path, sha: &str) -> Result<HashMap<String, SeedOutcome>> {
     Ok(done)
 }
 
+/// The event log, appended to by the run's own loop only (one writer).
 struct Log {
-    file: Mutex<std::fs::File>,
+    file: std::fs::File,
     path: std::path::PathBuf,
 }
 
 impl Log {
-    fn append(&self, v: &Value) -> Result<()> {
-        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        writeln!(f, "{v}")
-            .and_then(|()| f.flush())
+    fn append(&mut self, v: &Value) -> Result<()> {
+        writeln!(self.file, "{v}")
+            .and_then(|()| self.file.flush())
             .map_err(|e| SynthError::io(&self.path, e))
     }
 }
@@ -236,8 +236,8 @@ pub async fn synthesize(
         .append(true)
         .open(&log_path)
         .map_err(|e| SynthError::io(&log_path, e))?;
-    let log = Log {
-        file: Mutex::new(file),
+    let mut log = Log {
+        file,
         path: log_path.clone(),
     };
     if fresh {
@@ -254,7 +254,7 @@ pub async fn synthesize(
     };
     let resumed = seeds.iter().filter(|s| done.contains_key(&s.id)).count();
     let total = seeds.len();
-    let finished = std::sync::atomic::AtomicUsize::new(resumed);
+    let mut finished = resumed;
     on_seed(resumed, total);
     let pending: Vec<Seed> = seeds
         .iter()
@@ -265,8 +265,8 @@ pub async fn synthesize(
         .buffer_unordered(config.max_concurrent_seeds.max(1));
     while let Some(outcome) = stream.next().await {
         log.append(&json!({"kind": "finished", "outcome": outcome}))?;
-        let n = finished.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        on_seed(n, total);
+        finished += 1;
+        on_seed(finished, total);
         done.insert(outcome.seed.id.clone(), outcome);
     }
     drop(stream);
