@@ -7,10 +7,13 @@ from __future__ import annotations
 import io
 import os
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from tqdm import tqdm as plain_tqdm
 from tqdm.auto import tqdm
+
+T = TypeVar("T")
 
 #: Seconds between progress lines when output is a log.
 DEFAULT_LOG_INTERVAL_S = 10.0
@@ -33,6 +36,22 @@ def progress_bar(**kwargs: Any) -> tqdm:
         dynamic_ncols=False,
         **kwargs,
     )
+
+
+def with_count_progress(
+    run: Callable[[Callable[[int], object] | None], T],
+    progress: bool | Callable[[int], object],
+    desc: str,
+    unit: str,
+) -> T:
+    """``run(report)`` where ``report(n)`` takes a running count: ``progress`` itself when it is
+    a callable, a bar's update when it is true, ``None`` when it is false."""
+    if callable(progress):
+        return run(progress)
+    if not progress:
+        return run(None)
+    with progress_bar(desc=desc, unit=unit) as bar:
+        return run(lambda n: bar.update(n - bar.n))
 
 
 def _interactive() -> bool:

@@ -765,12 +765,10 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_synthesize(args: argparse.Namespace) -> int:
     from .config import SynthConfig
     from .synthesis import synthesize
-
-    cfg = SynthConfig.from_file(args.config, *args.overrides)
-    index = open_search(args.index, args.mode)[0]
     from .tools import Toolbox
 
-    pages = open_search(args.index, "bm25")[1] if args.mode != "bm25" else index
+    cfg = SynthConfig.from_file(args.config, *args.overrides)
+    index, pages = open_search(args.index, args.mode)
     result = synthesize(
         args.seeds,
         args.out,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _core
-from ._progress import progress_bar
+from ._progress import progress_bar, with_count_progress
 
 Document = _core.Document
 Page = _core.Page
@@ -78,17 +78,12 @@ class DenseSearch(_core.DenseSearch):
             overwrite=overwrite,
             on_bad_line=on_bad_line,
         )
-        if callable(progress):
-            stats = cls.build_index(corpus, out, model, progress=progress, **kwargs)
-        elif progress:
-            with progress_bar(desc="encoding passages", unit="passage") as bar:
-
-                def report(rows: int) -> None:
-                    bar.update(rows - bar.n)
-
-                stats = cls.build_index(corpus, out, model, progress=report, **kwargs)
-        else:
-            stats = cls.build_index(corpus, out, model, **kwargs)
+        stats = with_count_progress(
+            lambda report: cls.build_index(corpus, out, model, progress=report, **kwargs),
+            progress,
+            desc="encoding passages",
+            unit="passage",
+        )
         if stats["skipped_lines"]:
             import logging
 
@@ -168,17 +163,12 @@ class DenseSearch(_core.DenseSearch):
             expansion_search=expansion_search,
             threads=threads,
         )
-        if callable(progress):
-            info = cls.build_hnsw_graph(path, progress=progress, **kwargs)
-        elif progress:
-            with progress_bar(desc="HNSW graph", unit="vector") as bar:
-
-                def report(rows: int) -> None:
-                    bar.update(rows - bar.n)
-
-                info = cls.build_hnsw_graph(path, progress=report, **kwargs)
-        else:
-            info = cls.build_hnsw_graph(path, **kwargs)
+        info = with_count_progress(
+            lambda report: cls.build_hnsw_graph(path, progress=report, **kwargs),
+            progress,
+            desc="HNSW graph",
+            unit="vector",
+        )
         index = cls(path, model=model, device=device, dtype=dtype, search="hnsw")
         index.last_build = json.loads(info)
         return index
