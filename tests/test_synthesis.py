@@ -18,7 +18,7 @@ from pathlib import Path
 import asearcher
 import pytest
 from asearcher.config import SynthConfig
-from asearcher.exceptions import BadLineError, ConfigError
+from asearcher.exceptions import BadLineError, ConfigError, SystematicFailureError
 from asearcher.tinyworld.synth_llm import SynthesisLLM, parse_question, resolve
 from asearcher.tinyworld.world import RELATIONS, World
 from asearcher.tools import LocalSearch, Toolbox
@@ -185,11 +185,19 @@ def test_bad_inputs_are_named(world, tmp_path: Path):
             asearcher.synthesize(
                 seeds, tmp_path / "o", config(llm.url, rounds=1), toolbox=box, progress=False
             )
-    # An unreachable endpoint: every seed ends in recorded llm_error rejections, no crash.
-    result = asearcher.synthesize(
-        seeds, tmp_path / "down", config("http://127.0.0.1:9", limit=2), toolbox=box, progress=False
-    )
-    assert result["accepted"] == 0 and result["report"]["rejects_by_reason"]["llm_error"] > 0
+    # An unreachable endpoint is the same failure everywhere: the run stops with an error naming
+    # it, and no seed is recorded as finished (a rerun with the endpoint up redoes them).
+    with pytest.raises(
+        SystematicFailureError, match=r"no LLM call was answered for the first 2 seeds \(proposer: "
+    ):
+        asearcher.synthesize(
+            seeds,
+            tmp_path / "down",
+            config("http://127.0.0.1:9", limit=2),
+            toolbox=box,
+            progress=False,
+        )
+    assert '"finished"' not in (tmp_path / "down" / "events.jsonl").read_text()
 
 
 def test_the_solve_rate_filter_drops_unsolved_easy_and_one_search_questions(

@@ -199,5 +199,6 @@ pub fn synth_err(e: asearcher_synth::SynthError) -> PyErr {
         E::Config { .. } => py::ConfigError::new_err(msg),
         E::BadSeed { .. } => py::BadLineError::new_err(msg),
         E::Io { .. } => py::AsearcherIOError::new_err(msg),
+        E::Unanswered { .. } => py::SystematicFailureError::new_err(msg),
     }
 }

@@ -31,6 +31,10 @@ pub enum SynthError {
         line: usize,
         msg: String,
     },
+    /// The LLM endpoints answered none of the first seeds' calls: the same failure everywhere,
+    /// so the run stops instead of recording every seed as finished.
+    #[error("no LLM call was answered for the first {seeds} seeds ({detail}); check the role endpoints; nothing was recorded as finished")]
+    Unanswered { seeds: usize, detail: String },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -210,6 +210,21 @@ impl Log {
     }
 }
 
+/// Seeds whose calls all went unanswered, with nothing answered before, that stop a run.
+const UNANSWERED_LIMIT: usize = 4;
+
+/// The endpoint error of a seed that got no LLM answer at all (every rejection `llm_error`).
+fn endpoint_failure(o: &SeedOutcome) -> Option<String> {
+    let all_failed = !o.rejects.is_empty() && o.rejects.iter().all(|r| r == "llm_error");
+    if !all_failed || !o.state.edits.is_empty() {
+        return None;
+    }
+    let detail = o.steps.iter().rev().find_map(|s| {
+        (s.kind == "reject").then(|| s.detail["detail"].as_str().unwrap_or_default().to_string())
+    });
+    Some(detail.unwrap_or_default())
+}
+
 /// Grows every seed not finished yet into `out`, then writes the outputs (see the crate docs).
 /// `on_seed(finished, total)` after each seed.
 pub async fn synthesize(
@@ -263,7 +278,20 @@ pub async fn synthesize(
         .collect();
     let mut stream = futures::stream::iter(pending.into_iter().map(|s| grow(&ctx, s)))
         .buffer_unordered(config.max_concurrent_seeds.max(1));
+    let (mut answered, mut unanswered) = (resumed, 0);
     while let Some(outcome) = stream.next().await {
+        // A seed whose every call failed at the endpoint is not finished: a later run redoes it.
+        if let Some(detail) = endpoint_failure(&outcome) {
+            unanswered += 1;
+            if answered == 0 && (unanswered >= UNANSWERED_LIMIT || unanswered == total) {
+                return Err(SynthError::Unanswered {
+                    seeds: unanswered,
+                    detail,
+                });
+            }
+            continue;
+        }
+        answered += 1;
         log.append(&json!({"kind": "finished", "outcome": outcome}))?;
         finished += 1;
         on_seed(finished, total);
